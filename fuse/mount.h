@@ -1,0 +1,63 @@
+/* mount.h — FUSE presentation of volumes at paths.
+ *
+ * A served volume (struct lf_served) wraps one open filesystem volume and
+ * tracks every FUSE mount of it, so a change made through one mount
+ * invalidates the kernel caches of the others. Each mount runs its own
+ * FUSE low-level session on its own threads (fuse_session_loop_mt) and
+ * has its own id mapping, read-only flag and fsGroup view.
+ *
+ * Block volumes are mounted with lf_mount_block(): the mount's root is one
+ * regular file whose bytes are the LUN's bytes (PATH must be an existing
+ * regular file; a FUSE mount may sit on a file).
+ *
+ * Contract:
+ *  - lf_mount_* return 0 or -errno with one line in err[] naming the path.
+ *    On error nothing stays mounted.
+ *  - lf_mount_stop() unmounts (lazily if busy), joins the session's
+ *    threads and frees; it may be called after the mount ended by itself
+ *    (fusermount3 -u from outside), which on_exit reports.
+ *  - on_exit, if set, runs once on the mount's own thread when its FUSE
+ *    session ends for any reason other than lf_mount_stop(); it must not
+ *    call lf_mount_stop() itself (hand it to another thread).
+ *  - lf_served_free() requires that no mount of it remains; it does not
+ *    close the volume.
+ */
+#ifndef LUNFS_MOUNT_H
+#define LUNFS_MOUNT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fsimage/volume.h"
+#include "fuse/idmap.h"
+#include "iscsi/bdev.h"
+
+struct lf_served;
+struct lf_mount;
+
+struct lf_mount_opts {
+	struct lf_idmap uidmap, gidmap;
+	bool read_only;
+	int64_t fsgroup;	/* -1 = none */
+	bool allow_other;	/* needs root or user_allow_other */
+	void (*on_exit)(void *ctx, struct lf_mount *m);
+	void *on_exit_ctx;
+};
+
+void lf_mount_opts_init(struct lf_mount_opts *o);
+
+struct lf_served *lf_served_new(struct lf_vol *v);
+void lf_served_free(struct lf_served *sv);
+int lf_served_nmounts(struct lf_served *sv);
+
+int lf_mount_fs(struct lf_served *sv, const char *path,
+		const struct lf_mount_opts *o, struct lf_mount **out,
+		char *err, size_t errlen);
+int lf_mount_block(struct lf_bdev *b, const char *path,
+		   const struct lf_mount_opts *o, struct lf_mount **out,
+		   char *err, size_t errlen);
+void lf_mount_stop(struct lf_mount *m);
+const char *lf_mount_path(const struct lf_mount *m);
+
+#endif

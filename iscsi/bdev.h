@@ -1,0 +1,101 @@
+/* bdev.h — a block device: the one interface fsimage/ and fuse/ use to reach
+ * a LUN's bytes, whatever carries them (an iSCSI LUN, or a local image file
+ * for demos and side-by-side comparisons).
+ *
+ * Contract:
+ *  - Offsets and lengths are in bytes and must be multiples of
+ *    lf_bdev_block_size() (the LUN's logical block size, 512 on tgtd);
+ *    anything else is -EINVAL. Callers that need byte granularity keep
+ *    their own read-modify-write (fsimage's cache does).
+ *  - A request larger than lf_bdev_max_transfer() is split by the bdev;
+ *    the pieces are in flight at the same time.
+ *  - Synchronous calls return 0 or -errno (-EIO for a medium/transport
+ *    error after retries, -ENOSPC for a full thin LUN, -EROFS for a
+ *    write-protected LUN, -ENOTSUP for UNMAP on a LUN without it).
+ *  - lf_bdev_submit() starts a request and returns at once; `done` runs
+ *    exactly once, on the bdev's I/O thread (or inline for backends
+ *    without one), with 0 or -errno. The iovec array and the buffers it
+ *    points at must stay valid until then. `done` must not block.
+ *  - Thread-safe: any thread may call any function at any time, except
+ *    that lf_bdev_unref() must not race with calls on the same reference.
+ *  - Reference counted: lf_bdev_ref()/lf_bdev_unref(); the last unref
+ *    releases the LUN (and, for iSCSI, its registry reference).
+ */
+#ifndef LUNFS_BDEV_H
+#define LUNFS_BDEV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct lf_bdev;
+
+enum lf_bdev_op { LF_BDEV_READ, LF_BDEV_WRITE, LF_BDEV_FLUSH, LF_BDEV_UNMAP };
+
+typedef void (*lf_bdev_done_fn)(void *opaque, int err);
+
+/* What a backend implements; lf_bdev_new() wraps it. */
+struct lf_bdev_ops {
+	/* Start one request no larger than max_transfer (already split and
+	 * aligned by the generic layer). */
+	int (*submit)(void *impl, enum lf_bdev_op op, const struct iovec *iov,
+		      int iovcnt, uint64_t off, uint64_t len,
+		      lf_bdev_done_fn done, void *opaque);
+	void (*close)(void *impl);
+};
+
+struct lf_bdev_info {
+	uint64_t size;		/* bytes */
+	uint32_t block_size;	/* logical block size, bytes */
+	uint32_t phys_block_size;
+	uint32_t max_transfer;	/* bytes per command, already capped */
+	bool can_unmap;
+	bool unmap_zeroes;	/* LBPRZ: unmapped blocks read back as zeros */
+	bool read_only;
+	char desc[160];		/* for messages: "iscsi://127.0.0.1:3260/iqn…/1" */
+};
+
+struct lf_bdev *lf_bdev_new(const struct lf_bdev_ops *ops, void *impl,
+			    const struct lf_bdev_info *info);
+
+/* Local image file backend (file:///path.img specs, benchmarks, tests). */
+int lf_bdev_open_file(const char *path, bool read_only, struct lf_bdev **out);
+
+const struct lf_bdev_info *lf_bdev_info(const struct lf_bdev *b);
+static inline uint64_t lf_bdev_size(const struct lf_bdev *b)
+{
+	return lf_bdev_info(b)->size;
+}
+static inline uint32_t lf_bdev_block_size(const struct lf_bdev *b)
+{
+	return lf_bdev_info(b)->block_size;
+}
+static inline uint32_t lf_bdev_max_transfer(const struct lf_bdev *b)
+{
+	return lf_bdev_info(b)->max_transfer;
+}
+static inline const char *lf_bdev_desc(const struct lf_bdev *b)
+{
+	return lf_bdev_info(b)->desc;
+}
+
+int lf_bdev_submit(struct lf_bdev *b, enum lf_bdev_op op,
+		   const struct iovec *iov, int iovcnt, uint64_t off,
+		   uint64_t len, lf_bdev_done_fn done, void *opaque);
+
+int lf_bdev_preadv(struct lf_bdev *b, const struct iovec *iov, int iovcnt,
+		   uint64_t off);
+int lf_bdev_pwritev(struct lf_bdev *b, const struct iovec *iov, int iovcnt,
+		    uint64_t off);
+int lf_bdev_pread(struct lf_bdev *b, void *buf, size_t len, uint64_t off);
+int lf_bdev_pwrite(struct lf_bdev *b, const void *buf, size_t len,
+		   uint64_t off);
+/* SYNCHRONIZE CACHE: everything acknowledged before is on stable storage. */
+int lf_bdev_flush(struct lf_bdev *b);
+int lf_bdev_unmap(struct lf_bdev *b, uint64_t off, uint64_t len);
+
+struct lf_bdev *lf_bdev_ref(struct lf_bdev *b);
+void lf_bdev_unref(struct lf_bdev *b);
+
+#endif
