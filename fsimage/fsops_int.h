@@ -1,0 +1,13 @@
+/* fsops_int.h — helpers shared by fsops.c and fsops_xattr.c. */
+#ifndef LUNFS_FSOPS_INT_H
+#define LUNFS_FSOPS_INT_H
+
+#include "fsimage/fsops.h"
+#include "fsimage/volume_int.h"
+
+/* Read/write the large inode of ino; caller holds the lock. */
+int lf_fs_iread(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in);
+int lf_fs_iwrite(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in);
+void lf_fs_set_ctime_now(struct lf_vol *v, struct ext2_inode_large *in);
+
+#endif

@@ -1,0 +1,74 @@
+/* iomgr.h — a libext2fs io_manager over a struct lf_bdev, with a bounded
+ * write-back block cache.
+ *
+ * The cache is the object; the io_manager is the door libext2fs uses to
+ * reach it. libext2fs opens channels by name, so lf_iocache_name() spells
+ * the cache's address as "lunfs-cache:<hex>", which only this process can
+ * resolve; the open checks a magic number before trusting it.
+ *
+ * Contract:
+ *  - The cache is keyed by byte offset in units of LF_IOCACHE_UNIT (4 KiB,
+ *    or the device's logical block size if larger), whatever block size
+ *    libext2fs sets on the channel; byte-granular requests (the superblock
+ *    at 1024) are read-modify-written against the device.
+ *  - Bounded (cache_bytes), LRU, write-back. Evicting a dirty block writes
+ *    back every dirty block, merged into commands ≤ max_transfer.
+ *  - One mutex of its own, independent of the volume lock:
+ *    lf_iocache_pread()/pwrite() move file data straight to the device
+ *    without the volume lock and keep the cached copies coherent (cached
+ *    copies, dirty or clean, are always the newest bytes).
+ *  - After lf_iocache_assume_zero(), ranges never written through this
+ *    cache are taken to read back as zeros: zeroout of them is a no-op.
+ *  - A read-only cache never writes a byte to the device.
+ *  - Errors: 0 or -errno (channel ops return the errno as errcode_t).
+ */
+#ifndef LUNFS_IOMGR_H
+#define LUNFS_IOMGR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ext2fs/ext2fs.h>
+
+#include "iscsi/bdev.h"
+
+#define LF_IOCACHE_UNIT 4096u
+#define LF_IOCACHE_DEFAULT_BYTES (64u << 20)
+
+struct lf_iocache;
+
+struct lf_iocache_stats {
+	uint64_t bytes_read;	/* from the device */
+	uint64_t bytes_written;	/* to the device (zeros skipped excluded) */
+	uint64_t hits, misses;
+	uint64_t flushes;	/* SYNCHRONIZE CACHE sent */
+};
+
+/* Takes no bdev reference: the caller keeps the bdev alive. */
+int lf_iocache_new(struct lf_bdev *bdev, size_t cache_bytes, bool read_only,
+		   struct lf_iocache **out);
+/* Drops dirty blocks: write back first. */
+void lf_iocache_free(struct lf_iocache *c);
+
+io_manager lf_iomgr(void);
+void lf_iocache_name(const struct lf_iocache *c, char *buf, size_t len);
+
+void lf_iocache_assume_zero(struct lf_iocache *c);
+
+/* Write back every dirty block (no SYNCHRONIZE CACHE). */
+int lf_iocache_writeback(struct lf_iocache *c);
+/* Write back, then SYNCHRONIZE CACHE if anything was written since the
+ * last one. */
+int lf_iocache_sync(struct lf_iocache *c);
+
+/* File data, bypassing the cache but coherent with it. Byte offsets and
+ * lengths aligned to the device's logical block size. */
+int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len,
+		     uint64_t off);
+int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
+		      uint64_t off);
+
+void lf_iocache_get_stats(struct lf_iocache *c, struct lf_iocache_stats *st);
+
+#endif

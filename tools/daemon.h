@@ -1,0 +1,38 @@
+/* daemon.h — lunfsd's state and request handling, apart from its sockets.
+ *
+ * The daemon owns the session registry, the open volumes (one per LUN,
+ * shared by all of its mounts) and the mounts. Requests (see ctl.h) are
+ * JSON objects with "op": "mount", "umount", "status", "shutdown",
+ * "ping". Every request is handled under one daemon lock, so the table of
+ * volumes and mounts always matches what is mounted; the registry below
+ * has its own per-target locks.
+ *
+ * Secrets arrive in "secrets" of a mount request, are handed to the
+ * registry for the login and wiped; they are never logged or stored.
+ */
+#ifndef LUNFS_DAEMON_H
+#define LUNFS_DAEMON_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct lf_daemon;
+
+struct lf_daemon_opts {
+	const char *state_dir;
+	const char *socket_path;
+	bool allow_other;	/* mounts with allow_other (root default) */
+	/* Called (from any thread) when a shutdown request arrives. */
+	void (*on_shutdown)(void *ctx);
+	void *ctx;
+};
+
+int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out);
+/* Handles one request; returns the answer (caller puts it). */
+struct json_object *lf_daemon_handle(struct lf_daemon *d,
+				     struct json_object *req);
+/* Unmounts everything, closes every volume, logs out, frees. */
+void lf_daemon_free(struct lf_daemon *d);
+
+#endif
