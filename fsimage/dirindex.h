@@ -31,7 +31,7 @@ int lf_dirindex_add(struct lf_dirindex_set *s, struct lf_dirindex *d,
 		    uint32_t type);
 void lf_dirindex_del(struct lf_dirindex_set *s, struct lf_dirindex *d,
 		     const char *name, size_t len);
-/* 0 and *ino/*type, or -ENOENT. */
+/* 0 with the entry in *ino and *type, or -ENOENT. */
 int lf_dirindex_find(struct lf_dirindex *d, const char *name, size_t len,
 		     uint64_t *ino, uint32_t *type);
 

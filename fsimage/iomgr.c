@@ -11,17 +11,17 @@
 #include "fsimage/iomgr.h"
 #include "iscsi/log.h"
 
-#define MOD "fsimage"
+#define MOD	      "fsimage"
 #define IOCACHE_MAGIC 0x4c46494fu
-#define NAME_PREFIX "lunfs-cache:"
+#define NAME_PREFIX   "lunfs-cache:"
 /* A miss that continues the previous one reads this much at once. */
 #define RA_BYTES (256u << 10)
 /* Channel requests this large go straight to the device. */
 #define BYPASS_BYTES (1u << 20)
 /* Granularity of the "may be non-zero" map used after assume_zero. */
 #define ZCHUNK_SHIFT 20
-#define ZBUF_BYTES (1u << 20)
-#define MAX_IOV 1024
+#define ZBUF_BYTES   (1u << 20)
+#define MAX_IOV	     1024
 
 struct ent {
 	uint64_t key;
@@ -143,9 +143,8 @@ static void mark_written(struct lf_iocache *c, uint64_t off, uint64_t len)
 
 	if (!c->zmap || !len)
 		return;
-	for (ch = off >> ZCHUNK_SHIFT; ch <= (off + len - 1) >> ZCHUNK_SHIFT &&
-	     ch < c->nchunks;
-	     ch++)
+	for (ch = off >> ZCHUNK_SHIFT;
+	     ch <= (off + len - 1) >> ZCHUNK_SHIFT && ch < c->nchunks; ch++)
 		c->zmap[ch / 8] |= (uint8_t)(1u << (ch % 8));
 }
 
@@ -166,8 +165,9 @@ static int dev_writev(struct lf_iocache *c, const struct iovec *iov, int n,
 	c->need_flush = true;
 	r = lf_bdev_pwritev(c->bdev, iov, n, off);
 	if (r < 0) {
-		lf_err(MOD, "%s: write of %" PRIu64 " bytes at %" PRIu64
-			    " failed: %s",
+		lf_err(MOD,
+		       "%s: write of %" PRIu64 " bytes at %" PRIu64
+		       " failed: %s",
 		       lf_bdev_desc(c->bdev), len, off, strerror(-r));
 		return r;
 	}
@@ -181,8 +181,9 @@ static int dev_readv(struct lf_iocache *c, const struct iovec *iov, int n,
 	int r = lf_bdev_preadv(c->bdev, iov, n, off);
 
 	if (r < 0) {
-		lf_err(MOD, "%s: read of %" PRIu64 " bytes at %" PRIu64
-			    " failed: %s",
+		lf_err(MOD,
+		       "%s: read of %" PRIu64 " bytes at %" PRIu64
+		       " failed: %s",
 		       lf_bdev_desc(c->bdev), len, off, strerror(-r));
 		return r;
 	}
@@ -283,7 +284,7 @@ static int get_free_ent(struct lf_iocache *c, struct ent **out)
 static int fill_run(struct lf_iocache *c, uint64_t key, size_t n)
 {
 	struct ent *ents[RA_BYTES / 512];
-	struct iovec iov[RA_BYTES / 512];
+	struct iovec iov[RA_BYTES / 512] = {{0}};
 	size_t i, got = 0;
 	int r;
 
@@ -414,7 +415,7 @@ static int cache_read(struct lf_iocache *c, uint8_t *buf, uint64_t len,
 	if (r < 0)
 		return r;
 	if (len >= BYPASS_BYTES && aligned(c, off, len)) {
-		struct iovec iov = { .iov_base = buf, .iov_len = len };
+		struct iovec iov = {.iov_base = buf, .iov_len = len};
 
 		r = dev_readv(c, &iov, 1, off, len);
 		if (r == 0)
@@ -423,7 +424,8 @@ static int cache_read(struct lf_iocache *c, uint8_t *buf, uint64_t len,
 	}
 	while (p < end) {
 		uint64_t k = p / c->unit, uoff = p % c->unit;
-		uint64_t n = c->unit - uoff < end - p ? c->unit - uoff : end - p;
+		uint64_t n =
+			c->unit - uoff < end - p ? c->unit - uoff : end - p;
 		struct ent *e = find(c, k);
 
 		if (e) {
@@ -460,14 +462,15 @@ static int cache_write(struct lf_iocache *c, const uint8_t *buf, uint64_t len,
 	if (c->read_only)
 		return -EROFS;
 	if (len >= BYPASS_BYTES && aligned(c, off, len)) {
-		struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+		struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
 
 		drop_range_locked(c, off / c->unit, (off + len) / c->unit);
 		return dev_writev(c, &iov, 1, off, len);
 	}
 	while (p < end) {
 		uint64_t k = p / c->unit, uoff = p % c->unit;
-		uint64_t n = c->unit - uoff < end - p ? c->unit - uoff : end - p;
+		uint64_t n =
+			c->unit - uoff < end - p ? c->unit - uoff : end - p;
 		struct ent *e = find(c, k);
 
 		if (!e && n == c->unit) {
@@ -521,8 +524,8 @@ static int zero_dev(struct lf_iocache *c, uint64_t off, uint64_t len)
 		int cnt = 0;
 
 		while (cnt < 16 && n < len) {
-			uint64_t piece = len - n < ZBUF_BYTES ? len - n
-							      : ZBUF_BYTES;
+			uint64_t piece =
+				len - n < ZBUF_BYTES ? len - n : ZBUF_BYTES;
 			iov[cnt].iov_base = c->zbuf;
 			iov[cnt].iov_len = piece;
 			cnt++;
@@ -610,7 +613,7 @@ int lf_iocache_new(struct lf_bdev *bdev, size_t cache_bytes, bool read_only,
 	c->bdev = bdev;
 	c->read_only = read_only || info->read_only;
 	c->unit = info->block_size > LF_IOCACHE_UNIT ? info->block_size
-						      : LF_IOCACHE_UNIT;
+						     : LF_IOCACHE_UNIT;
 	c->nunits = info->size / c->unit;
 	c->max_xfer = info->max_transfer ? info->max_transfer : (1u << 20);
 	c->ra_units = RA_BYTES / c->unit;
@@ -666,8 +669,8 @@ void lf_iocache_assume_zero(struct lf_iocache *c)
 
 	pthread_mutex_lock(&c->mu);
 	if (!c->zmap) {
-		c->nchunks = (size + (1ull << ZCHUNK_SHIFT) - 1) >>
-			     ZCHUNK_SHIFT;
+		c->nchunks =
+			(size + (1ull << ZCHUNK_SHIFT) - 1) >> ZCHUNK_SHIFT;
 		/* On failure every chunk simply counts as written. */
 		c->zmap = calloc(1, (c->nchunks + 7) / 8);
 	}
@@ -710,8 +713,7 @@ int lf_iocache_sync(struct lf_iocache *c)
 	return r;
 }
 
-int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len,
-		     uint64_t off)
+int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off)
 {
 	int r = lf_bdev_pread(c->bdev, buf, len, off);
 
@@ -841,7 +843,7 @@ static errcode_t lf_io_set_blksize(io_channel ch, int blksize)
 
 static uint64_t req_bytes(io_channel ch, int count)
 {
-	return count < 0 ? (uint64_t)-(int64_t)count
+	return count < 0 ? (uint64_t) - (int64_t)count
 			 : (uint64_t)count * (uint64_t)ch->block_size;
 }
 
@@ -879,8 +881,8 @@ static errcode_t lf_io_write_blk64(io_channel ch, unsigned long long block,
 	return to_errcode(r);
 }
 
-static errcode_t lf_io_write_blk(io_channel ch, unsigned long block,
-				 int count, const void *data)
+static errcode_t lf_io_write_blk(io_channel ch, unsigned long block, int count,
+				 const void *data)
 {
 	return lf_io_write_blk64(ch, block, count, data);
 }
@@ -970,8 +972,9 @@ static errcode_t lf_io_cache_readahead(io_channel ch, unsigned long long block,
 {
 	struct lf_iocache *c = chan_of(ch)->c;
 	uint64_t k = (uint64_t)block * ch->block_size / c->unit;
-	uint64_t kend = ((uint64_t)(block + count) * ch->block_size +
-			 c->unit - 1) / c->unit;
+	uint64_t kend =
+		((uint64_t)(block + count) * ch->block_size + c->unit - 1) /
+		c->unit;
 
 	if (kend > c->nunits)
 		kend = c->nunits;

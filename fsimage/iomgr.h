@@ -33,16 +33,16 @@
 
 #include "iscsi/bdev.h"
 
-#define LF_IOCACHE_UNIT 4096u
+#define LF_IOCACHE_UNIT		 4096u
 #define LF_IOCACHE_DEFAULT_BYTES (64u << 20)
 
 struct lf_iocache;
 
 struct lf_iocache_stats {
 	uint64_t bytes_read;	/* from the device */
-	uint64_t bytes_written;	/* to the device (zeros skipped excluded) */
+	uint64_t bytes_written; /* to the device (zeros skipped excluded) */
 	uint64_t hits, misses;
-	uint64_t flushes;	/* SYNCHRONIZE CACHE sent */
+	uint64_t flushes; /* SYNCHRONIZE CACHE sent */
 };
 
 /* Takes no bdev reference: the caller keeps the bdev alive. */
@@ -64,8 +64,7 @@ int lf_iocache_sync(struct lf_iocache *c);
 
 /* File data, bypassing the cache but coherent with it. Byte offsets and
  * lengths aligned to the device's logical block size. */
-int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len,
-		     uint64_t off);
+int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off);
 int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 		      uint64_t off);
 

@@ -190,6 +190,7 @@ void lf_mount_init_conn(struct fuse_conn_info *conn, bool atomic_trunc)
 {
 	/* Large requests: libfuse derives max_pages from max_write. */
 	conn->max_write = LF_FUSE_IO_MAX;
+	conn->max_read = LF_FUSE_IO_MAX; /* must equal the max_read option */
 	conn->max_readahead = LF_FUSE_IO_MAX;
 	conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
 				  FUSE_CAP_SPLICE_MOVE);

@@ -1,5 +1,5 @@
 /* mount_int.h — what fuse_common.c, fsmount.c and blockmount.c share.
- * Not a public header: only fuse/*.c include it. */
+ * Not a public header: only the fuse/ sources include it. */
 #ifndef LUNFS_MOUNT_INT_H
 #define LUNFS_MOUNT_INT_H
 

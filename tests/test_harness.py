@@ -21,7 +21,6 @@ def test_lun_data_visible_over_iscsi(target, lundir):
     # iscsi-inq/readcapacity do not read data; iscsi-perf reads blocks, so a
     # held connection is visible at tgtd while it runs.
     import subprocess
-    import time
     p = subprocess.Popen(["iscsi-perf", "-t", "2", target.url(1)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -1,11 +1,17 @@
 /* daemon.c — volumes, mounts and requests of lunfsd. */
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +20,7 @@
 #include "iscsi/log.h"
 #include "iscsi/registry.h"
 #include "iscsi/spec.h"
+#include "tools/ctl.h"
 #include "tools/daemon.h"
 
 #define MOD "daemon"
@@ -27,6 +34,7 @@ struct volume {
 	struct lf_vol *vol;	/* filesystem volumes */
 	struct lf_served *served;
 	int nmounts;
+	char record_path[PATH_MAX];
 };
 
 struct mount {
@@ -38,6 +46,10 @@ struct mount {
 	bool gone;		/* unmounted from outside; reaper cleans up */
 	char uidmap[256], gidmap[256];
 	long long fsgroup;
+	char container[129];	/* OCI container id, "" if none */
+	/* The mount request without its secrets: what the attach record
+	 * keeps so a restarted daemon can serve this mount again. */
+	struct json_object *record;
 };
 
 struct lf_daemon {
@@ -52,6 +64,8 @@ struct lf_daemon {
 	/* Mounts that ended from outside (fusermount3 -u) are released by
 	 * this thread: the FUSE thread that noticed cannot join itself. */
 	pthread_t reaper;
+	pthread_t recoverer;
+	bool recovering;
 	pthread_cond_t reap_cond;
 	bool reap_pending;
 	bool stopping;
@@ -59,6 +73,9 @@ struct lf_daemon {
 
 static struct json_object *answer_err(int err, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+static const char *jstr(struct json_object *o, const char *key);
+static bool is_mount_point(const char *path);
+static void *recover_main(void *arg);
 
 static struct json_object *answer_err(int err, const char *fmt, ...)
 {
@@ -81,6 +98,81 @@ static struct json_object *answer_ok(void)
 
 	json_object_object_add(a, "ok", json_object_new_boolean(1));
 	return a;
+}
+
+static uint64_t fnv1a(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+/* Writes text to path atomically: temp file, fsync, rename, fsync dir. */
+static int write_atomic(const char *path, const char *text)
+{
+	char tmp[PATH_MAX + 8], dir[PATH_MAX];
+	int fd, r = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (lf_ctl_write_all(fd, text, strlen(text)) || fsync(fd))
+		r = -errno;
+	close(fd);
+	if (!r && rename(tmp, path))
+		r = -errno;
+	if (r) {
+		unlink(tmp);
+		return r;
+	}
+	snprintf(dir, sizeof(dir), "%s", path);
+	*strrchr(dir, '/') = 0;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+	return 0;
+}
+
+/* Caller holds d->lock. The volume's attach record (the in-tree plugin's
+ * iscsi.json): its spec and every mount of it, never a secret. Removed
+ * when the volume has no mount left. */
+static void record_update(struct lf_daemon *d, struct volume *v)
+{
+	struct json_object *rec, *mounts;
+	int n = 0, r;
+
+	if (!v->record_path[0])
+		return;
+	rec = json_object_new_object();
+	mounts = json_object_new_array();
+	json_object_object_add(rec, "version", json_object_new_int(1));
+	json_object_object_add(rec, "volume", json_object_new_string(v->key));
+	json_object_object_add(rec, "mode", json_object_new_string(
+		v->block ? "Block" : "Filesystem"));
+	for (struct mount *m = d->mounts; m; m = m->next) {
+		if (m->v != v || !m->record)
+			continue;
+		json_object_array_add(mounts, json_object_get(m->record));
+		n++;
+	}
+	json_object_object_add(rec, "mounts", mounts);
+	if (n == 0) {
+		if (unlink(v->record_path) && errno != ENOENT)
+			lf_warn(MOD, "%s: cannot remove: %m", v->record_path);
+	} else {
+		r = write_atomic(v->record_path,
+				 json_object_to_json_string_ext(
+					 rec, JSON_C_TO_STRING_PRETTY));
+		if (r)
+			lf_err(MOD, "%s: cannot write the attach record: %s",
+			       v->record_path, strerror(-r));
+	}
+	json_object_put(rec);
 }
 
 /* Caller holds d->lock. Drops one mount of v; the last closes it. */
@@ -122,8 +214,10 @@ static void mount_release(struct lf_daemon *d, struct mount *m)
 {
 	mount_unlink(d, m);
 	lf_mount_stop(m->m);
+	record_update(d, m->v);
 	volume_put(d, m->v);
 	lf_info(MOD, "%s: unmounted", m->path);
+	json_object_put(m->record);
 	free(m);
 }
 
@@ -177,6 +271,16 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 	pthread_cond_init(&d->reap_cond, NULL);
 	lf_session_default_initiator(d->node_initiator,
 				     sizeof(d->node_initiator));
+	{
+		char dir[PATH_MAX + 16];
+		snprintf(dir, sizeof(dir), "%s/volumes", d->state_dir);
+		int r = lf_ctl_mkdirs(dir, 0700);
+		if (r) {
+			lf_err(MOD, "%s: cannot create: %s", dir, strerror(-r));
+			free(d);
+			return r;
+		}
+	}
 	d->reg = lf_registry_new_iscsi();
 	if (!d->reg) {
 		free(d);
@@ -187,12 +291,111 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 		free(d);
 		return -EAGAIN;
 	}
+	d->recovering = pthread_create(&d->recoverer, NULL, recover_main, d) == 0;
 	*out = d;
 	return 0;
 }
 
+static void recover_record(struct lf_daemon *d, const char *file)
+{
+	struct json_object *rec = NULL, *mounts;
+	char *text = NULL, err[512];
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || lf_ctl_read_all(fd, LF_CTL_MAX, &text) ||
+	    !(rec = json_tokener_parse(text)) ||
+	    !json_object_object_get_ex(rec, "mounts", &mounts) ||
+	    !json_object_is_type(mounts, json_type_array)) {
+		lf_err(MOD, "%s: unreadable attach record: removed", file);
+		goto out;
+	}
+	/* The replayed mounts write the record again. */
+	unlink(file);
+	for (size_t i = 0; i < json_object_array_length(mounts); i++) {
+		struct json_object *req = json_object_array_get_idx(mounts, i);
+		struct json_object *ans, *e;
+		const char *path = jstr(req, "path");
+		const char *sf = jstr(req, "secret_file");
+
+		if (!path)
+			continue;
+		/* The dead daemon's FUSE mount answers ENOTCONN until it is
+		 * taken away. */
+		if (is_mount_point(path) && umount2(path, MNT_DETACH) &&
+		    geteuid() != 0) {
+			pid_t pid = fork();
+			if (pid == 0) {
+				execlp("fusermount3", "fusermount3", "-u", "-z",
+				       path, (char *)NULL);
+				_exit(127);
+			}
+			if (pid > 0)
+				waitpid(pid, NULL, 0);
+		}
+		if (sf) {
+			struct lf_secrets sec;
+			char *sj;
+			if (lf_secrets_load_file(sf, &sec, err, sizeof(err))) {
+				lf_err(MOD, "%s: cannot re-attach: %s", path,
+				       err);
+				continue;
+			}
+			sj = lf_secrets_to_json(&sec);
+			lf_secrets_wipe(&sec);
+			if (sj) {
+				json_object_object_add(req, "secrets",
+						       json_tokener_parse(sj));
+				explicit_bzero(sj, strlen(sj));
+				free(sj);
+			}
+		}
+		json_object_object_add(req, "op", json_object_new_string("mount"));
+		ans = lf_daemon_handle(d, req);
+		json_object_object_del(req, "secrets");
+		if (json_object_object_get_ex(ans, "ok", &e) &&
+		    json_object_get_boolean(e))
+			lf_info(MOD, "%s: re-attached after a restart", path);
+		else
+			lf_err(MOD, "%s: could not re-attach after a restart: "
+				    "%s (released)",
+			       path, jstr(ans, "error"));
+		json_object_put(ans);
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	free(text);
+	json_object_put(rec);
+}
+
+/* A daemon that died (kill -9, OOM) left attach records: serve those
+ * mounts again, or release them. */
+static void *recover_main(void *arg)
+{
+	struct lf_daemon *d = arg;
+	char dir[PATH_MAX + 16], file[PATH_MAX * 2];
+	struct dirent *de;
+	DIR *dp;
+
+	snprintf(dir, sizeof(dir), "%s/volumes", d->state_dir);
+	dp = opendir(dir);
+	if (!dp)
+		return NULL;
+	while ((de = readdir(dp))) {
+		size_t n = strlen(de->d_name);
+		if (n < 6 || strcmp(de->d_name + n - 5, ".json"))
+			continue;
+		snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
+		recover_record(d, file);
+	}
+	closedir(dp);
+	return NULL;
+}
+
 void lf_daemon_free(struct lf_daemon *d)
 {
+	if (d->recovering)
+		pthread_join(d->recoverer, NULL);
 	pthread_mutex_lock(&d->lock);
 	while (d->mounts)
 		mount_release(d, d->mounts);
@@ -284,6 +487,103 @@ static bool is_mount_point(const char *path)
 	return found;
 }
 
+/* The LUN (through the session registry) or the image file of a spec. */
+static int open_bdev(struct lf_daemon *d, const struct lf_spec *spec,
+		     const struct lf_secrets *sec, const char *key,
+		     bool read_only, struct lf_bdev **out, char *err,
+		     size_t errlen)
+{
+	struct lf_session_params p;
+	int r;
+
+	if (spec->kind == LF_SPEC_FILE) {
+		r = lf_bdev_open_file(spec->path, read_only, out);
+		if (r)
+			snprintf(err, errlen, "%s: cannot open: %s", key,
+				 strerror(-r));
+		return r;
+	}
+	lf_registry_params(spec, sec, d->node_initiator, &p);
+	r = lf_registry_open_lun(d->reg, &p, spec->lun, read_only, out, err,
+				 errlen);
+	explicit_bzero(&p, sizeof(p));
+	return r;
+}
+
+/* Runs e2fsck on a volume's bytes, through a private block-file mount of
+ * the device: the shared libext2fs has no journal replay, e2fsck has.
+ * Returns e2fsck's exit status (0 clean, 1 fixed, 4 errors left …) or
+ * -errno; out gets the last line e2fsck printed. */
+static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
+		      char *out, size_t outlen)
+{
+	static atomic_uint seq;
+	struct lf_mount_opts mo;
+	struct lf_mount *m = NULL;
+	char path[PATH_MAX + 64], err[512], buf[4096];
+	int fd, pfd[2], status = 0, r;
+	size_t len = 0;
+	pid_t pid;
+
+	*out = 0;
+	snprintf(path, sizeof(path), "%s/fsck.%d.%u", d->state_dir,
+		 (int)getpid(), atomic_fetch_add(&seq, 1));
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	close(fd);
+	lf_mount_opts_init(&mo);
+	mo.fsgroup = -1;
+	mo.read_only = strcmp(mode, "-n") == 0;
+	r = lf_mount_block(b, path, &mo, &m, err, sizeof(err));
+	if (r) {
+		lf_err(MOD, "fsck: %s", err);
+		goto out;
+	}
+	if (pipe2(pfd, O_CLOEXEC)) {
+		r = -errno;
+		goto out;
+	}
+	pid = fork();
+	if (pid == 0) {
+		dup2(pfd[1], 1);
+		dup2(pfd[1], 2);
+		execl("/usr/sbin/e2fsck", "e2fsck", "-f", mode, path,
+		      (char *)NULL);
+		execlp("e2fsck", "e2fsck", "-f", mode, path, (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	for (;;) {
+		ssize_t n = read(pfd[0], buf + len, sizeof(buf) - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (len >= sizeof(buf) - 1) { /* keep the tail */
+			memmove(buf, buf + len / 2, len - len / 2);
+			len -= len / 2;
+		}
+	}
+	close(pfd[0]);
+	buf[len] = 0;
+	if (pid < 0 || waitpid(pid, &status, 0) < 0) {
+		r = -ECHILD;
+		goto out;
+	}
+	while (len && buf[len - 1] == '\n')
+		buf[--len] = 0;
+	snprintf(out, outlen, "%s", strrchr(buf, '\n') ? strrchr(buf, '\n') + 1 : buf);
+	lf_info(MOD, "e2fsck -f %s on %s:\n%s", mode, lf_bdev_desc(b), buf);
+	r = WIFEXITED(status) ? WEXITSTATUS(status) : 8;
+out:
+	if (m)
+		lf_mount_stop(m);
+	unlink(path);
+	return r;
+}
+
 /* Caller holds d->lock. Opens (or finds) the volume for spec. */
 static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 		      struct lf_secrets *sec, bool block, bool read_only,
@@ -325,20 +625,12 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 	if (!v)
 		return -ENOMEM;
 	snprintf(v->key, sizeof(v->key), "%s", key);
+	snprintf(v->record_path, sizeof(v->record_path),
+		 "%s/volumes/%016llx.json", d->state_dir,
+		 (unsigned long long)fnv1a(key));
 	v->block = block;
 	v->read_only = read_only;
-	if (spec->kind == LF_SPEC_FILE) {
-		r = lf_bdev_open_file(spec->path, read_only, &v->bdev);
-		if (r)
-			snprintf(err, errlen, "%s: cannot open: %s", key,
-				 strerror(-r));
-	} else {
-		struct lf_session_params p;
-		lf_registry_params(spec, sec, d->node_initiator, &p);
-		r = lf_registry_open_lun(d->reg, &p, spec->lun, read_only,
-					 &v->bdev, err, errlen);
-		explicit_bzero(&p, sizeof(p));
-	}
+	r = open_bdev(d, spec, sec, key, read_only, &v->bdev, err, errlen);
 	if (r)
 		goto fail;
 	if (!block) {
@@ -347,6 +639,28 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 			.allow_format = !read_only,
 		};
 		r = lf_vol_open(v->bdev, &vo, &v->vol, err, errlen);
+		if (r == -EUCLEAN && !read_only) {
+			/* The plugin's mount would replay the journal; so do
+			 * we, with e2fsck's own replay and preen. */
+			char fsck_out[512];
+			int rc;
+			lf_warn(MOD, "%s: %s: replaying and checking with "
+				     "e2fsck -p",
+				key, err);
+			rc = run_e2fsck(d, v->bdev, "-p", fsck_out,
+				       sizeof(fsck_out));
+			if (rc < 0 || rc > 2) {
+				snprintf(err, errlen,
+					 "%s was not unmounted cleanly and "
+					 "automatic repair failed (e2fsck -p: "
+					 "%s): run 'lunfs fsck --repair SPEC'",
+					 key, rc < 0 ? strerror(-rc) : fsck_out);
+				r = -EUCLEAN;
+				goto fail;
+			}
+			lf_info(MOD, "%s: recovered (e2fsck exit %d)", key, rc);
+			r = lf_vol_open(v->bdev, &vo, &v->vol, err, errlen);
+		}
 		if (r)
 			goto fail;
 		v->served = lf_served_new(v->vol);
@@ -374,6 +688,18 @@ fail:
 		lf_bdev_unref(v->bdev);
 	free(v);
 	return r;
+}
+
+static bool valid_container_id(const char *id)
+{
+	size_t n = strlen(id);
+
+	if (n == 0 || n > 128 || !isalnum((unsigned char)id[0]))
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)id[i]) && !strchr("_.-", id[i]))
+			return false;
+	return true;
 }
 
 static struct json_object *op_mount(struct lf_daemon *d,
@@ -412,6 +738,13 @@ static struct json_object *op_mount(struct lf_daemon *d,
 			goto out_err;
 		snprintf(spec.initiator_name, sizeof(spec.initiator_name),
 			 "%s", p);
+	}
+	if ((p = jstr(req, "container")) && !valid_container_id(p)) {
+		r = -EINVAL;
+		snprintf(err, sizeof(err),
+			 "invalid container id (letters, digits, '_', '.', "
+			 "'-'; at most 128)");
+		goto out_err;
 	}
 	block = jbool(req, "block") || spec.mode == LF_MODE_BLOCK;
 	ro = jbool(req, "read_only") || spec.read_only;
@@ -511,6 +844,16 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	m->v = v;
 	m->read_only = ro;
 	m->fsgroup = mo.fsgroup;
+	if ((p = jstr(req, "container")))
+		snprintf(m->container, sizeof(m->container), "%s", p);
+	m->record = json_object_new_object();
+	json_object_object_foreach(req, k, val)
+	{
+		if (strcmp(k, "secrets") && strcmp(k, "op") && strcmp(k, "path"))
+			json_object_object_add(m->record, k,
+					       json_object_get(val));
+	}
+	json_object_object_add(m->record, "path", json_object_new_string(path));
 	lf_idmap_format(&mo.uidmap, m->uidmap, sizeof(m->uidmap));
 	lf_idmap_format(&mo.gidmap, m->gidmap, sizeof(m->gidmap));
 	if (block)
@@ -521,6 +864,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 		goto out_put;
 	m->next = d->mounts;
 	d->mounts = m;
+	record_update(d, v);
 	lf_info(MOD, "%s: mounted %s%s", path, v->key, ro ? " read-only" : "");
 	pthread_mutex_unlock(&d->lock);
 	ans = answer_ok();
@@ -529,6 +873,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	return ans;
 
 out_put:
+	if (m)
+		json_object_put(m->record);
 	free(m);
 	volume_put(d, v);
 	pthread_mutex_unlock(&d->lock);
@@ -559,6 +905,87 @@ static struct json_object *op_umount(struct lf_daemon *d,
 	}
 	pthread_mutex_unlock(&d->lock);
 	return answer_err(EINVAL, "%s is not a lunfs mount", path);
+}
+
+/* e2fsck on a volume that is not being served: check (-n) or repair (-y,
+ * journal replay included). */
+static struct json_object *op_fsck(struct lf_daemon *d,
+				   struct json_object *req)
+{
+	struct lf_secrets sec;
+	struct lf_spec spec;
+	struct lf_bdev *b = NULL;
+	struct json_object *j, *ans;
+	bool repair = jbool(req, "repair");
+	char err[1024] = "", key[600], out[512];
+	int r, rc;
+
+	memset(&sec, 0, sizeof(sec));
+	if (!json_object_object_get_ex(req, "spec", &j))
+		return answer_err(EINVAL, "fsck: no spec");
+	r = lf_spec_parse_json(json_object_to_json_string(j), &spec, err,
+			       sizeof(err));
+	if (!r && json_object_object_get_ex(req, "secrets", &j))
+		r = lf_secrets_parse_json(json_object_to_json_string(j), &sec,
+					  err, sizeof(err));
+	if (!r && spec.kind == LF_SPEC_ISCSI)
+		r = lf_spec_resolve(&spec, err, sizeof(err));
+	if (r) {
+		lf_secrets_wipe(&sec);
+		return answer_err(r, "%s", err);
+	}
+	lf_spec_url(&spec, key, sizeof(key));
+	pthread_mutex_lock(&d->lock);
+	for (struct volume *v = d->volumes; v; v = v->next) {
+		if (strcmp(v->key, key) == 0) {
+			pthread_mutex_unlock(&d->lock);
+			lf_secrets_wipe(&sec);
+			return answer_err(EBUSY,
+					  "%s is mounted: unmount it before "
+					  "checking it",
+					  key);
+		}
+	}
+	r = open_bdev(d, &spec, &sec, key, !repair, &b, err, sizeof(err));
+	lf_secrets_wipe(&sec);
+	if (r) {
+		pthread_mutex_unlock(&d->lock);
+		return answer_err(r, "%s", err);
+	}
+	rc = run_e2fsck(d, b, repair ? "-y" : "-n", out, sizeof(out));
+	lf_bdev_unref(b);
+	pthread_mutex_unlock(&d->lock);
+	if (rc < 0)
+		return answer_err(rc, "%s: cannot run e2fsck: %s", key,
+				  strerror(-rc));
+	ans = answer_ok();
+	json_object_object_add(ans, "exit", json_object_new_int(rc));
+	json_object_object_add(ans, "summary", json_object_new_string(out));
+	return ans;
+}
+
+/* Releases every mount of an OCI container. Idempotent: no mount left is
+ * success, which is what poststop needs. */
+static struct json_object *op_release(struct lf_daemon *d,
+				      struct json_object *req)
+{
+	const char *id = jstr(req, "container");
+	int n = 0;
+
+	if (!id || !valid_container_id(id))
+		return answer_err(EINVAL, "release: invalid container id");
+	pthread_mutex_lock(&d->lock);
+	for (struct mount *m = d->mounts, *next; m; m = next) {
+		next = m->next;
+		if (strcmp(m->container, id) == 0) {
+			mount_release(d, m);
+			n++;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	struct json_object *a = answer_ok();
+	json_object_object_add(a, "released", json_object_new_int(n));
+	return a;
 }
 
 static void add_session(void *ctx, const struct lf_registry_entry *e)
@@ -616,6 +1043,9 @@ static struct json_object *op_status(struct lf_daemon *d)
 		if (m->fsgroup >= 0)
 			json_object_object_add(o, "fsgroup",
 					       json_object_new_int64(m->fsgroup));
+		if (m->container[0])
+			json_object_object_add(o, "container",
+					       json_object_new_string(m->container));
 		json_object_array_add(mounts, o);
 	}
 	pthread_mutex_unlock(&d->lock);
@@ -639,6 +1069,10 @@ struct json_object *lf_daemon_handle(struct lf_daemon *d,
 		return op_mount(d, req);
 	if (strcmp(op, "umount") == 0)
 		return op_umount(d, req);
+	if (strcmp(op, "fsck") == 0)
+		return op_fsck(d, req);
+	if (strcmp(op, "release") == 0)
+		return op_release(d, req);
 	if (strcmp(op, "status") == 0)
 		return op_status(d);
 	if (strcmp(op, "ping") == 0)

@@ -1,27 +1,23 @@
 /* lunfs — the command line: mounts and unmounts volumes through lunfsd and
  * shows what is attached. Starts lunfsd by itself when none answers. */
+#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fuse/idmap.h"
 #include "iscsi/spec.h"
+#include "tools/client.h"
 #include "tools/ctl.h"
+#include "tools/hook.h"
 
-struct cli {
-	char state[PATH_MAX];
-	char sock[PATH_MAX];
-};
 
 static void die(int code, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3), noreturn));
@@ -47,6 +43,8 @@ static const char main_usage[] =
 	"logs out\n"
 	"  status [--json]   sessions, volumes and mounts\n"
 	"  shutdown          unmount everything and stop lunfsd\n"
+	"  fsck [--repair] SPEC  check (or repair) an unmounted volume\n"
+	"  hook [STAGE]      OCI runtime hook (createRuntime, poststop)\n"
 	"  help [COMMAND]    help on a command\n\n"
 	"SPEC is iscsi://[user@]host[:port]/IQN/LUN, file:///path/to/image, "
 	"or a JSON\nfile with Kubernetes ISCSIVolumeSource fields "
@@ -105,117 +103,16 @@ static const char shutdown_usage[] =
 	"Usage: lunfs shutdown\n"
 	"Unmount every volume, log out of every target and stop lunfsd.\n";
 
-static void find_daemon(char *buf, size_t len)
+/* Sends req (taking it); exits with the reason on any failure. */
+static struct json_object *call(const struct lf_client *c,
+				struct json_object *req, bool autostart)
 {
-	const char *env = getenv("LUNFS_DAEMON");
-	char self[PATH_MAX];
-	ssize_t n;
+	struct json_object *ans;
+	char err[1024];
 
-	if (env && *env) {
-		snprintf(buf, len, "%s", env);
-		return;
-	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n > 0) {
-		self[n] = 0;
-		snprintf(buf, len, "%s/lunfsd", dirname(self));
-		if (access(buf, X_OK) == 0)
-			return;
-	}
-	snprintf(buf, len, "lunfsd");
-}
-
-static void log_tail(const char *log)
-{
-	char line[1024], last[1024] = "";
-	FILE *f = fopen(log, "re");
-
-	if (!f)
-		return;
-	while (fgets(line, sizeof(line), f))
-		memcpy(last, line, sizeof(last));
-	fclose(f);
-	if (*last)
-		fprintf(stderr, "lunfs: lunfsd said: %s", last);
-}
-
-/* Starts lunfsd detached, with its output in STATE_DIR/lunfsd.log, and
- * waits until it answers. */
-static void start_daemon(const struct cli *c)
-{
-	char daemon[PATH_MAX], log[PATH_MAX + 16];
-	pid_t pid;
-	int r, status;
-
-	r = lf_ctl_mkdirs(c->state, 0700);
-	if (r)
-		die(1, "%s: cannot create the state directory: %s", c->state,
-		    strerror(-r));
-	find_daemon(daemon, sizeof(daemon));
-	snprintf(log, sizeof(log), "%s/lunfsd.log", c->state);
-	pid = fork();
-	if (pid < 0)
-		die(1, "fork: %s", strerror(errno));
-	if (pid == 0) {
-		/* Double fork: the daemon is nobody's child but init's. */
-		int fd;
-		setsid();
-		if (fork() != 0)
-			_exit(0);
-		fd = open("/dev/null", O_RDONLY);
-		dup2(fd, 0);
-		fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execl(daemon, "lunfsd", "--state-dir", c->state, "--socket",
-		      c->sock, (char *)NULL);
-		execlp("lunfsd", "lunfsd", "--state-dir", c->state, "--socket",
-		       c->sock, (char *)NULL);
-		fprintf(stderr, "lunfs: cannot run %s: %s\n", daemon,
-			strerror(errno));
-		_exit(127);
-	}
-	waitpid(pid, &status, 0);
-	for (int i = 0; i < 200; i++) {
-		int fd;
-		struct timespec ts = {0, 50 * 1000 * 1000};
-		if (lf_ctl_connect(c->sock, &fd) == 0) {
-			close(fd);
-			return;
-		}
-		nanosleep(&ts, NULL);
-	}
-	log_tail(log);
-	die(1, "lunfsd did not start (see %s)", log);
-}
-
-/* Sends req; starts the daemon first when autostart and none answers.
- * Exits with a message on any failure; returns the ok answer. */
-static struct json_object *call(const struct cli *c, struct json_object *req,
-				bool autostart)
-{
-	struct json_object *ans = NULL, *e;
-	char err[512];
-	int fd, r;
-
-	r = lf_ctl_connect(c->sock, &fd);
-	if (r == 0) {
-		close(fd);
-	} else if (autostart && (r == -ENOENT || r == -ECONNREFUSED)) {
-		start_daemon(c);
-	}
-	r = lf_ctl_call(c->sock, req, &ans, err, sizeof(err));
-	json_object_put(req);
-	if (r)
+	if (lf_client_call(c, req, autostart, &ans, err, sizeof(err)))
 		die(1, "%s", err);
-	if (json_object_object_get_ex(ans, "ok", &e) &&
-	    json_object_get_boolean(e))
-		return ans;
-	if (json_object_object_get_ex(ans, "error", &e))
-		die(1, "%s", json_object_get_string(e));
-	die(1, "lunfsd refused the request without a reason");
+	return ans;
 }
 
 static bool want_help(int argc, char **argv)
@@ -244,7 +141,7 @@ static void usage_error(const char *usage, const char *fmt, ...)
 	exit(2);
 }
 
-static int cmd_mount(const struct cli *c, int argc, char **argv)
+static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{"block", no_argument, NULL, 'b'},
@@ -257,13 +154,12 @@ static int cmd_mount(const struct cli *c, int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	struct json_object *req = json_object_new_object();
+	struct json_object *req = NULL;
 	struct json_object *uidmap = json_object_new_array();
 	struct json_object *gidmap = json_object_new_array();
 	const char *secret_file = NULL, *initiator = NULL;
 	bool block = false, ro = false;
 	long long fsgroup = -1;
-	struct lf_secrets sec;
 	struct lf_spec spec;
 	struct lf_idmap scratch;
 	char err[1024], path[PATH_MAX];
@@ -334,57 +230,23 @@ static int cmd_mount(const struct cli *c, int argc, char **argv)
 	if (!realpath(argv[optind + 1], path))
 		die(1, "%s: %s", argv[optind + 1], strerror(errno));
 
-	memset(&sec, 0, sizeof(sec));
-	if (secret_file)
-		r = lf_secrets_load_file(secret_file, &sec, err, sizeof(err));
-	else
-		r = lf_secrets_from_env(&sec, err, sizeof(err));
-	if (r)
+	struct lf_mount_req mr = {
+		.spec = &spec,
+		.secret_file = secret_file,
+		.path = path,
+		.block = block,
+		.read_only = ro,
+		.uidmap = uidmap,
+		.gidmap = gidmap,
+		.fsgroup = fsgroup,
+	};
+	if (lf_client_mount_request(&mr, &req, err, sizeof(err)))
 		die(1, "%s", err);
-	if (spec.url_user[0]) {
-		/* iscsi://user@… names the CHAP user; the secret file or the
-		 * environment holds the password. */
-		spec.chap_session = true;
-		if (!sec.session.user[0])
-			snprintf(sec.session.user, sizeof(sec.session.user),
-				 "%s", spec.url_user);
-	}
-	if (spec.chap_session && !sec.session.secret[0])
-		die(1, "the spec asks for CHAP but no CHAP secret was given: use "
-		       "--chap-secret-file FILE or LUNFS_CHAP_USERNAME and "
-		       "LUNFS_CHAP_PASSWORD");
-	if (spec.chap_discovery && !sec.discovery.secret[0])
-		die(1, "the spec asks for discovery CHAP but no "
-		       "discovery.sendtargets.auth.password was given");
-
-	char *sj = lf_spec_to_json(&spec);
-	if (!sj)
-		die(1, "out of memory");
-	json_object_object_add(req, "op", json_object_new_string("mount"));
-	json_object_object_add(req, "spec", json_tokener_parse(sj));
-	free(sj);
-	if (!lf_secrets_empty(&sec)) {
-		char *secj = lf_secrets_to_json(&sec);
-		if (!secj)
-			die(1, "out of memory");
-		json_object_object_add(req, "secrets", json_tokener_parse(secj));
-		explicit_bzero(secj, strlen(secj));
-		free(secj);
-	}
-	lf_secrets_wipe(&sec);
-	json_object_object_add(req, "path", json_object_new_string(path));
-	json_object_object_add(req, "block", json_object_new_boolean(block));
-	json_object_object_add(req, "read_only", json_object_new_boolean(ro));
-	json_object_object_add(req, "uidmap", uidmap);
-	json_object_object_add(req, "gidmap", gidmap);
-	if (fsgroup >= 0)
-		json_object_object_add(req, "fsgroup",
-				       json_object_new_int64(fsgroup));
 	json_object_put(call(c, req, true));
 	return 0;
 }
 
-static int cmd_umount(const struct cli *c, int argc, char **argv)
+static int cmd_umount(const struct lf_client *c, int argc, char **argv)
 {
 	struct json_object *req;
 
@@ -410,7 +272,24 @@ static const char *jget(struct json_object *o, const char *k)
 	return json_object_get_string(v);
 }
 
-static int cmd_status(const struct cli *c, int argc, char **argv)
+static bool has_attach_records(const struct lf_client *c)
+{
+	char dir[PATH_MAX + 16];
+	struct dirent *de;
+	bool found = false;
+	DIR *dp;
+
+	snprintf(dir, sizeof(dir), "%s/volumes", c->state);
+	dp = opendir(dir);
+	if (!dp)
+		return false;
+	while (!found && (de = readdir(dp)))
+		found = strstr(de->d_name, ".json") != NULL;
+	closedir(dp);
+	return found;
+}
+
+static int cmd_status(const struct lf_client *c, int argc, char **argv)
 {
 	struct json_object *req, *ans, *arr;
 	bool as_json = false;
@@ -426,6 +305,13 @@ static int cmd_status(const struct cli *c, int argc, char **argv)
 		else
 			usage_error(status_usage, "unknown argument '%s'",
 				    argv[i]);
+	}
+	if (lf_ctl_connect(c->sock, &fd) && has_attach_records(c)) {
+		/* A daemon died with volumes attached: starting one serves
+		 * them again (or releases them), and then status is true. */
+		char err[1024];
+		if (lf_client_start_daemon(c, err, sizeof(err)))
+			die(1, "%s", err);
 	}
 	if (lf_ctl_connect(c->sock, &fd)) {
 		/* No daemon: nothing is attached. Say so without starting one. */
@@ -482,7 +368,7 @@ static int cmd_status(const struct cli *c, int argc, char **argv)
 	return 0;
 }
 
-static int cmd_shutdown(const struct cli *c, int argc, char **argv)
+static int cmd_shutdown(const struct lf_client *c, int argc, char **argv)
 {
 	struct json_object *req;
 	int fd;
@@ -510,9 +396,89 @@ static int cmd_shutdown(const struct cli *c, int argc, char **argv)
 	die(1, "lunfsd did not stop within 30 s");
 }
 
+static const char hook_usage[] =
+	"Usage: lunfs hook [createRuntime|prestart|poststop]\n"
+	"OCI runtime hook. Reads the container state on stdin and mounts "
+	"(createRuntime,\nprestart) or releases (poststop) the volumes that "
+	"the annotation\n" LF_HOOK_ANNOTATION " names; without a stage the "
+	"state's status decides (creating:\nmount, stopped: release). See "
+	"the README for the annotation's format.\n";
+
+static int cmd_hook(const struct lf_client *c, int argc, char **argv)
+{
+	if (want_help(argc, argv)) {
+		fputs(hook_usage, stdout);
+		return 0;
+	}
+	if (argc > 2)
+		usage_error(hook_usage, "hook takes at most one stage");
+	return lf_hook_run(c, argc == 2 ? argv[1] : NULL, stdin);
+}
+
+static const char fsck_usage[] =
+	"Usage: lunfs fsck [--repair] [--chap-secret-file F] SPEC\n"
+	"Check the filesystem of a volume that is not mounted, with e2fsck "
+	"reading the\nLUN through lunfs. --repair replays the journal and "
+	"fixes what e2fsck finds\n(e2fsck -fy); without it nothing is "
+	"written (e2fsck -fn). Exit status is\ne2fsck's: 0 clean, 1 errors "
+	"fixed, 4 errors left, 8 operational error.\n";
+
+static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"repair", no_argument, NULL, 'y'},
+		{"chap-secret-file", required_argument, NULL, 'c'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct json_object *req = NULL, *ans, *e;
+	const char *secret_file = NULL;
+	bool repair = false;
+	struct lf_spec spec;
+	char err[1024];
+	int opt, rc;
+
+	if (want_help(argc, argv)) {
+		fputs(fsck_usage, stdout);
+		return 0;
+	}
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "+hy", longopts, NULL)) != -1) {
+		if (opt == 'y')
+			repair = true;
+		else if (opt == 'c')
+			secret_file = optarg;
+		else {
+			fprintf(stderr, "\n%s", fsck_usage);
+			exit(2);
+		}
+	}
+	if (argc - optind != 1)
+		usage_error(fsck_usage, "fsck needs SPEC");
+	if (lf_spec_load(argv[optind], &spec, err, sizeof(err)))
+		die(1, "%s", err);
+	struct lf_mount_req mr = {
+		.spec = &spec, .secret_file = secret_file, .path = "",
+		.fsgroup = -1,
+	};
+	if (lf_client_mount_request(&mr, &req, err, sizeof(err)))
+		die(1, "%s", err);
+	json_object_object_add(req, "op", json_object_new_string("fsck"));
+	json_object_object_add(req, "repair", json_object_new_boolean(repair));
+	ans = call(c, req, true);
+	rc = json_object_object_get_ex(ans, "exit", &e) ? json_object_get_int(e)
+							 : 8;
+	if (json_object_object_get_ex(ans, "summary", &e))
+		printf("%s\n", json_object_get_string(e));
+	printf("e2fsck exit status %d (%s); full output in %s/lunfsd.log\n", rc,
+	       rc == 0 ? "clean" : rc == 1 ? "errors fixed" : rc < 4 ? "fixed, see log" : "errors left", c->state);
+	json_object_put(ans);
+	return rc;
+}
+
 struct command {
 	const char *name;
-	int (*fn)(const struct cli *c, int argc, char **argv);
+	int (*fn)(const struct lf_client *c, int argc, char **argv);
 	const char *usage;
 };
 
@@ -522,12 +488,14 @@ static const struct command commands[] = {
 	{"unmount", cmd_umount, umount_usage},
 	{"status", cmd_status, status_usage},
 	{"shutdown", cmd_shutdown, shutdown_usage},
+	{"hook", cmd_hook, hook_usage},
+	{"fsck", cmd_fsck, fsck_usage},
 };
 
 int main(int argc, char **argv)
 {
 	const char *state_opt = NULL, *sock_opt = NULL;
-	struct cli c;
+	struct lf_client c;
 	int i;
 
 	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
@@ -552,8 +520,7 @@ int main(int argc, char **argv)
 	}
 	if (i >= argc)
 		usage_error(main_usage, "no command given");
-	if (lf_ctl_paths(state_opt, sock_opt, c.state, sizeof(c.state), c.sock,
-			 sizeof(c.sock)))
+	if (lf_client_init(&c, state_opt, sock_opt))
 		die(1, "state directory or socket path too long");
 	if (strcmp(argv[i], "help") == 0) {
 		for (size_t k = 0; i + 1 < argc && k < sizeof(commands) /

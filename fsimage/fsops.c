@@ -1,0 +1,1961 @@
+/* fsops.c — POSIX operations on an ext4 volume through libext2fs.
+ *
+ * Every libext2fs call happens under vol->lock. File data moves outside it:
+ * read/write map the block range under the lock, then move the bytes with
+ * lf_vol_data_pread/pwrite in runs of physically contiguous blocks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include "fsimage/dirindex.h"
+#include "fsimage/fsops_int.h"
+#include "iscsi/log.h"
+
+#define MOD "fsops"
+#define LF_LINK_MAX 65000
+#define LF_NAME_MAX 255
+#define LF_DIRINDEX_BYTES (64u << 20)
+#define LF_HOLD_BUCKETS 4096
+
+struct lf_hold {
+	struct lf_hold *next;
+	uint64_t ino;
+	uint64_t count;
+	bool orphan; /* nlink reached 0 while held: free at the last iput */
+};
+
+struct lf_fsops {
+	struct lf_dirindex_set *dix;
+	struct lf_hold *holds[LF_HOLD_BUCKETS];
+	uint64_t overhead; /* blocks statfs does not count; 0 = unknown */
+};
+
+static void fsops_fini(struct lf_vol *v);
+
+/* Caller holds the lock. */
+static struct lf_fsops *fsops_state(struct lf_vol *v)
+{
+	struct lf_fsops *s = v->fsops;
+
+	if (s)
+		return s;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->dix = lf_dirindex_set_new(LF_DIRINDEX_BYTES);
+	if (!s->dix) {
+		free(s);
+		return NULL;
+	}
+	v->fsops = s;
+	v->fsops_fini = fsops_fini;
+	if (!v->fs->inode_map || !v->fs->block_map) {
+		errcode_t e = ext2fs_read_bitmaps(v->fs);
+
+		if (e)
+			lf_err(MOD, "%s: reading bitmaps: %s", lf_vol_desc(v),
+			       error_message(e));
+	}
+	return s;
+}
+
+#define LOCK_STATE(v, s)                                                       \
+	do {                                                                   \
+		lf_vol_lock(v);                                                \
+		(s) = fsops_state(v);                                          \
+	} while (0)
+
+/* ---- inodes, times, types ---- */
+
+static uint32_t ft_to_mode(int ft)
+{
+	static const uint32_t m[] = {0,	      S_IFREG, S_IFDIR, S_IFCHR,
+				     S_IFBLK, S_IFIFO, S_IFSOCK, S_IFLNK};
+
+	return ft > 0 && ft < 8 ? m[ft] : 0;
+}
+
+static int mode_to_ft(uint32_t mode)
+{
+	switch (mode & S_IFMT) {
+	case S_IFREG:
+		return EXT2_FT_REG_FILE;
+	case S_IFDIR:
+		return EXT2_FT_DIR;
+	case S_IFCHR:
+		return EXT2_FT_CHRDEV;
+	case S_IFBLK:
+		return EXT2_FT_BLKDEV;
+	case S_IFIFO:
+		return EXT2_FT_FIFO;
+	case S_IFSOCK:
+		return EXT2_FT_SOCK;
+	case S_IFLNK:
+		return EXT2_FT_SYMLINK;
+	}
+	return EXT2_FT_UNKNOWN;
+}
+
+#define HAS_EXTRA(fs, in, f)                                                   \
+	(EXT2_INODE_SIZE((fs)->super) > EXT2_GOOD_OLD_INODE_SIZE &&            \
+	 (in)->i_extra_isize >= offsetof(struct ext2_inode_large, f) +         \
+					sizeof((in)->f) -                      \
+					EXT2_GOOD_OLD_INODE_SIZE)
+
+static void tenc(uint32_t *lo, uint32_t *extra, const struct timespec *t)
+{
+	*lo = (uint32_t)t->tv_sec;
+	if (extra)
+		*extra = ((uint32_t)t->tv_nsec << EXT4_EPOCH_BITS) |
+			 (((t->tv_sec - (int32_t)t->tv_sec) >> 32) &
+			  EXT4_EPOCH_MASK);
+}
+
+static void tdec(struct timespec *t, uint32_t lo, const uint32_t *extra)
+{
+	t->tv_sec = (int32_t)lo;
+	t->tv_nsec = 0;
+	if (extra) {
+		t->tv_sec += (int64_t)(*extra & EXT4_EPOCH_MASK) << 32;
+		t->tv_nsec = *extra >> EXT4_EPOCH_BITS;
+	}
+}
+
+#define TSET(fs, in, F, ts)                                                    \
+	tenc(&(in)->i_##F, HAS_EXTRA(fs, in, i_##F##_extra)                    \
+				   ? &(in)->i_##F##_extra                      \
+				   : NULL,                                     \
+	     ts)
+#define TGET(fs, in, F, ts)                                                    \
+	tdec(ts, (in)->i_##F,                                                  \
+	     HAS_EXTRA(fs, in, i_##F##_extra) ? &(in)->i_##F##_extra : NULL)
+
+static struct timespec now_ts(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_REALTIME, &t);
+	return t;
+}
+
+void lf_fs_set_ctime_now(struct lf_vol *v, struct ext2_inode_large *in)
+{
+	struct timespec t = now_ts();
+
+	TSET(v->fs, in, ctime, &t);
+}
+
+static void touch_mc(struct lf_vol *v, struct ext2_inode_large *in)
+{
+	struct timespec t = now_ts();
+
+	TSET(v->fs, in, mtime, &t);
+	TSET(v->fs, in, ctime, &t);
+}
+
+int lf_fs_iread(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in)
+{
+	errcode_t e;
+
+	if (ino < 1 || ino > v->fs->super->s_inodes_count)
+		return -ESTALE;
+	memset(in, 0, sizeof(*in));
+	e = ext2fs_read_inode_full(v->fs, ino, (struct ext2_inode *)in,
+				   sizeof(*in));
+	if (e)
+		return lf_errno_from_ext2(e);
+	if (in->i_links_count == 0 && in->i_dtime)
+		return -ESTALE;
+	return 0;
+}
+
+int lf_fs_iwrite(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in)
+{
+	errcode_t e = ext2fs_write_inode_full(v->fs, ino,
+					      (struct ext2_inode *)in,
+					      sizeof(*in));
+
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+static uint32_t i_uid(const struct ext2_inode_large *in)
+{
+	return in->i_uid | (uint32_t)in->osd2.linux2.l_i_uid_high << 16;
+}
+
+static uint32_t i_gid(const struct ext2_inode_large *in)
+{
+	return in->i_gid | (uint32_t)in->osd2.linux2.l_i_gid_high << 16;
+}
+
+static void set_uid(struct ext2_inode_large *in, uint32_t uid)
+{
+	in->i_uid = uid & 0xffff;
+	in->osd2.linux2.l_i_uid_high = uid >> 16;
+}
+
+static void set_gid(struct ext2_inode_large *in, uint32_t gid)
+{
+	in->i_gid = gid & 0xffff;
+	in->osd2.linux2.l_i_gid_high = gid >> 16;
+}
+
+/* Device numbers as ext4 stores them: old 16-bit form when it fits. */
+static void rdev_encode(struct ext2_inode_large *in, uint64_t rdev)
+{
+	unsigned ma = major(rdev), mi = minor(rdev);
+
+	if (ma < 256 && mi < 256) {
+		in->i_block[0] = ma << 8 | mi;
+		in->i_block[1] = 0;
+	} else {
+		in->i_block[0] = 0;
+		in->i_block[1] = (mi & 0xff) | (ma << 8) | ((mi & ~0xffu) << 12);
+		in->i_block[2] = 0;
+	}
+}
+
+static uint64_t rdev_decode(const struct ext2_inode_large *in)
+{
+	uint32_t d = in->i_block[0];
+
+	if (d)
+		return makedev((d >> 8) & 0xff, d & 0xff);
+	d = in->i_block[1];
+	return makedev((d & 0xfff00) >> 8, (d & 0xff) | ((d >> 12) & 0xfff00));
+}
+
+static void fill_stat(struct lf_vol *v, uint64_t ino,
+		      struct ext2_inode_large *in, struct lf_stat *st)
+{
+	ext2_filsys fs = v->fs;
+
+	memset(st, 0, sizeof(*st));
+	st->ino = ino;
+	st->mode = in->i_mode;
+	st->nlink = in->i_links_count;
+	st->uid = i_uid(in);
+	st->gid = i_gid(in);
+	if (LINUX_S_ISCHR(in->i_mode) || LINUX_S_ISBLK(in->i_mode))
+		st->rdev = rdev_decode(in);
+	st->size = EXT2_I_SIZE(in);
+	st->blocks = ext2fs_get_stat_i_blocks(fs, (struct ext2_inode *)in);
+	TGET(fs, in, atime, &st->atime);
+	TGET(fs, in, mtime, &st->mtime);
+	TGET(fs, in, ctime, &st->ctime);
+	if (HAS_EXTRA(fs, in, i_crtime_extra))
+		tdec(&st->btime, in->i_crtime, &in->i_crtime_extra);
+	else if (HAS_EXTRA(fs, in, i_crtime))
+		tdec(&st->btime, in->i_crtime, NULL);
+	st->generation = in->i_generation;
+}
+
+static int stat_ino(struct lf_vol *v, uint64_t ino, struct lf_stat *st)
+{
+	struct ext2_inode_large in;
+	int r = lf_fs_iread(v, ino, &in);
+
+	if (!r && st)
+		fill_stat(v, ino, &in, st);
+	return r;
+}
+
+static bool name_bad(const char *name, int *err)
+{
+	size_t len = strlen(name);
+
+	if (len > LF_NAME_MAX) {
+		*err = -ENAMETOOLONG;
+		return true;
+	}
+	if (len == 0 || strchr(name, '/')) {
+		*err = -EINVAL;
+		return true;
+	}
+	return false;
+}
+
+static bool is_dot(const char *n)
+{
+	return strcmp(n, ".") == 0 || strcmp(n, "..") == 0;
+}
+
+/* ---- link counts ---- */
+
+static void nlink_inc(struct ext2_inode_large *in)
+{
+	if (LINUX_S_ISDIR(in->i_mode) &&
+	    (in->i_links_count == 1 || in->i_links_count + 1 >= LF_LINK_MAX))
+		in->i_links_count = 1; /* dir_nlink: "many" */
+	else
+		in->i_links_count++;
+}
+
+static void nlink_dec(struct ext2_inode_large *in)
+{
+	if (!LINUX_S_ISDIR(in->i_mode) || in->i_links_count > 2)
+		in->i_links_count--;
+}
+
+static int dir_nlink_room(struct lf_vol *v, struct ext2_inode_large *dir)
+{
+	if (dir->i_links_count >= LF_LINK_MAX - 1 &&
+	    !ext2fs_has_feature_dir_nlink(v->fs->super))
+		return -EMLINK;
+	return 0;
+}
+
+/* ---- holds and orphans ---- */
+
+static struct lf_hold **hold_slot(struct lf_fsops *s, uint64_t ino)
+{
+	struct lf_hold **pp = &s->holds[ino % LF_HOLD_BUCKETS];
+
+	while (*pp && (*pp)->ino != ino)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+/* Release everything the inode owns and mark it free. Lock held. */
+static int free_inode(struct lf_vol *v, uint64_t ino)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	struct timespec t = now_ts();
+	errcode_t e;
+	int r;
+
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		return r;
+	if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)&in)) {
+		e = ext2fs_punch(fs, ino, (struct ext2_inode *)&in, NULL, 0,
+				 ~0ULL);
+		if (e)
+			lf_warn(MOD, "%s: inode %llu: freeing blocks: %s",
+				lf_vol_desc(v), (unsigned long long)ino,
+				error_message(e));
+	}
+	if (ext2fs_file_acl_block(fs, (struct ext2_inode *)&in)) {
+		e = ext2fs_free_ext_attr(fs, ino, &in);
+		if (e)
+			lf_warn(MOD, "%s: inode %llu: freeing xattrs: %s",
+				lf_vol_desc(v), (unsigned long long)ino,
+				error_message(e));
+		r = lf_fs_iread(v, ino, &in);
+		if (r && r != -ESTALE)
+			return r;
+	}
+	in.i_links_count = 0;
+	in.i_dtime = (uint32_t)t.tv_sec;
+	r = lf_fs_iwrite(v, ino, &in);
+	if (r)
+		return r;
+	ext2fs_inode_alloc_stats2(fs, ino, -1, LINUX_S_ISDIR(in.i_mode));
+	return 0;
+}
+
+/* The inode lost its last name: free it now or when its last user goes. */
+static int inode_unlinked(struct lf_vol *v, struct lf_fsops *s, uint64_t ino)
+{
+	struct lf_hold *h = *hold_slot(s, ino);
+
+	lf_dirindex_drop(s->dix, ino);
+	if (h && h->count) {
+		h->orphan = true;
+		return 0;
+	}
+	return free_inode(v, ino);
+}
+
+void lf_fs_iget(struct lf_vol *v, uint64_t ino)
+{
+	struct lf_fsops *s;
+	struct lf_hold **pp;
+
+	LOCK_STATE(v, s);
+	if (s) {
+		pp = hold_slot(s, ino);
+		if (!*pp) {
+			*pp = calloc(1, sizeof(**pp));
+			if (*pp)
+				(*pp)->ino = ino;
+		}
+		if (*pp)
+			(*pp)->count++;
+	}
+	lf_vol_unlock(v);
+}
+
+void lf_fs_iput(struct lf_vol *v, uint64_t ino, uint64_t n)
+{
+	struct lf_fsops *s;
+	struct lf_hold **pp, *h;
+
+	LOCK_STATE(v, s);
+	if (!s)
+		goto out;
+	pp = hold_slot(s, ino);
+	h = *pp;
+	if (!h)
+		goto out;
+	h->count = h->count > n ? h->count - n : 0;
+	if (h->count == 0) {
+		*pp = h->next;
+		if (h->orphan && !lf_vol_read_only(v))
+			free_inode(v, ino);
+		free(h);
+	}
+out:
+	lf_vol_unlock(v);
+}
+
+static void fsops_fini(struct lf_vol *v)
+{
+	struct lf_fsops *s = v->fsops;
+
+	if (!s)
+		return;
+	for (size_t i = 0; i < LF_HOLD_BUCKETS; i++) {
+		struct lf_hold *h = s->holds[i], *n;
+
+		for (; h; h = n) {
+			n = h->next;
+			if (h->orphan && !lf_vol_read_only(v))
+				free_inode(v, h->ino);
+			free(h);
+		}
+	}
+	lf_dirindex_set_free(s->dix);
+	free(s);
+	v->fsops = NULL;
+	v->fsops_fini = NULL;
+}
+
+/* ---- directories ---- */
+
+struct build_ctx {
+	struct lf_dirindex_set *set;
+	struct lf_dirindex *d;
+	int err;
+};
+
+static int build_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int offset, int blocksize,
+		    char *buf, void *priv)
+{
+	struct build_ctx *c = priv;
+	int len = ext2fs_dirent_name_len(de);
+
+	if (lf_dirindex_add(c->set, c->d, de->name, len, de->inode,
+			    ft_to_mode(ext2fs_dirent_file_type(de)))) {
+		c->err = -ENOMEM;
+		return DIRENT_ABORT;
+	}
+	return 0;
+}
+
+/* The index of dir, built on first use. Lock held. */
+static int dir_index(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
+		     struct lf_dirindex **out)
+{
+	struct build_ctx c = {.set = s->dix};
+	errcode_t e;
+
+	*out = lf_dirindex_get(s->dix, dir);
+	if (*out)
+		return 0;
+	c.d = lf_dirindex_create(s->dix, dir);
+	if (!c.d)
+		return -ENOMEM;
+	e = ext2fs_dir_iterate2(v->fs, dir, 0, NULL, build_cb, &c);
+	if (e || c.err) {
+		lf_dirindex_drop(s->dix, dir);
+		return e ? lf_errno_from_ext2(e) : c.err;
+	}
+	lf_dirindex_trim(s->dix, dir);
+	*out = c.d;
+	return 0;
+}
+
+/* Look name up in dir (which must be a directory). Lock held. */
+static int dir_lookup(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
+		      const char *name, uint64_t *ino, uint32_t *type)
+{
+	struct ext2_inode_large din;
+	struct lf_dirindex *d;
+	int r;
+
+	r = lf_fs_iread(v, dir, &din);
+	if (r)
+		return r;
+	if (!LINUX_S_ISDIR(din.i_mode))
+		return -ENOTDIR;
+	if (din.i_links_count == 0)
+		return -ENOENT;
+	r = dir_index(v, s, dir, &d);
+	if (r)
+		return r;
+	r = lf_dirindex_find(d, name, strlen(name), ino, type);
+	if (!r && *type == 0) {
+		struct ext2_inode_large in;
+
+		r = lf_fs_iread(v, *ino, &in);
+		if (!r)
+			*type = in.i_mode & S_IFMT;
+	}
+	return r;
+}
+
+static void index_add(struct lf_fsops *s, uint64_t dir, const char *name,
+		      uint64_t ino, uint32_t type)
+{
+	struct lf_dirindex *d = lf_dirindex_get(s->dix, dir);
+
+	if (d && lf_dirindex_add(s->dix, d, name, strlen(name), ino, type))
+		lf_dirindex_drop(s->dix, dir);
+}
+
+static void index_del(struct lf_fsops *s, uint64_t dir, const char *name)
+{
+	struct lf_dirindex *d = lf_dirindex_get(s->dix, dir);
+
+	if (d)
+		lf_dirindex_del(s->dix, d, name, strlen(name));
+}
+
+/* Add an entry, growing the directory when its blocks are full. */
+static int dir_link(struct lf_vol *v, uint64_t dir, const char *name,
+		    uint64_t ino, uint32_t mode)
+{
+	ext2_filsys fs = v->fs;
+	errcode_t e;
+
+	e = ext2fs_link(fs, dir, name, ino, mode_to_ft(mode));
+	if (e == EXT2_ET_DIR_NO_SPACE) {
+		struct ext2_inode_large din;
+		int r = lf_fs_iread(v, dir, &din);
+
+		if (r)
+			return r;
+		/* expand_dir appends a block the hash tree does not know:
+		 * the directory becomes linear, which ext4 accepts. */
+		if (din.i_flags & EXT2_INDEX_FL) {
+			din.i_flags &= ~EXT2_INDEX_FL;
+			r = lf_fs_iwrite(v, dir, &din);
+			if (r)
+				return r;
+		}
+		e = ext2fs_expand_dir(fs, dir);
+		if (!e)
+			e = ext2fs_link(fs, dir, name, ino, mode_to_ft(mode));
+	}
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+static int dir_unlink(struct lf_vol *v, uint64_t dir, const char *name,
+		      uint64_t ino)
+{
+	errcode_t e = ext2fs_unlink(v->fs, dir, name, ino, 0);
+
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+struct setent_ctx {
+	const char *name;
+	size_t len;
+	uint64_t ino;
+	int ft;
+	bool done;
+};
+
+static int setent_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int offset, int blocksize,
+		     char *buf, void *priv)
+{
+	struct setent_ctx *c = priv;
+
+	if ((size_t)ext2fs_dirent_name_len(de) != c->len ||
+	    memcmp(de->name, c->name, c->len) != 0)
+		return 0;
+	de->inode = c->ino;
+	ext2fs_dirent_set_file_type(de, c->ft);
+	c->done = true;
+	return DIRENT_CHANGED | DIRENT_ABORT;
+}
+
+/* Point an existing entry at another inode, in place. */
+static int dir_set_entry(struct lf_vol *v, uint64_t dir, const char *name,
+			 uint64_t ino, uint32_t mode)
+{
+	struct setent_ctx c = {name, strlen(name), ino, mode_to_ft(mode),
+			       false};
+	errcode_t e = ext2fs_dir_iterate2(v->fs, dir, 0, NULL, setent_cb, &c);
+
+	if (e)
+		return lf_errno_from_ext2(e);
+	return c.done ? 0 : -ENOENT;
+}
+
+static int empty_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int offset, int blocksize,
+		    char *buf, void *priv)
+{
+	int len = ext2fs_dirent_name_len(de);
+
+	if ((len == 1 && de->name[0] == '.') ||
+	    (len == 2 && de->name[0] == '.' && de->name[1] == '.'))
+		return 0;
+	*(bool *)priv = false;
+	return DIRENT_ABORT;
+}
+
+static int dir_is_empty(struct lf_vol *v, uint64_t dir)
+{
+	bool empty = true;
+	errcode_t e = ext2fs_dir_iterate2(v->fs, dir, 0, NULL, empty_cb,
+					  &empty);
+
+	if (e)
+		return lf_errno_from_ext2(e);
+	return empty ? 0 : -ENOTEMPTY;
+}
+
+/* Adjust a directory's link count and touch its mtime/ctime. */
+static int dir_touch(struct lf_vol *v, uint64_t dir, int dlinks)
+{
+	struct ext2_inode_large in;
+	int r = lf_fs_iread(v, dir, &in);
+
+	if (r)
+		return r;
+	for (; dlinks > 0; dlinks--)
+		nlink_inc(&in);
+	for (; dlinks < 0; dlinks++)
+		nlink_dec(&in);
+	touch_mc(v, &in);
+	return lf_fs_iwrite(v, dir, &in);
+}
+
+/* ---- create ---- */
+
+static void extent_header_init(struct ext2_inode_large *in)
+{
+	struct ext3_extent_header *eh = (void *)in->i_block;
+
+	in->i_flags |= EXT4_EXTENTS_FL;
+	memset(in->i_block, 0, sizeof(in->i_block));
+	eh->eh_magic = ext2fs_cpu_to_le16(EXT3_EXT_MAGIC);
+	eh->eh_max = ext2fs_cpu_to_le16(
+		(sizeof(in->i_block) - sizeof(*eh)) /
+		sizeof(struct ext3_extent));
+}
+
+/* Write a fresh inode over its whole on-disk size: stale in-inode xattrs
+ * of a previous owner must not survive. */
+static int write_new_inode(struct lf_vol *v, uint64_t ino,
+			   struct ext2_inode_large *in)
+{
+	size_t isz = EXT2_INODE_SIZE(v->fs->super);
+	char *buf = calloc(1, isz > sizeof(*in) ? isz : sizeof(*in));
+	errcode_t e;
+
+	if (!buf)
+		return -ENOMEM;
+	memcpy(buf, in, isz < sizeof(*in) ? isz : sizeof(*in));
+	e = ext2fs_write_inode_full(v->fs, ino, (struct ext2_inode *)buf, isz);
+	free(buf);
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+/* First data block of a new directory or slow symlink. */
+static int new_first_block(struct lf_vol *v, uint64_t ino,
+			   struct ext2_inode_large *in, uint64_t parent,
+			   const char *target)
+{
+	ext2_filsys fs = v->fs;
+	blk64_t pblk = 0;
+	char *blk = NULL;
+	errcode_t e;
+
+	e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)in, NULL, BMAP_ALLOC,
+			 0, NULL, &pblk);
+	if (e)
+		return lf_errno_from_ext2(e);
+	if (target) {
+		e = ext2fs_get_memzero(fs->blocksize, &blk);
+		if (!e) {
+			memcpy(blk, target, strlen(target));
+			e = io_channel_write_blk64(fs->io, pblk, 1, blk);
+		}
+		EXT2_I_SIZE(in); /* size set by caller */
+	} else {
+		e = ext2fs_new_dir_block(fs, ino, parent, &blk);
+		if (!e)
+			e = ext2fs_write_dir_block4(fs, pblk, blk, 0, ino);
+	}
+	ext2fs_free_mem(&blk);
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
+		       uint32_t mode, uint64_t rdev, const char *target,
+		       const struct lf_owner *o, struct lf_stat *st)
+{
+	ext2_filsys fs = v->fs;
+	struct lf_fsops *s;
+	struct ext2_inode_large pin, in;
+	struct timespec t = now_ts();
+	uint64_t xino;
+	uint32_t xtype, gid = o->gid;
+	ext2_ino_t ino = 0;
+	bool isdir = LINUX_S_ISDIR(mode), reserved = false;
+	errcode_t e;
+	int r;
+
+	if (name_bad(name, &r))
+		return r;
+	if (lf_vol_read_only(v))
+		return -EROFS;
+	LOCK_STATE(v, s);
+	if (!s) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = dir_lookup(v, s, parent, name, &xino, &xtype);
+	if (r == 0)
+		r = -EEXIST;
+	if (r != -ENOENT)
+		goto out;
+	r = lf_fs_iread(v, parent, &pin);
+	if (r)
+		goto out;
+	if (isdir && (r = dir_nlink_room(v, &pin)))
+		goto out;
+	if (pin.i_mode & S_ISGID) {
+		gid = i_gid(&pin);
+		if (isdir)
+			mode |= S_ISGID;
+	}
+
+	e = ext2fs_new_inode(fs, parent, mode, NULL, &ino);
+	if (e) {
+		r = lf_errno_from_ext2(e);
+		goto out;
+	}
+	ext2fs_inode_alloc_stats2(fs, ino, +1, isdir);
+	reserved = true;
+
+	memset(&in, 0, sizeof(in));
+	in.i_mode = mode;
+	set_uid(&in, o->uid);
+	set_gid(&in, gid);
+	in.i_links_count = isdir ? 2 : 1;
+	if (EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE)
+		in.i_extra_isize = sizeof(struct ext2_inode_large) -
+				   EXT2_GOOD_OLD_INODE_SIZE;
+	TSET(fs, &in, atime, &t);
+	TSET(fs, &in, mtime, &t);
+	TSET(fs, &in, ctime, &t);
+	if (HAS_EXTRA(fs, &in, i_crtime_extra))
+		tenc(&in.i_crtime, &in.i_crtime_extra, &t);
+	in.i_generation = (uint32_t)random();
+	if (LINUX_S_ISCHR(mode) || LINUX_S_ISBLK(mode)) {
+		rdev_encode(&in, rdev);
+	} else if (target && strlen(target) < sizeof(in.i_block)) {
+		memcpy(in.i_block, target, strlen(target));
+		in.i_size = strlen(target);
+	} else if (LINUX_S_ISREG(mode) || isdir || target) {
+		if (ext2fs_has_feature_extents(fs->super))
+			extent_header_init(&in);
+	}
+	r = write_new_inode(v, ino, &in);
+	if (r)
+		goto out;
+	if (isdir || (target && strlen(target) >= sizeof(in.i_block))) {
+		r = new_first_block(v, ino, &in, parent, target);
+		if (r)
+			goto out;
+		in.i_size = isdir ? fs->blocksize : strlen(target);
+		r = lf_fs_iwrite(v, ino, &in);
+		if (r)
+			goto out;
+	}
+
+	r = dir_link(v, parent, name, ino, mode);
+	if (r)
+		goto out;
+	reserved = false;
+	r = dir_touch(v, parent, isdir ? 1 : 0);
+	if (r)
+		goto out;
+	index_add(s, parent, name, ino, mode & S_IFMT);
+	if (st)
+		r = stat_ino(v, ino, st);
+out:
+	if (reserved && ino)
+		free_inode(v, ino);
+	lf_vol_unlock(v);
+	return r;
+}
+
+int lf_fs_mknod(struct lf_vol *v, uint64_t parent, const char *name,
+		uint32_t mode, uint64_t rdev, const struct lf_owner *o,
+		struct lf_stat *st)
+{
+	if ((mode & S_IFMT) == 0)
+		mode |= S_IFREG;
+	switch (mode & S_IFMT) {
+	case S_IFREG:
+	case S_IFIFO:
+	case S_IFSOCK:
+	case S_IFCHR:
+	case S_IFBLK:
+		break;
+	default:
+		return -EINVAL;
+	}
+	return create_node(v, parent, name, mode & (S_IFMT | 07777), rdev,
+			   NULL, o, st);
+}
+
+int lf_fs_mkdir(struct lf_vol *v, uint64_t parent, const char *name,
+		uint32_t mode, const struct lf_owner *o, struct lf_stat *st)
+{
+	return create_node(v, parent, name, S_IFDIR | (mode & 07777), 0, NULL,
+			   o, st);
+}
+
+int lf_fs_symlink(struct lf_vol *v, uint64_t parent, const char *name,
+		  const char *target, const struct lf_owner *o,
+		  struct lf_stat *st)
+{
+	size_t len = strlen(target);
+
+	if (len == 0)
+		return -ENOENT;
+	if (len >= v->fs->blocksize || len >= PATH_MAX)
+		return -ENAMETOOLONG;
+	return create_node(v, parent, name, S_IFLNK | 0777, 0, target, o, st);
+}
+
+/* ---- simple queries ---- */
+
+int lf_fs_getattr(struct lf_vol *v, uint64_t ino, struct lf_stat *st)
+{
+	int r;
+
+	lf_vol_lock(v);
+	r = stat_ino(v, ino, st);
+	lf_vol_unlock(v);
+	return r;
+}
+
+int lf_fs_lookup(struct lf_vol *v, uint64_t parent, const char *name,
+		 struct lf_stat *st)
+{
+	struct lf_fsops *s;
+	uint64_t ino;
+	uint32_t type;
+	int r;
+
+	if (strlen(name) > LF_NAME_MAX)
+		return -ENAMETOOLONG;
+	LOCK_STATE(v, s);
+	r = s ? dir_lookup(v, s, parent, name, &ino, &type) : -ENOMEM;
+	if (!r)
+		r = stat_ino(v, ino, st);
+	lf_vol_unlock(v);
+	return r;
+}
+
+int lf_fs_readlink(struct lf_vol *v, uint64_t ino, char *buf, size_t size)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	char *blk = NULL;
+	const char *src;
+	blk64_t pblk = 0;
+	size_t len;
+	int r;
+
+	lf_vol_lock(v);
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out;
+	if (!LINUX_S_ISLNK(in.i_mode)) {
+		r = -EINVAL;
+		goto out;
+	}
+	len = EXT2_I_SIZE(&in);
+	if (len >= fs->blocksize) {
+		r = -EIO;
+		goto out;
+	}
+	if (ext2fs_is_fast_symlink((struct ext2_inode *)&in)) {
+		src = (const char *)in.i_block;
+	} else {
+		errcode_t e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
+					   NULL, 0, 0, NULL, &pblk);
+
+		if (!e && !pblk)
+			e = EXT2_ET_BAD_BLOCK_NUM;
+		if (!e)
+			e = ext2fs_get_mem(fs->blocksize, &blk);
+		if (!e)
+			e = io_channel_read_blk64(fs->io, pblk, 1, blk);
+		if (e) {
+			r = lf_errno_from_ext2(e);
+			goto out;
+		}
+		src = blk;
+	}
+	if (size > 0) {
+		size_t n = len < size ? len : size - 1;
+
+		memcpy(buf, src, n);
+		buf[n] = 0;
+	}
+	r = (int)len;
+out:
+	ext2fs_free_mem(&blk);
+	lf_vol_unlock(v);
+	return r;
+}
+
+/* ---- truncate and partial-block zeroing ---- */
+
+/* Zero bytes [from, to) of logical block lblk if it holds data. */
+static int zero_in_block(struct lf_vol *v, uint64_t ino,
+			 struct ext2_inode_large *in, blk64_t lblk,
+			 unsigned from, unsigned to)
+{
+	ext2_filsys fs = v->fs;
+	blk64_t pblk = 0;
+	int rflags = 0;
+	char *buf = NULL;
+	errcode_t e;
+
+	e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)in, NULL, 0, lblk,
+			 &rflags, &pblk);
+	if (e)
+		return lf_errno_from_ext2(e);
+	if (!pblk || (rflags & BMAP_RET_UNINIT))
+		return 0;
+	e = ext2fs_get_mem(fs->blocksize, &buf);
+	if (!e)
+		e = io_channel_read_blk64(fs->io, pblk, 1, buf);
+	if (!e) {
+		memset(buf + from, 0, to - from);
+		e = io_channel_write_blk64(fs->io, pblk, 1, buf);
+	}
+	ext2fs_free_mem(&buf);
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+static uint64_t max_file_size(ext2_filsys fs)
+{
+	return (((uint64_t)1 << 32) - 1) * fs->blocksize;
+}
+
+/* Lock held; in is ino's inode and is written back. */
+static int do_truncate(struct lf_vol *v, uint64_t ino,
+		       struct ext2_inode_large *in, uint64_t size)
+{
+	ext2_filsys fs = v->fs;
+	uint64_t old = EXT2_I_SIZE(in), bs = fs->blocksize;
+	errcode_t e;
+	int r;
+
+	if (size > max_file_size(fs))
+		return -EFBIG;
+	if (size < old ||
+	    (in->i_flags & EXT4_EXTENTS_FL && size > old)) {
+		/* Blocks past the new end (also preallocated ones kept past
+		 * the old end) go; the tail of the last block reads zero. */
+		blk64_t first = (size + bs - 1) / bs;
+
+		if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)in)) {
+			if (size < old) {
+				e = ext2fs_punch(fs, ino, (struct ext2_inode *)in,
+						 NULL, first, ~0ULL);
+				if (e) {
+					lf_err(MOD, "%s: inode %llu: truncating: %s",
+					       lf_vol_desc(v),
+					       (unsigned long long)ino,
+					       error_message(e));
+					return lf_errno_from_ext2(e);
+				}
+			}
+			if (size % bs && size < old) {
+				r = zero_in_block(v, ino, in, size / bs,
+						  size % bs, bs);
+				if (r)
+					return r;
+			}
+		}
+	}
+	in->i_size = (uint32_t)size;
+	in->i_size_high = (uint32_t)(size >> 32);
+	return lf_fs_iwrite(v, ino, in);
+}
+
+int lf_fs_setattr(struct lf_vol *v, uint64_t ino, unsigned what,
+		  const struct lf_setattr *sa, struct lf_stat *st)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	struct timespec t = now_ts();
+	int r;
+
+	lf_vol_lock(v);
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out;
+	if (what && lf_vol_read_only(v)) {
+		r = -EROFS;
+		goto out;
+	}
+	if (what & LF_SET_SIZE) {
+		if (LINUX_S_ISDIR(in.i_mode)) {
+			r = -EISDIR;
+			goto out;
+		}
+		if (!LINUX_S_ISREG(in.i_mode)) {
+			r = -EINVAL;
+			goto out;
+		}
+		if (sa->size != EXT2_I_SIZE(&in)) {
+			r = do_truncate(v, ino, &in, sa->size);
+			if (r)
+				goto out;
+			TSET(fs, &in, mtime, &t);
+		}
+	}
+	if (what & LF_SET_MODE)
+		in.i_mode = (in.i_mode & S_IFMT) | (sa->mode & 07777);
+	if (what & LF_SET_UID)
+		set_uid(&in, sa->uid);
+	if (what & LF_SET_GID)
+		set_gid(&in, sa->gid);
+	if (what & LF_SET_KILL_SUID) {
+		in.i_mode &= ~S_ISUID;
+		if (in.i_mode & S_IXGRP)
+			in.i_mode &= ~S_ISGID;
+	}
+	if (what & LF_SET_ATIME_NOW)
+		TSET(fs, &in, atime, &t);
+	else if (what & LF_SET_ATIME)
+		TSET(fs, &in, atime, &sa->atime);
+	if (what & LF_SET_MTIME_NOW)
+		TSET(fs, &in, mtime, &t);
+	else if (what & LF_SET_MTIME)
+		TSET(fs, &in, mtime, &sa->mtime);
+	if (what & LF_SET_CTIME)
+		TSET(fs, &in, ctime, &sa->ctime);
+	else if (what)
+		TSET(fs, &in, ctime, &t);
+	if (what)
+		r = lf_fs_iwrite(v, ino, &in);
+	if (!r && st)
+		fill_stat(v, ino, &in, st);
+out:
+	lf_vol_unlock(v);
+	return r;
+}
+
+/* ---- link, unlink, rmdir, rename ---- */
+
+int lf_fs_link(struct lf_vol *v, uint64_t ino, uint64_t newparent,
+	       const char *newname, struct lf_stat *st)
+{
+	struct lf_fsops *s;
+	struct ext2_inode_large in;
+	uint64_t xino;
+	uint32_t xtype;
+	int r;
+
+	if (name_bad(newname, &r))
+		return r;
+	if (lf_vol_read_only(v))
+		return -EROFS;
+	LOCK_STATE(v, s);
+	if (!s) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out;
+	if (LINUX_S_ISDIR(in.i_mode)) {
+		r = -EPERM;
+		goto out;
+	}
+	if (in.i_links_count == 0) {
+		r = -ENOENT;
+		goto out;
+	}
+	if (in.i_links_count >= LF_LINK_MAX) {
+		r = -EMLINK;
+		goto out;
+	}
+	r = dir_lookup(v, s, newparent, newname, &xino, &xtype);
+	if (r == 0)
+		r = -EEXIST;
+	if (r != -ENOENT)
+		goto out;
+	r = dir_link(v, newparent, newname, ino, in.i_mode);
+	if (r)
+		goto out;
+	index_add(s, newparent, newname, ino, in.i_mode & S_IFMT);
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out;
+	in.i_links_count++;
+	lf_fs_set_ctime_now(v, &in);
+	r = lf_fs_iwrite(v, ino, &in);
+	if (!r)
+		r = dir_touch(v, newparent, 0);
+	if (!r && st)
+		fill_stat(v, ino, &in, st);
+out:
+	lf_vol_unlock(v);
+	return r;
+}
+
+/* Drop one name of ino (a directory loses all its links). Lock held. */
+static int drop_link(struct lf_vol *v, struct lf_fsops *s, uint64_t ino)
+{
+	struct ext2_inode_large in;
+	int r = lf_fs_iread(v, ino, &in);
+
+	if (r)
+		return r;
+	if (LINUX_S_ISDIR(in.i_mode))
+		in.i_links_count = 0;
+	else if (in.i_links_count > 0)
+		in.i_links_count--;
+	lf_fs_set_ctime_now(v, &in);
+	r = lf_fs_iwrite(v, ino, &in);
+	if (r)
+		return r;
+	return in.i_links_count ? 0 : inode_unlinked(v, s, ino);
+}
+
+static int remove_entry(struct lf_vol *v, uint64_t parent, const char *name,
+			bool isdir, uint64_t *inop)
+{
+	struct lf_fsops *s;
+	uint64_t ino;
+	uint32_t type;
+	int r;
+
+	if (strlen(name) > LF_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (isdir && strcmp(name, ".") == 0)
+		return -EINVAL;
+	if (isdir && strcmp(name, "..") == 0)
+		return -ENOTEMPTY;
+	if (lf_vol_read_only(v))
+		return -EROFS;
+	LOCK_STATE(v, s);
+	if (!s) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = dir_lookup(v, s, parent, name, &ino, &type);
+	if (r)
+		goto out;
+	if (isdir && type != S_IFDIR) {
+		r = -ENOTDIR;
+		goto out;
+	}
+	if (!isdir && type == S_IFDIR) {
+		r = -EISDIR;
+		goto out;
+	}
+	if (isdir && (r = dir_is_empty(v, ino)))
+		goto out;
+	r = dir_unlink(v, parent, name, ino);
+	if (r)
+		goto out;
+	index_del(s, parent, name);
+	r = dir_touch(v, parent, isdir ? -1 : 0);
+	if (!r)
+		r = drop_link(v, s, ino);
+	if (!r && inop)
+		*inop = ino;
+out:
+	lf_vol_unlock(v);
+	return r;
+}
+
+int lf_fs_unlink(struct lf_vol *v, uint64_t parent, const char *name,
+		 uint64_t *ino)
+{
+	return remove_entry(v, parent, name, false, ino);
+}
+
+int lf_fs_rmdir(struct lf_vol *v, uint64_t parent, const char *name,
+		uint64_t *ino)
+{
+	return remove_entry(v, parent, name, true, ino);
+}
+
+/* -EINVAL if dir is anc or lies below it. Lock held. */
+static int check_not_below(struct lf_vol *v, struct lf_fsops *s,
+			   uint64_t anc, uint64_t dir)
+{
+	uint64_t cur = dir, up;
+	uint32_t type;
+	int depth = 0, r;
+
+	while (cur != LF_ROOT_INO) {
+		if (cur == anc)
+			return -EINVAL;
+		r = dir_lookup(v, s, cur, "..", &up, &type);
+		if (r)
+			return r;
+		if (up == cur || ++depth > 65536)
+			return -ELOOP;
+		cur = up;
+	}
+	return anc == LF_ROOT_INO ? -EINVAL : 0;
+}
+
+static int set_dotdot(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
+		      uint64_t parent)
+{
+	int r = dir_set_entry(v, dir, "..", parent, S_IFDIR);
+
+	if (!r)
+		index_add(s, dir, "..", parent, S_IFDIR);
+	return r;
+}
+
+static int touch_ctime(struct lf_vol *v, uint64_t ino)
+{
+	struct ext2_inode_large in;
+	int r = lf_fs_iread(v, ino, &in);
+
+	if (r)
+		return r;
+	lf_fs_set_ctime_now(v, &in);
+	return lf_fs_iwrite(v, ino, &in);
+}
+
+static int parents_touch(struct lf_vol *v, uint64_t p, int dp, uint64_t np,
+			 int dnp)
+{
+	int r;
+
+	if (p == np)
+		return dir_touch(v, p, dp + dnp);
+	r = dir_touch(v, p, dp);
+	return r ? r : dir_touch(v, np, dnp);
+}
+
+static int rename_locked(struct lf_vol *v, struct lf_fsops *s, uint64_t p,
+			 const char *name, uint64_t np, const char *newname,
+			 unsigned flags, uint64_t *replaced)
+{
+	struct ext2_inode_large npin;
+	uint64_t sino, dino = 0;
+	uint32_t stype, dtype = 0;
+	bool sdir, ddir = false, moved = p != np;
+	int r;
+
+	r = dir_lookup(v, s, p, name, &sino, &stype);
+	if (r)
+		return r;
+	r = dir_lookup(v, s, np, newname, &dino, &dtype);
+	if (r && r != -ENOENT)
+		return r;
+	if (r == -ENOENT)
+		dino = 0;
+	if ((flags & RENAME_EXCHANGE) && !dino)
+		return -ENOENT;
+	if (dino && (flags & RENAME_NOREPLACE))
+		return -EEXIST;
+	if (dino == sino)
+		return 0; /* same inode (or same entry): nothing to do */
+	sdir = stype == S_IFDIR;
+	ddir = dino && dtype == S_IFDIR;
+	if (sdir && moved && (r = check_not_below(v, s, sino, np)))
+		return r;
+	if ((flags & RENAME_EXCHANGE) && ddir && moved &&
+	    (r = check_not_below(v, s, dino, p)))
+		return r;
+
+	if (flags & RENAME_EXCHANGE) {
+		r = dir_set_entry(v, p, name, dino, dtype);
+		if (!r)
+			r = dir_set_entry(v, np, newname, sino, stype);
+		if (r)
+			return r;
+		index_add(s, p, name, dino, dtype);
+		index_add(s, np, newname, sino, stype);
+		if (moved && sdir && (r = set_dotdot(v, s, sino, np)))
+			return r;
+		if (moved && ddir && (r = set_dotdot(v, s, dino, p)))
+			return r;
+		r = touch_ctime(v, sino);
+		if (!r)
+			r = touch_ctime(v, dino);
+		if (!r) {
+			int d = moved ? (int)sdir - (int)ddir : 0;
+
+			r = parents_touch(v, p, -d, np, d);
+		}
+		return r;
+	}
+
+	if (dino) {
+		if (sdir && !ddir)
+			return -ENOTDIR;
+		if (!sdir && ddir)
+			return -EISDIR;
+		if (ddir && (r = dir_is_empty(v, dino)))
+			return r;
+		r = dir_set_entry(v, np, newname, sino, stype);
+		if (r)
+			return r;
+	} else {
+		if (sdir && moved) {
+			r = lf_fs_iread(v, np, &npin);
+			if (!r)
+				r = dir_nlink_room(v, &npin);
+			if (r)
+				return r;
+		}
+		r = dir_link(v, np, newname, sino, stype);
+		if (r)
+			return r;
+	}
+	index_add(s, np, newname, sino, stype);
+	r = dir_unlink(v, p, name, sino);
+	if (r)
+		return r;
+	index_del(s, p, name);
+	if (sdir && moved && (r = set_dotdot(v, s, sino, np)))
+		return r;
+	r = touch_ctime(v, sino);
+	if (r)
+		return r;
+	{
+		int dp = sdir && moved ? -1 : 0;
+		int dnp = (sdir && moved ? 1 : 0) - (ddir ? 1 : 0);
+
+		r = parents_touch(v, p, dp, np, dnp);
+	}
+	if (!r && dino) {
+		r = drop_link(v, s, dino);
+		if (!r && replaced)
+			*replaced = dino;
+	}
+	return r;
+}
+
+int lf_fs_rename(struct lf_vol *v, uint64_t parent, const char *name,
+		 uint64_t newparent, const char *newname, unsigned flags,
+		 uint64_t *replaced)
+{
+	struct lf_fsops *s;
+	int r;
+
+	if (replaced)
+		*replaced = 0;
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
+	    ((flags & RENAME_NOREPLACE) && (flags & RENAME_EXCHANGE)))
+		return -EINVAL;
+	if (name_bad(name, &r) || name_bad(newname, &r))
+		return r;
+	if (is_dot(name) || is_dot(newname))
+		return -EINVAL;
+	if (lf_vol_read_only(v))
+		return -EROFS;
+	LOCK_STATE(v, s);
+	if (!s)
+		r = -ENOMEM;
+	else
+		r = rename_locked(v, s, parent, name, newparent, newname, flags,
+				  replaced);
+	if (r && s) {
+		/* A failure midway may leave an index out of step. */
+		lf_dirindex_drop(s->dix, parent);
+		lf_dirindex_drop(s->dix, newparent);
+	}
+	lf_vol_unlock(v);
+	return r;
+}
+
+/* ---- readdir ---- */
+
+/* Positions are (block index << 32 | offset in block): an entry keeps its
+ * position while others come and go, as libext2fs never moves entries. */
+int lf_fs_readdir(struct lf_vol *v, uint64_t ino, uint64_t off,
+		  lf_fs_dirent_fn fn, void *ctx)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	char *buf = NULL;
+	uint64_t nblk, blk;
+	errcode_t e;
+	int r;
+
+	lf_vol_lock(v);
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out;
+	if (!LINUX_S_ISDIR(in.i_mode)) {
+		r = -ENOTDIR;
+		goto out;
+	}
+	if (in.i_flags & EXT4_INLINE_DATA_FL) {
+		r = -EOPNOTSUPP;
+		goto out;
+	}
+	e = ext2fs_get_mem(fs->blocksize, &buf);
+	if (e) {
+		r = -ENOMEM;
+		goto out;
+	}
+	nblk = EXT2_I_SIZE(&in) / fs->blocksize;
+	for (blk = off >> 32; blk < nblk; blk++) {
+		blk64_t pblk = 0;
+		unsigned o = 0;
+
+		e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in, NULL, 0,
+				 blk, NULL, &pblk);
+		if (!e && !pblk)
+			continue;
+		if (!e)
+			e = ext2fs_read_dir_block4(fs, pblk, buf, 0, ino);
+		if (e) {
+			r = lf_errno_from_ext2(e);
+			goto out;
+		}
+		while (o + 8 <= fs->blocksize) {
+			struct ext2_dir_entry *de = (void *)(buf + o);
+			unsigned rec = 0;
+			uint64_t pos = blk << 32 | o, next;
+
+			if (ext2fs_get_rec_len(fs, de, &rec) || rec < 8 ||
+			    o + rec > fs->blocksize) {
+				r = -EIO;
+				goto out;
+			}
+			next = o + rec >= fs->blocksize ? (blk + 1) << 32
+							: pos + rec;
+			if (de->inode && pos >= off &&
+			    fn(ctx, de->name, ext2fs_dirent_name_len(de),
+			       de->inode,
+			       ft_to_mode(ext2fs_dirent_file_type(de)), next))
+				goto out;
+			o += rec;
+		}
+	}
+out:
+	ext2fs_free_mem(&buf);
+	lf_vol_unlock(v);
+	return r;
+}
+
+/* ---- statfs ---- */
+
+static uint64_t fs_overhead(struct lf_vol *v)
+{
+	ext2_filsys fs = v->fs;
+	uint64_t ov = fs->super->s_first_data_block;
+
+	if (fs->super->s_overhead_clusters)
+		return (uint64_t)fs->super->s_overhead_clusters *
+		       EXT2FS_CLUSTER_RATIO(fs);
+	for (dgrp_t g = 0; g < fs->group_desc_count; g++) {
+		blk64_t sb, od, nd;
+		blk_t used = 0;
+
+		ext2fs_super_and_bgd_loc2(fs, g, &sb, &od, &nd, &used);
+		ov += used + 2 + fs->inode_blocks_per_group;
+	}
+	if (ext2fs_has_feature_journal(fs->super) &&
+	    fs->super->s_journal_inum) {
+		struct ext2_inode_large jin;
+
+		if (!lf_fs_iread(v, fs->super->s_journal_inum, &jin))
+			ov += ext2fs_get_stat_i_blocks(fs,
+						       (struct ext2_inode *)&jin) *
+			      512 / fs->blocksize;
+	}
+	return ov;
+}
+
+int lf_fs_statfs(struct lf_vol *v, struct statvfs *st)
+{
+	ext2_filsys fs;
+	struct lf_fsops *s;
+	uint64_t blocks, bfree, resv;
+
+	LOCK_STATE(v, s);
+	fs = v->fs;
+	memset(st, 0, sizeof(*st));
+	if (s && !s->overhead)
+		s->overhead = fs_overhead(v);
+	blocks = ext2fs_blocks_count(fs->super);
+	bfree = ext2fs_free_blocks_count(fs->super);
+	resv = ext2fs_r_blocks_count(fs->super);
+	st->f_bsize = fs->blocksize;
+	st->f_frsize = fs->blocksize;
+	st->f_blocks = blocks - (s && s->overhead < blocks ? s->overhead : 0);
+	st->f_bfree = bfree;
+	st->f_bavail = bfree > resv ? bfree - resv : 0;
+	st->f_files = fs->super->s_inodes_count;
+	st->f_ffree = fs->super->s_free_inodes_count;
+	st->f_favail = st->f_ffree;
+	memcpy(&st->f_fsid, fs->super->s_uuid, sizeof(st->f_fsid));
+	st->f_namemax = LF_NAME_MAX;
+	if (lf_vol_read_only(v))
+		st->f_flag |= ST_RDONLY;
+	lf_vol_unlock(v);
+	return 0;
+}
+
+/* ---- open, fsync ---- */
+
+int lf_fs_open(struct lf_vol *v, uint64_t ino, int flags)
+{
+	struct ext2_inode_large in;
+	bool wr = (flags & O_ACCMODE) != O_RDONLY;
+	int r;
+
+	lf_vol_lock(v);
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out;
+	if (LINUX_S_ISDIR(in.i_mode) && (wr || (flags & O_TRUNC))) {
+		r = -EISDIR;
+		goto out;
+	}
+	if ((wr || (flags & O_TRUNC)) && lf_vol_read_only(v) &&
+	    !LINUX_S_ISCHR(in.i_mode) && !LINUX_S_ISBLK(in.i_mode) &&
+	    !LINUX_S_ISFIFO(in.i_mode) && !LINUX_S_ISSOCK(in.i_mode)) {
+		r = -EROFS;
+		goto out;
+	}
+	if ((flags & O_TRUNC) && wr && LINUX_S_ISREG(in.i_mode)) {
+		r = do_truncate(v, ino, &in, 0);
+		if (!r) {
+			touch_mc(v, &in);
+			r = lf_fs_iwrite(v, ino, &in);
+		}
+	}
+out:
+	lf_vol_unlock(v);
+	return r;
+}
+
+int lf_fs_fsync(struct lf_vol *v, uint64_t ino, bool datasync)
+{
+	int r = 0;
+
+	if (lf_vol_read_only(v))
+		return 0;
+	lf_vol_lock(v);
+	r = lf_vol_sync_locked(v);
+	lf_vol_unlock(v);
+	return r;
+}
+
+/* ---- file data ---- */
+
+struct lf_run {
+	uint64_t lblk, pblk; /* pblk 0: hole (reads as zeros) */
+	uint32_t n;
+	bool fresh; /* newly allocated or was unwritten: no old bytes */
+};
+
+static int run_add(struct lf_run **runs, size_t *nr, size_t *cap,
+		   uint64_t lblk, uint64_t pblk, bool fresh)
+{
+	struct lf_run *l = *nr ? &(*runs)[*nr - 1] : NULL;
+
+	if (l && l->lblk + l->n == lblk && l->fresh == fresh &&
+	    ((!l->pblk && !pblk) || (l->pblk && l->pblk + l->n == pblk))) {
+		l->n++;
+		return 0;
+	}
+	if (*nr == *cap) {
+		size_t c = *cap ? *cap * 2 : 16;
+		struct lf_run *n = realloc(*runs, c * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		*runs = n;
+		*cap = c;
+	}
+	(*runs)[(*nr)++] = (struct lf_run){lblk, pblk, 1, fresh};
+	return 0;
+}
+
+/* Read [s, e) of the file, which lies in run ru, into dst: whole blocks
+ * straight into the caller's buffer, a partial first or last block through
+ * a bounce block. */
+static int read_span(struct lf_vol *v, const struct lf_run *ru, uint64_t s,
+		     uint64_t e, char *dst, char **bounce)
+{
+	uint64_t bs = v->fs->blocksize, rs = ru->lblk * bs;
+	uint64_t fs_ = (s + bs - 1) / bs * bs, fe = e / bs * bs;
+	int r = 0;
+
+	if (fs_ < fe) {
+		r = lf_vol_data_pread(v, dst + (fs_ - s), fe - fs_,
+				      (ru->pblk + (fs_ - rs) / bs) * bs);
+		if (r)
+			return r;
+	} else {
+		fs_ = fe = e;
+	}
+	for (uint64_t ps = s; ps < e && !r;) {
+		uint64_t blk0 = ps / bs * bs, pe;
+
+		if (ps >= fs_ && ps < fe) {
+			ps = fe;
+			continue;
+		}
+		pe = blk0 + bs < e ? blk0 + bs : e;
+		if (!*bounce && !(*bounce = malloc(bs)))
+			return -ENOMEM;
+		r = lf_vol_data_pread(v, *bounce, bs,
+				      (ru->pblk + (blk0 - rs) / bs) * bs);
+		if (!r)
+			memcpy(dst + (ps - s), *bounce + (ps - blk0), pe - ps);
+		ps = pe;
+	}
+	return r;
+}
+
+ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
+		   uint64_t off)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	struct lf_run *runs = NULL;
+	size_t nr = 0, cap = 0;
+	uint64_t bs, isize, end, first, last;
+	char *bounce = NULL;
+	ssize_t r;
+
+	lf_vol_lock(v);
+	bs = fs->blocksize;
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out_unlock;
+	if (LINUX_S_ISDIR(in.i_mode)) {
+		r = -EISDIR;
+		goto out_unlock;
+	}
+	if (!LINUX_S_ISREG(in.i_mode)) {
+		r = -EINVAL;
+		goto out_unlock;
+	}
+	isize = EXT2_I_SIZE(&in);
+	if (off >= isize || size == 0) {
+		r = 0;
+		goto out_unlock;
+	}
+	end = off + size < isize ? off + size : isize;
+	first = off / bs;
+	last = (end - 1) / bs;
+	for (uint64_t b = first; b <= last; b++) {
+		blk64_t pblk = 0;
+		int rf = 0;
+		errcode_t e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
+					   NULL, 0, b, &rf, &pblk);
+
+		if (e) {
+			r = lf_errno_from_ext2(e);
+			goto out_unlock;
+		}
+		if (rf & BMAP_RET_UNINIT)
+			pblk = 0;
+		r = run_add(&runs, &nr, &cap, b, pblk, false);
+		if (r)
+			goto out_unlock;
+	}
+	lf_vol_unlock(v);
+
+	r = 0;
+	for (size_t i = 0; i < nr && !r; i++) {
+		struct lf_run *ru = &runs[i];
+		uint64_t rs = ru->lblk * bs, re = (ru->lblk + ru->n) * bs;
+		uint64_t s = rs > off ? rs : off, e = re < end ? re : end;
+		char *dst = (char *)buf + (s - off);
+
+		if (!ru->pblk) {
+			memset(dst, 0, e - s);
+			continue;
+		}
+		r = read_span(v, ru, s, e, dst, &bounce);
+	}
+	if (!r)
+		r = end - off;
+	free(bounce);
+	free(runs);
+	return r;
+out_unlock:
+	lf_vol_unlock(v);
+	free(runs);
+	return r;
+}
+
+/* Write [s, e) of the file, which lies in run ru, from src. */
+static int write_span(struct lf_vol *v, const struct lf_run *ru, uint64_t s,
+		      uint64_t e, const char *src, char **bounce)
+{
+	uint64_t bs = v->fs->blocksize, rs = ru->lblk * bs;
+	uint64_t fs_ = (s + bs - 1) / bs * bs, fe = e / bs * bs;
+	int r = 0;
+
+	if (fs_ < fe) {
+		r = lf_vol_data_pwrite(v, src + (fs_ - s), fe - fs_,
+				       (ru->pblk + (fs_ - rs) / bs) * bs);
+		if (r)
+			return r;
+	} else {
+		fs_ = fe = e; /* no whole block */
+	}
+	for (uint64_t ps = s; ps < e && !r;) {
+		uint64_t blk0 = ps / bs * bs, pe, pb;
+
+		if (ps >= fs_ && ps < fe) {
+			ps = fe;
+			continue;
+		}
+		pe = blk0 + bs < e ? blk0 + bs : e;
+		pb = (ru->pblk + (blk0 - rs) / bs) * bs;
+		if (!*bounce && !(*bounce = malloc(bs)))
+			return -ENOMEM;
+		if (ru->fresh)
+			memset(*bounce, 0, bs);
+		else
+			r = lf_vol_data_pread(v, *bounce, bs, pb);
+		if (!r) {
+			memcpy(*bounce + (ps - blk0), src + (ps - s), pe - ps);
+			r = lf_vol_data_pwrite(v, *bounce, bs, pb);
+		}
+		ps = pe;
+	}
+	return r;
+}
+
+ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
+		    size_t size, uint64_t off)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	struct lf_run *runs = NULL;
+	size_t nr = 0, cap = 0;
+	uint64_t bs, end, first, last, done_end;
+	char *bounce = NULL;
+	int alloc_err = 0;
+	ssize_t r;
+
+	if (size == 0)
+		return 0;
+	if (lf_vol_read_only(v))
+		return -EROFS;
+	if (off >= max_file_size(fs))
+		return -EFBIG;
+	end = off + size;
+	if (end > max_file_size(fs) || end < off)
+		end = max_file_size(fs);
+
+	lf_vol_lock(v);
+	bs = fs->blocksize;
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out_unlock;
+	if (LINUX_S_ISDIR(in.i_mode)) {
+		r = -EISDIR;
+		goto out_unlock;
+	}
+	if (!LINUX_S_ISREG(in.i_mode)) {
+		r = -EINVAL;
+		goto out_unlock;
+	}
+	first = off / bs;
+	last = (end - 1) / bs;
+	for (uint64_t b = first; b <= last; b++) {
+		blk64_t pblk = 0;
+		int rf = 0;
+		bool fresh = false;
+		errcode_t e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
+					   NULL, 0, b, &rf, &pblk);
+
+		if (!e && !pblk) {
+			e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
+					 NULL, BMAP_ALLOC, b, NULL, &pblk);
+			fresh = true;
+		} else if (!e && (rf & BMAP_RET_UNINIT)) {
+			/* Unwritten extent: mark the block written. */
+			e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
+					 NULL, BMAP_SET, b, NULL, &pblk);
+			fresh = true;
+		}
+		if (e || !pblk) {
+			alloc_err = e ? lf_errno_from_ext2(e) : -ENOSPC;
+			break;
+		}
+		r = run_add(&runs, &nr, &cap, b, pblk, fresh);
+		if (r)
+			goto out_unlock;
+	}
+	lf_vol_unlock(v);
+	if (nr == 0) {
+		r = alloc_err ? alloc_err : -ENOSPC;
+		goto out;
+	}
+	/* Short write up to the last block we could allocate. */
+	done_end = (runs[nr - 1].lblk + runs[nr - 1].n) * bs;
+	if (done_end > end)
+		done_end = end;
+
+	r = 0;
+	for (size_t i = 0; i < nr && !r; i++) {
+		uint64_t rs = runs[i].lblk * bs, re = rs + runs[i].n * bs;
+		uint64_t s = rs > off ? rs : off, e = re < done_end ? re : done_end;
+
+		r = write_span(v, &runs[i], s, e, (const char *)buf + (s - off),
+			       &bounce);
+	}
+
+	lf_vol_lock(v);
+	{
+		int r2 = lf_fs_iread(v, ino, &in);
+
+		if (!r2) {
+			if (done_end > EXT2_I_SIZE(&in)) {
+				in.i_size = (uint32_t)done_end;
+				in.i_size_high = (uint32_t)(done_end >> 32);
+			}
+			touch_mc(v, &in);
+			r2 = lf_fs_iwrite(v, ino, &in);
+		}
+		if (!r)
+			r = r2;
+	}
+	if (!r)
+		r = done_end - off;
+out_unlock:
+	lf_vol_unlock(v);
+out:
+	free(bounce);
+	free(runs);
+	return r;
+}
+
+static int falloc_range(struct lf_vol *v, uint64_t ino,
+			struct ext2_inode_large *in, uint64_t off,
+			uint64_t len)
+{
+	uint64_t bs = v->fs->blocksize;
+	blk64_t start = off / bs, n = (off + len + bs - 1) / bs - start;
+	errcode_t e = ext2fs_fallocate(v->fs, EXT2_FALLOCATE_FORCE_UNINIT, ino,
+				       (struct ext2_inode *)in, ~0ULL, start,
+				       n);
+
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
+		    uint64_t len)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	bool keep = mode & FALLOC_FL_KEEP_SIZE;
+	uint64_t end = off + len, bs;
+	int r;
+
+	if (len == 0)
+		return -EINVAL;
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE |
+		     FALLOC_FL_ZERO_RANGE))
+		return -EOPNOTSUPP;
+	if ((mode & FALLOC_FL_PUNCH_HOLE) &&
+	    (!keep || (mode & FALLOC_FL_ZERO_RANGE)))
+		return -EOPNOTSUPP;
+	if (lf_vol_read_only(v))
+		return -EROFS;
+	if (end > max_file_size(fs) || end < off)
+		return -EFBIG;
+	lf_vol_lock(v);
+	bs = fs->blocksize;
+	r = lf_fs_iread(v, ino, &in);
+	if (r)
+		goto out;
+	if (LINUX_S_ISDIR(in.i_mode)) {
+		r = -EISDIR;
+		goto out;
+	}
+	if (!LINUX_S_ISREG(in.i_mode)) {
+		r = -ENODEV;
+		goto out;
+	}
+	if (!(in.i_flags & EXT4_EXTENTS_FL)) {
+		r = -EOPNOTSUPP;
+		goto out;
+	}
+	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+		uint64_t isize = EXT2_I_SIZE(&in);
+		uint64_t zend = (mode & FALLOC_FL_PUNCH_HOLE) && end > isize
+					? isize
+					: end;
+		uint64_t fb = (off + bs - 1) / bs, lb = zend / bs; /* [fb, lb) */
+
+		if (off < zend) {
+			if (off / bs == (zend - 1) / bs && (off % bs || zend % bs)) {
+				r = zero_in_block(v, ino, &in, off / bs,
+						  off % bs,
+						  zend % bs ? zend % bs : bs);
+			} else {
+				if (off % bs)
+					r = zero_in_block(v, ino, &in, off / bs,
+							  off % bs, bs);
+				if (!r && zend % bs)
+					r = zero_in_block(v, ino, &in,
+							  zend / bs, 0,
+							  zend % bs);
+			}
+			if (!r && fb < lb) {
+				errcode_t e = ext2fs_punch(
+					fs, ino, (struct ext2_inode *)&in, NULL,
+					fb, lb - 1);
+
+				r = e ? lf_errno_from_ext2(e) : 0;
+			}
+		}
+		if (!r && (mode & FALLOC_FL_ZERO_RANGE) && fb < (end / bs))
+			r = falloc_range(v, ino, &in, fb * bs,
+					 (end / bs - fb) * bs);
+	} else {
+		r = falloc_range(v, ino, &in, off, len);
+	}
+	if (r)
+		goto out;
+	/* ext2fs_fallocate leaves writing a caller's inode to the caller. */
+	if (!keep && end > EXT2_I_SIZE(&in)) {
+		in.i_size = (uint32_t)end;
+		in.i_size_high = (uint32_t)(end >> 32);
+		touch_mc(v, &in);
+	} else {
+		lf_fs_set_ctime_now(v, &in);
+	}
+	r = lf_fs_iwrite(v, ino, &in);
+out:
+	lf_vol_unlock(v);
+	return r;
+}

@@ -1,0 +1,267 @@
+/* blockmount.c — a block volume presented as one regular file: the mount's
+ * root is the file, its bytes are the LUN's bytes. Reads go through the
+ * kernel page cache; writes are write-through (no writeback cache), so
+ * fsync only has to send SYNCHRONIZE CACHE. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fuse/mount_int.h"
+#include "iscsi/log.h"
+
+#define MOD "fuse"
+
+static struct lf_mount *mnt(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static void block_stat(const struct lf_mount *m, struct stat *st)
+{
+	uint64_t size = lf_bdev_size(m->bdev);
+
+	memset(st, 0, sizeof(*st));
+	st->st_ino = FUSE_ROOT_ID;
+	st->st_mode = S_IFREG | (m->opts.read_only ? 0440 : 0660);
+	st->st_nlink = 1;
+	st->st_uid = m->owner_uid;
+	st->st_gid = m->owner_gid;
+	st->st_size = (off_t)size;
+	st->st_blocks = (blkcnt_t)(size / 512);
+	st->st_blksize = 4096;
+	st->st_atim = m->mtime;
+	st->st_mtim = m->mtime;
+	st->st_ctim = m->mtime;
+}
+
+static void blk_init(void *userdata, struct fuse_conn_info *conn)
+{
+	/* An O_TRUNC open must not zero the kernel's idea of the size. */
+	lf_mount_init_conn(conn, false);
+}
+
+static void blk_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, ENOTDIR);
+}
+
+static void blk_getattr(fuse_req_t req, fuse_ino_t ino,
+			struct fuse_file_info *fi)
+{
+	struct stat st;
+
+	block_stat(mnt(req), &st);
+	fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
+}
+
+/* A block device has a fixed size and the mount decides its owner. */
+static void blk_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+			int to_set, struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	struct stat st;
+
+	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID |
+		      FUSE_SET_ATTR_GID)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if ((to_set & FUSE_SET_ATTR_SIZE) &&
+	    (uint64_t)attr->st_size != lf_bdev_size(m->bdev)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	block_stat(m, &st);
+	fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
+}
+
+static void blk_open(fuse_req_t req, fuse_ino_t ino,
+		     struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY && m->opts.read_only) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void blk_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	uint64_t devsz = lf_bdev_size(m->bdev), bs = lf_bdev_block_size(m->bdev);
+	uint64_t start, end, len;
+	char *buf;
+	int ret;
+
+	if (off < 0 || (uint64_t)off >= devsz) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	len = size;
+	if (len > devsz - (uint64_t)off)
+		len = devsz - (uint64_t)off;
+	start = (uint64_t)off / bs * bs;
+	end = ((uint64_t)off + len + bs - 1) / bs * bs;
+	buf = lf_mount_buf(m, end - start);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ret = lf_bdev_pread(m->bdev, buf, end - start, start);
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_buf(req, buf + ((uint64_t)off - start), len);
+}
+
+/* Read-modify-write of the partial blocks at either edge. */
+static int write_unaligned(struct lf_mount *m, const char *data, uint64_t len,
+			   uint64_t off)
+{
+	uint64_t bs = lf_bdev_block_size(m->bdev);
+	uint64_t start = off / bs * bs;
+	uint64_t end = (off + len + bs - 1) / bs * bs;
+	char *buf = lf_mount_buf(m, end - start);
+	int ret;
+
+	if (!buf)
+		return -ENOMEM;
+	if (off != start) {
+		ret = lf_bdev_pread(m->bdev, buf, bs, start);
+		if (ret < 0)
+			return ret;
+	}
+	if (off + len != end && (end - bs != start || off == start)) {
+		ret = lf_bdev_pread(m->bdev, buf + (end - bs - start), bs,
+				    end - bs);
+		if (ret < 0)
+			return ret;
+	}
+	memcpy(buf + (off - start), data, len);
+	return lf_bdev_pwrite(m->bdev, buf, end - start, start);
+}
+
+static void blk_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		      size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	uint64_t devsz = lf_bdev_size(m->bdev), bs = lf_bdev_block_size(m->bdev);
+	uint64_t len = size;
+	int ret;
+
+	if (m->opts.read_only) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (off < 0 || (uint64_t)off >= devsz) {
+		fuse_reply_err(req, size ? ENOSPC : 0);
+		return;
+	}
+	if (len > devsz - (uint64_t)off)
+		len = devsz - (uint64_t)off;
+	if ((uint64_t)off % bs == 0 && len % bs == 0) {
+		pthread_rwlock_rdlock(&m->rmw);
+		ret = lf_bdev_pwrite(m->bdev, buf, len, (uint64_t)off);
+		pthread_rwlock_unlock(&m->rmw);
+	} else {
+		pthread_rwlock_wrlock(&m->rmw);
+		ret = write_unaligned(m, buf, len, (uint64_t)off);
+		pthread_rwlock_unlock(&m->rmw);
+	}
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_write(req, len);
+}
+
+static void blk_ok(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, 0);
+}
+
+/* Writes were acknowledged by the device already; what fsync owes is the
+ * device's own cache. */
+static void blk_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		      struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	int ret = m->opts.read_only ? 0 : lf_bdev_flush(m->bdev);
+
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+}
+
+static void blk_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs st;
+
+	memset(&st, 0, sizeof(st));
+	st.f_bsize = 4096;
+	st.f_frsize = 4096;
+	st.f_blocks = lf_bdev_size(mnt(req)->bdev) / 4096;
+	st.f_files = 1;
+	st.f_namemax = 255;
+	fuse_reply_statfs(req, &st);
+}
+
+static const struct fuse_lowlevel_ops block_ops = {
+	.init = blk_init,
+	.lookup = blk_lookup,
+	.getattr = blk_getattr,
+	.setattr = blk_setattr,
+	.open = blk_open,
+	.read = blk_read,
+	.write = blk_write,
+	.flush = blk_ok,
+	.release = blk_ok,
+	.fsync = blk_fsync,
+	.statfs = blk_statfs,
+};
+
+int lf_mount_block(struct lf_bdev *b, const char *path,
+		   const struct lf_mount_opts *o, struct lf_mount **out,
+		   char *err, size_t errlen)
+{
+	struct lf_mount *m;
+	int ret;
+
+	*out = NULL;
+	m = lf_mount_alloc(LF_MOUNT_BLOCK, o);
+	if (!m) {
+		snprintf(err, errlen, "%s: out of memory", path);
+		return -ENOMEM;
+	}
+	m->bdev = lf_bdev_ref(b);
+	if (lf_bdev_info(b)->read_only)
+		m->opts.read_only = true;
+	m->owner_uid = geteuid();
+	m->owner_gid = getegid();
+	if (m->opts.fsgroup >= 0)
+		m->owner_gid = (uint32_t)m->opts.fsgroup;
+	clock_gettime(CLOCK_REALTIME, &m->mtime);
+	m->desc = strdup(lf_bdev_desc(b));
+	if (!m->desc) {
+		snprintf(err, errlen, "%s: out of memory", path);
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = lf_mount_start(m, path, false, &block_ops, sizeof(block_ops), err,
+			     errlen);
+	if (ret < 0)
+		goto out_free;
+	*out = m;
+	return 0;
+
+out_free:
+	lf_bdev_unref(m->bdev);
+	lf_mount_free(m);
+	return ret;
+}

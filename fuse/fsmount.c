@@ -1,0 +1,1123 @@
+/* fsmount.c — a filesystem volume presented through FUSE: the low-level
+ * ops over fsops.h, the id-mapped and fsGroup views, lookup counting, and
+ * the cache invalidation of a volume's other mounts. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fsimage/fsops.h"
+#include "fuse/mount_int.h"
+#include "iscsi/log.h"
+
+#define MOD "fuse"
+
+/* One invalidation queued for another mount of the same volume. */
+struct inval {
+	struct inval *next;
+	struct lf_mount *m;
+	fuse_ino_t ino;		/* inode, or parent of name */
+	off_t off, len;		/* inode: off < 0 = attributes only */
+	size_t namelen;		/* 0 = inode invalidation */
+	char name[];
+};
+
+/*
+ * Locks, in order: sv->lock, then m->ilock. Neither is held while
+ * calling into fsops or the kernel.
+ */
+struct lf_served {
+	struct lf_vol *vol;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;	/* queue non-empty or quit */
+	pthread_cond_t idle;	/* busy changed */
+	struct lf_mount *mounts; /* protected by lock */
+	int nmounts;		/* protected by lock */
+	struct inval *head, **tail; /* protected by lock */
+	/* The mount the worker is notifying right now, with lock dropped:
+	 * unlinking that mount waits until it is done. */
+	struct lf_mount *busy;	/* protected by lock */
+	bool quit;		/* protected by lock */
+	pthread_t worker;
+};
+
+static fuse_ino_t to_fuse(uint64_t ino)
+{
+	return ino == LF_ROOT_INO ? FUSE_ROOT_ID : (fuse_ino_t)ino;
+}
+
+static uint64_t to_disk(fuse_ino_t ino)
+{
+	return ino == FUSE_ROOT_ID ? LF_ROOT_INO : (uint64_t)ino;
+}
+
+/* ---- invalidation of the other mounts ---- */
+
+/* Notifications go from this thread, never from a request handler: a
+ * notify on a session can wait on that session's own requests. */
+static void *inval_worker(void *arg)
+{
+	struct lf_served *sv = arg;
+
+	pthread_mutex_lock(&sv->lock);
+	for (;;) {
+		struct inval *it;
+
+		while (!sv->head && !sv->quit)
+			pthread_cond_wait(&sv->wake, &sv->lock);
+		if (!sv->head)
+			break;
+		it = sv->head;
+		sv->head = it->next;
+		if (!sv->head)
+			sv->tail = &sv->head;
+		sv->busy = it->m;
+		pthread_mutex_unlock(&sv->lock);
+
+		if (it->namelen)
+			fuse_lowlevel_notify_inval_entry(it->m->se, it->ino,
+							 it->name, it->namelen);
+		else
+			fuse_lowlevel_notify_inval_inode(it->m->se, it->ino,
+							 it->off, it->len);
+		free(it);
+
+		pthread_mutex_lock(&sv->lock);
+		sv->busy = NULL;
+		pthread_cond_broadcast(&sv->idle);
+	}
+	pthread_mutex_unlock(&sv->lock);
+	return NULL;
+}
+
+static void queue_inval(struct lf_mount *src, uint64_t ino, off_t off,
+			off_t len, const char *name)
+{
+	struct lf_served *sv = src->sv;
+	size_t namelen = name ? strlen(name) : 0;
+
+	pthread_mutex_lock(&sv->lock);
+	for (struct lf_mount *m = sv->mounts; m; m = m->next) {
+		struct inval *it;
+
+		if (m == src)
+			continue;
+		it = malloc(sizeof(*it) + namelen + 1);
+		if (!it) {
+			lf_warn(MOD, "%s: out of memory: cache of %s not "
+				     "invalidated", src->path, m->path);
+			continue;
+		}
+		it->next = NULL;
+		it->m = m;
+		it->ino = to_fuse(ino);
+		it->off = off;
+		it->len = len;
+		it->namelen = namelen;
+		memcpy(it->name, name ? name : "", namelen + 1);
+		*sv->tail = it;
+		sv->tail = &it->next;
+	}
+	if (sv->head)
+		pthread_cond_signal(&sv->wake);
+	pthread_mutex_unlock(&sv->lock);
+}
+
+static void inval_attr(struct lf_mount *src, uint64_t ino)
+{
+	queue_inval(src, ino, -1, 0, NULL);
+}
+
+static void inval_data(struct lf_mount *src, uint64_t ino, off_t off,
+		       off_t len)
+{
+	queue_inval(src, ino, off, len, NULL);
+}
+
+static void inval_entry(struct lf_mount *src, uint64_t parent,
+			const char *name)
+{
+	queue_inval(src, parent, 0, 0, name);
+	/* The parent's mtime, size and link count changed too. */
+	inval_data(src, parent, 0, 0);
+}
+
+struct lf_served *lf_served_new(struct lf_vol *v)
+{
+	struct lf_served *sv = calloc(1, sizeof(*sv));
+	sigset_t all, old;
+
+	if (!sv)
+		return NULL;
+	sv->vol = v;
+	sv->tail = &sv->head;
+	pthread_mutex_init(&sv->lock, NULL);
+	pthread_cond_init(&sv->wake, NULL);
+	pthread_cond_init(&sv->idle, NULL);
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	if (pthread_create(&sv->worker, NULL, inval_worker, sv) != 0) {
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		pthread_mutex_destroy(&sv->lock);
+		pthread_cond_destroy(&sv->wake);
+		pthread_cond_destroy(&sv->idle);
+		free(sv);
+		return NULL;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return sv;
+}
+
+void lf_served_free(struct lf_served *sv)
+{
+	if (!sv)
+		return;
+	pthread_mutex_lock(&sv->lock);
+	if (sv->nmounts)
+		lf_err(MOD, "%s: freed with %d mounts left (bug)",
+		       lf_vol_desc(sv->vol), sv->nmounts);
+	sv->quit = true;
+	pthread_cond_signal(&sv->wake);
+	pthread_mutex_unlock(&sv->lock);
+	pthread_join(sv->worker, NULL);
+	pthread_mutex_destroy(&sv->lock);
+	pthread_cond_destroy(&sv->wake);
+	pthread_cond_destroy(&sv->idle);
+	free(sv);
+}
+
+int lf_served_nmounts(struct lf_served *sv)
+{
+	int n;
+
+	pthread_mutex_lock(&sv->lock);
+	n = sv->nmounts;
+	pthread_mutex_unlock(&sv->lock);
+	return n;
+}
+
+void lf_served_unlink_mount(struct lf_served *sv, struct lf_mount *m)
+{
+	struct inval **pp;
+
+	pthread_mutex_lock(&sv->lock);
+	for (struct lf_mount **mp = &sv->mounts; *mp; mp = &(*mp)->next) {
+		if (*mp == m) {
+			*mp = m->next;
+			sv->nmounts--;
+			break;
+		}
+	}
+	sv->tail = &sv->head;
+	for (pp = &sv->head; *pp;) {
+		struct inval *it = *pp;
+
+		if (it->m == m) {
+			*pp = it->next;
+			free(it);
+		} else {
+			pp = &it->next;
+			sv->tail = pp;
+		}
+	}
+	while (sv->busy == m)
+		pthread_cond_wait(&sv->idle, &sv->lock);
+	pthread_mutex_unlock(&sv->lock);
+}
+
+/* ---- lookup counts ---- */
+
+static size_t home(uint64_t ino, size_t cap)
+{
+	return (size_t)((ino * 0x9E3779B97F4A7C15ull) >> 17) & (cap - 1);
+}
+
+static int icount_grow(struct lf_icount *ic)
+{
+	size_t ncap = ic->cap ? ic->cap * 2 : 64;
+	uint64_t *nino = calloc(ncap, sizeof(*nino));
+	uint64_t *ncnt = calloc(ncap, sizeof(*ncnt));
+
+	if (!nino || !ncnt) {
+		free(nino);
+		free(ncnt);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < ic->cap; i++) {
+		size_t j;
+
+		if (!ic->ino[i])
+			continue;
+		for (j = home(ic->ino[i], ncap); nino[j]; j = (j + 1) & (ncap - 1))
+			;
+		nino[j] = ic->ino[i];
+		ncnt[j] = ic->cnt[i];
+	}
+	free(ic->ino);
+	free(ic->cnt);
+	ic->ino = nino;
+	ic->cnt = ncnt;
+	ic->cap = ncap;
+	return 0;
+}
+
+static int icount_add(struct lf_icount *ic, uint64_t ino)
+{
+	size_t i;
+
+	if ((ic->used + 1) * 2 > ic->cap && icount_grow(ic) < 0)
+		return -ENOMEM;
+	for (i = home(ino, ic->cap); ic->ino[i] && ic->ino[i] != ino;
+	     i = (i + 1) & (ic->cap - 1))
+		;
+	if (!ic->ino[i]) {
+		ic->ino[i] = ino;
+		ic->cnt[i] = 0;
+		ic->used++;
+	}
+	ic->cnt[i]++;
+	return 0;
+}
+
+/* Returns how much was actually held (never more than n). */
+static uint64_t icount_sub(struct lf_icount *ic, uint64_t ino, uint64_t n)
+{
+	size_t mask = ic->cap - 1, i, j;
+
+	if (!ic->cap)
+		return 0;
+	for (i = home(ino, ic->cap); ic->ino[i] && ic->ino[i] != ino;
+	     i = (i + 1) & mask)
+		;
+	if (!ic->ino[i])
+		return 0;
+	if (ic->cnt[i] > n) {
+		ic->cnt[i] -= n;
+		return n;
+	}
+	n = ic->cnt[i];
+	/* Backward-shift deletion keeps probe chains unbroken. */
+	for (j = i;;) {
+		size_t k;
+
+		j = (j + 1) & mask;
+		if (!ic->ino[j])
+			break;
+		k = home(ic->ino[j], ic->cap);
+		if ((j > i && (k <= i || k > j)) || (j < i && k <= i && k > j)) {
+			ic->ino[i] = ic->ino[j];
+			ic->cnt[i] = ic->cnt[j];
+			i = j;
+		}
+	}
+	ic->ino[i] = 0;
+	ic->cnt[i] = 0;
+	ic->used--;
+	return n;
+}
+
+/* The root is never counted: the kernel holds it for the mount's life. */
+static int count_lookup(struct lf_mount *m, uint64_t ino)
+{
+	int ret;
+
+	if (ino == LF_ROOT_INO)
+		return 0;
+	pthread_mutex_lock(&m->ilock);
+	ret = icount_add(&m->icount, ino);
+	pthread_mutex_unlock(&m->ilock);
+	if (ret == 0)
+		lf_fs_iget(m->vol, ino);
+	return ret;
+}
+
+static void forget_one(struct lf_mount *m, uint64_t ino, uint64_t n)
+{
+	if (ino == LF_ROOT_INO)
+		return;
+	pthread_mutex_lock(&m->ilock);
+	n = icount_sub(&m->icount, ino, n);
+	pthread_mutex_unlock(&m->ilock);
+	if (n)
+		lf_fs_iput(m->vol, ino, n);
+}
+
+void lf_mount_drop_counts(struct lf_mount *m)
+{
+	struct lf_icount *ic = &m->icount;
+
+	for (size_t i = 0; i < ic->cap; i++)
+		if (ic->ino[i] && ic->cnt[i])
+			lf_fs_iput(m->vol, ic->ino[i], ic->cnt[i]);
+	free(ic->ino);
+	free(ic->cnt);
+	memset(ic, 0, sizeof(*ic));
+}
+
+/* ---- presentation ---- */
+
+static void present(const struct lf_mount *m, const struct lf_stat *s,
+		    struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = to_fuse(s->ino);
+	st->st_mode = s->mode;
+	st->st_nlink = s->nlink;
+	st->st_uid = lf_idmap_to_host(&m->opts.uidmap, s->uid);
+	st->st_gid = lf_idmap_to_host(&m->opts.gidmap, s->gid);
+	st->st_rdev = s->rdev;
+	st->st_size = (off_t)s->size;
+	st->st_blocks = (blkcnt_t)s->blocks;
+	st->st_blksize = 4096;
+	st->st_atim = s->atime;
+	st->st_mtim = s->mtime;
+	st->st_ctim = s->ctime;
+	/* fsGroup as a view: what SetVolumeOwnership would have written. */
+	if (m->opts.fsgroup >= 0) {
+		st->st_gid = (gid_t)m->opts.fsgroup;
+		if (!S_ISLNK(s->mode)) {
+			st->st_mode |= S_IRGRP;
+			if (!m->opts.read_only)
+				st->st_mode |= S_IWGRP;
+		}
+		if (S_ISDIR(s->mode))
+			st->st_mode |= S_IXGRP | S_ISGID;
+	}
+}
+
+static void fill_entry(const struct lf_mount *m, const struct lf_stat *s,
+		       struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = to_fuse(s->ino);
+	e->generation = s->generation;
+	present(m, s, &e->attr);
+	e->attr_timeout = LF_FUSE_TIMEOUT;
+	e->entry_timeout = LF_FUSE_TIMEOUT;
+}
+
+/* Counted before the reply: a forget may follow it at once. */
+static void reply_entry(struct lf_mount *m, fuse_req_t req,
+			const struct lf_stat *s)
+{
+	struct fuse_entry_param e;
+
+	fill_entry(m, s, &e);
+	if (count_lookup(m, s->ino) < 0) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (fuse_reply_entry(req, &e) != 0)
+		forget_one(m, s->ino, 1);
+}
+
+static int new_owner(const struct lf_mount *m, fuse_req_t req,
+		     struct lf_owner *o)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+	if (!lf_idmap_to_disk(&m->opts.uidmap, ctx->uid, &o->uid))
+		return -EOVERFLOW;
+	if (m->opts.fsgroup >= 0 &&
+	    lf_idmap_to_disk(&m->opts.gidmap, (uint32_t)m->opts.fsgroup,
+			     &o->gid))
+		return 0;
+	if (!lf_idmap_to_disk(&m->opts.gidmap, ctx->gid, &o->gid))
+		return -EOVERFLOW;
+	return 0;
+}
+
+static struct lf_mount *mnt(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+/* Modifying ops on a read-only mount. The kernel refuses most already
+ * ("ro"); this covers what it lets through. */
+static bool refuse_ro(struct lf_mount *m, fuse_req_t req)
+{
+	if (!m->opts.read_only)
+		return false;
+	fuse_reply_err(req, EROFS);
+	return true;
+}
+
+/* ---- ops ---- */
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	lf_mount_init_conn(conn, true);
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct lf_mount *m = mnt(req);
+	struct lf_stat st;
+	int ret = lf_fs_lookup(m->vol, to_disk(parent), name, &st);
+
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		reply_entry(m, req, &st);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	forget_one(mnt(req), to_disk(ino), nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+			    struct fuse_forget_data *forgets)
+{
+	struct lf_mount *m = mnt(req);
+
+	for (size_t i = 0; i < count; i++)
+		forget_one(m, to_disk(forgets[i].ino), forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	struct lf_stat s;
+	struct stat st;
+	int ret = lf_fs_getattr(m->vol, to_disk(ino), &s);
+
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	present(m, &s, &st);
+	fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	struct lf_setattr sa = {0};
+	unsigned what = 0;
+	struct lf_stat s;
+	struct stat st;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	if (to_set & FUSE_SET_ATTR_MODE) {
+		what |= LF_SET_MODE;
+		sa.mode = attr->st_mode & 07777;
+	}
+	if (to_set & FUSE_SET_ATTR_UID) {
+		what |= LF_SET_UID;
+		if (!lf_idmap_to_disk(&m->opts.uidmap, attr->st_uid, &sa.uid)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+	}
+	if (to_set & FUSE_SET_ATTR_GID) {
+		what |= LF_SET_GID;
+		if (!lf_idmap_to_disk(&m->opts.gidmap, attr->st_gid, &sa.gid)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+	}
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		what |= LF_SET_SIZE;
+		sa.size = (uint64_t)attr->st_size;
+	}
+	if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+		what |= LF_SET_ATIME_NOW;
+	} else if (to_set & FUSE_SET_ATTR_ATIME) {
+		what |= LF_SET_ATIME;
+		sa.atime = attr->st_atim;
+	}
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+		what |= LF_SET_MTIME_NOW;
+	} else if (to_set & FUSE_SET_ATTR_MTIME) {
+		what |= LF_SET_MTIME;
+		sa.mtime = attr->st_mtim;
+	}
+	if (to_set & FUSE_SET_ATTR_CTIME) {
+		what |= LF_SET_CTIME;
+		sa.ctime = attr->st_ctim;
+	}
+	if (to_set & (FUSE_SET_ATTR_KILL_SUID | FUSE_SET_ATTR_KILL_SGID |
+		      FUSE_SET_ATTR_KILL_PRIV))
+		what |= LF_SET_KILL_SUID;
+
+	ret = lf_fs_setattr(m->vol, to_disk(ino), what, &sa, &s);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	present(m, &s, &st);
+	fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
+	if (what & LF_SET_SIZE)
+		inval_data(m, s.ino, 0, 0);
+	else
+		inval_attr(m, s.ino);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[PATH_MAX + 1];
+	int ret = lf_fs_readlink(mnt(req)->vol, to_disk(ino), buf, sizeof(buf));
+
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else if ((size_t)ret >= sizeof(buf))
+		fuse_reply_err(req, ENAMETOOLONG);
+	else
+		fuse_reply_readlink(req, buf);
+}
+
+static void created(struct lf_mount *m, fuse_req_t req, int ret,
+		    fuse_ino_t parent, const char *name, const struct lf_stat *s)
+{
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	reply_entry(m, req, s);
+	inval_entry(m, to_disk(parent), name);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	struct lf_mount *m = mnt(req);
+	struct lf_owner o;
+	struct lf_stat s;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = new_owner(m, req, &o);
+	if (ret == 0)
+		ret = lf_fs_mknod(m->vol, to_disk(parent), name, mode, rdev, &o,
+				  &s);
+	created(m, req, ret, parent, name, &s);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode)
+{
+	struct lf_mount *m = mnt(req);
+	struct lf_owner o;
+	struct lf_stat s;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = new_owner(m, req, &o);
+	if (ret == 0)
+		ret = lf_fs_mkdir(m->vol, to_disk(parent), name,
+				  (mode & 07777) | S_IFDIR, &o, &s);
+	created(m, req, ret, parent, name, &s);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		       const char *name)
+{
+	struct lf_mount *m = mnt(req);
+	struct lf_owner o;
+	struct lf_stat s;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = new_owner(m, req, &o);
+	if (ret == 0)
+		ret = lf_fs_symlink(m->vol, to_disk(parent), name, link, &o, &s);
+	created(m, req, ret, parent, name, &s);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	struct lf_mount *m = mnt(req);
+	struct lf_stat s;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = lf_fs_link(m->vol, to_disk(ino), to_disk(newparent), newname, &s);
+	created(m, req, ret, newparent, newname, &s);
+	if (ret == 0)
+		inval_attr(m, s.ino);
+}
+
+static void removed(struct lf_mount *m, fuse_req_t req, int ret,
+		    fuse_ino_t parent, const char *name, uint64_t ino)
+{
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+	if (ret < 0)
+		return;
+	inval_entry(m, to_disk(parent), name);
+	if (ino)
+		inval_attr(m, ino);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct lf_mount *m = mnt(req);
+	uint64_t ino = 0;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = lf_fs_unlink(m->vol, to_disk(parent), name, &ino);
+	removed(m, req, ret, parent, name, ino);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct lf_mount *m = mnt(req);
+	uint64_t ino = 0;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = lf_fs_rmdir(m->vol, to_disk(parent), name, &ino);
+	removed(m, req, ret, parent, name, ino);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	struct lf_mount *m = mnt(req);
+	uint64_t replaced = 0;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = lf_fs_rename(m->vol, to_disk(parent), name, to_disk(newparent),
+			   newname, flags, &replaced);
+	removed(m, req, ret, parent, name, replaced);
+	if (ret == 0)
+		inval_entry(m, to_disk(newparent), newname);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	bool writes = (fi->flags & O_ACCMODE) != O_RDONLY;
+	int ret;
+
+	if (writes && refuse_ro(m, req))
+		return;
+	ret = lf_fs_open(m->vol, to_disk(ino), fi->flags);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	/* Other mounts' changes reach this kernel as invalidations, so its
+	 * page cache stays valid across opens. */
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+	if (writes && (fi->flags & O_TRUNC))
+		inval_data(m, to_disk(ino), 0, 0);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	void *buf = lf_mount_buf(m, size);
+	ssize_t n;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = lf_fs_read(m->vol, to_disk(ino), buf, size, (uint64_t)off);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		     size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	ssize_t n;
+
+	if (refuse_ro(m, req))
+		return;
+	n = lf_fs_write(m->vol, to_disk(ino), buf, size, (uint64_t)off);
+	if (n < 0) {
+		fuse_reply_err(req, (int)-n);
+		return;
+	}
+	fuse_reply_write(req, (size_t)n);
+	if (n > 0)
+		inval_data(m, to_disk(ino), off, (off_t)n);
+}
+
+static void op_ok(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		     struct fuse_file_info *fi)
+{
+	int ret = lf_fs_fsync(mnt(req)->vol, to_disk(ino), datasync != 0);
+
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	fi->fh = 0;
+	fuse_reply_open(req, fi);
+}
+
+/* Entries are gathered under the volume lock (inside lf_fs_readdir) and
+ * replied after it, since attributes for readdirplus need fsops again. */
+struct dent {
+	uint64_t ino, next;
+	uint32_t type;
+	uint32_t namelen;
+	char name[];
+};
+
+struct dir_collect {
+	fuse_req_t req;
+	bool plus;
+	size_t budget;		/* reply bytes left */
+	char *arena;
+	size_t used, cap;
+};
+
+static size_t dent_size(size_t namelen)
+{
+	return (sizeof(struct dent) + namelen + 1 + 7) & ~(size_t)7;
+}
+
+static int collect_dent(void *ctx, const char *name, size_t namelen,
+			uint64_t ino, uint32_t type, uint64_t next)
+{
+	struct dir_collect *dc = ctx;
+	char tmp[NAME_MAX + 1];
+	size_t need, sz = dent_size(namelen);
+	struct dent *d;
+
+	if (namelen > NAME_MAX)
+		return 0;
+	memcpy(tmp, name, namelen);
+	tmp[namelen] = '\0';
+	need = dc->plus ? fuse_add_direntry_plus(dc->req, NULL, 0, tmp, NULL, 0)
+			: fuse_add_direntry(dc->req, NULL, 0, tmp, NULL, 0);
+	if (need > dc->budget || dc->used + sz > dc->cap)
+		return 1;
+	dc->budget -= need;
+	d = (struct dent *)(dc->arena + dc->used);
+	d->ino = ino;
+	d->next = next;
+	d->type = type;
+	d->namelen = (uint32_t)namelen;
+	memcpy(d->name, tmp, namelen + 1);
+	dc->used += sz;
+	return 0;
+}
+
+static bool is_dot(const char *name)
+{
+	return name[0] == '.' &&
+	       (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       bool plus)
+{
+	struct lf_mount *m = mnt(req);
+	struct dir_collect dc = {.req = req, .plus = plus, .budget = size};
+	char *reply = NULL;
+	size_t pos = 0;
+	int ret;
+
+	/* A struct dent is never larger than the reply entry it becomes. */
+	dc.cap = size + 4096;
+	dc.arena = malloc(dc.cap);
+	reply = malloc(size ? size : 1);
+	if (!dc.arena || !reply) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = lf_fs_readdir(m->vol, to_disk(ino), (uint64_t)off, collect_dent,
+			    &dc);
+	if (ret < 0)
+		goto out;
+	for (size_t at = 0; at < dc.used;) {
+		struct dent *d = (struct dent *)(dc.arena + at);
+		size_t n;
+
+		at += dent_size(d->namelen);
+		if (!plus) {
+			struct stat st = {.st_ino = to_fuse(d->ino),
+					  .st_mode = d->type};
+
+			n = fuse_add_direntry(req, reply + pos, size - pos,
+					      d->name, &st, (off_t)d->next);
+		} else {
+			struct fuse_entry_param e;
+			struct lf_stat s;
+			bool counted = false;
+
+			memset(&e, 0, sizeof(e));
+			/* ino 0: attributes only, no lookup taken (the
+			 * kernel never counts "." and ".."). */
+			if (!is_dot(d->name) &&
+			    lf_fs_getattr(m->vol, d->ino, &s) == 0 &&
+			    count_lookup(m, d->ino) == 0) {
+				fill_entry(m, &s, &e);
+				counted = d->ino != LF_ROOT_INO;
+			} else {
+				e.attr.st_ino = to_fuse(d->ino);
+				e.attr.st_mode = d->type;
+			}
+			n = fuse_add_direntry_plus(req, reply + pos, size - pos,
+						   d->name, &e, (off_t)d->next);
+			if (n > size - pos && counted)
+				forget_one(m, d->ino, 1);
+		}
+		if (n > size - pos)
+			break;
+		pos += n;
+	}
+	ret = 0;
+out:
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_buf(req, reply, pos);
+	free(reply);
+	free(dc.arena);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+			   off_t off, struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, true);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+			struct fuse_file_info *fi)
+{
+	op_fsync(req, ino, datasync, fi);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs st;
+	int ret = lf_fs_statfs(mnt(req)->vol, &st);
+
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_statfs(req, &st);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			const char *value, size_t size, int flags)
+{
+	struct lf_mount *m = mnt(req);
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = lf_fs_setxattr(m->vol, to_disk(ino), name, value, size, flags);
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+	if (ret == 0)
+		inval_attr(m, to_disk(ino));
+}
+
+static void reply_sized(fuse_req_t req, ssize_t n, const void *buf,
+			size_t size)
+{
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			size_t size)
+{
+	struct lf_mount *m = mnt(req);
+	void *buf = size ? lf_mount_buf(m, size) : NULL;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	reply_sized(req, lf_fs_getxattr(m->vol, to_disk(ino), name, buf, size),
+		    buf, size);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct lf_mount *m = mnt(req);
+	void *buf = size ? lf_mount_buf(m, size) : NULL;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	reply_sized(req, lf_fs_listxattr(m->vol, to_disk(ino), buf, size), buf,
+		    size);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct lf_mount *m = mnt(req);
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = lf_fs_removexattr(m->vol, to_disk(ino), name);
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+	if (ret == 0)
+		inval_attr(m, to_disk(ino));
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	struct fuse_entry_param e;
+	struct lf_owner o;
+	struct lf_stat s;
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = new_owner(m, req, &o);
+	if (ret == 0)
+		ret = lf_fs_mknod(m->vol, to_disk(parent), name,
+				  (mode & 07777) | S_IFREG, 0, &o, &s);
+	/* O_TRUNC on a file just made is a no-op; O_EXCL is done. */
+	if (ret == 0)
+		ret = lf_fs_open(m->vol, s.ino,
+				 fi->flags & ~(O_CREAT | O_EXCL | O_TRUNC));
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fill_entry(m, &s, &e);
+	fi->keep_cache = 1;
+	if (count_lookup(m, s.ino) < 0) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (fuse_reply_create(req, &e, fi) != 0)
+		forget_one(m, s.ino, 1);
+	inval_entry(m, to_disk(parent), name);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
+			 off_t offset, off_t length, struct fuse_file_info *fi)
+{
+	struct lf_mount *m = mnt(req);
+	int ret;
+
+	if (refuse_ro(m, req))
+		return;
+	ret = lf_fs_fallocate(m->vol, to_disk(ino), mode, (uint64_t)offset,
+			      (uint64_t)length);
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+	if (ret == 0)
+		inval_data(m, to_disk(ino), 0, 0);
+}
+
+static const struct fuse_lowlevel_ops fs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_ok,
+	.release = op_ok,
+	.fsync = op_fsync,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_ok,
+	.fsyncdir = op_fsyncdir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.create = op_create,
+	.fallocate = op_fallocate,
+};
+
+int lf_mount_fs(struct lf_served *sv, const char *path,
+		const struct lf_mount_opts *o, struct lf_mount **out,
+		char *err, size_t errlen)
+{
+	struct lf_mount *m;
+	int ret;
+
+	*out = NULL;
+	m = lf_mount_alloc(LF_MOUNT_FS, o);
+	if (!m) {
+		snprintf(err, errlen, "%s: out of memory", path);
+		return -ENOMEM;
+	}
+	m->sv = sv; /* constant; membership is sv->mounts */
+	m->vol = sv->vol;
+	if (lf_vol_read_only(sv->vol))
+		m->opts.read_only = true;
+	m->desc = strdup(lf_vol_desc(sv->vol));
+	if (!m->desc) {
+		lf_mount_free(m);
+		snprintf(err, errlen, "%s: out of memory", path);
+		return -ENOMEM;
+	}
+	ret = lf_mount_start(m, path, true, &fs_ops, sizeof(fs_ops), err,
+			     errlen);
+	if (ret < 0) {
+		lf_mount_free(m);
+		return ret;
+	}
+	/* Joins the invalidation set only now that m->se is final. */
+	pthread_mutex_lock(&sv->lock);
+	m->next = sv->mounts;
+	sv->mounts = m;
+	sv->nmounts++;
+	pthread_mutex_unlock(&sv->lock);
+	*out = m;
+	return 0;
+}

@@ -1,0 +1,372 @@
+"""Filesystem volumes (ext4 in userspace over iSCSI). The oracles are
+e2fsprogs (e2fsck, mkfs.ext4, dumpe2fs, debugfs) and the kernel's ext4
+through a read-only loop mount of tgtd's backing file."""
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+import lunfs_harness as H
+
+MiB = H.MiB
+LUN_SIZE = 64 * MiB
+MTIME = 1_700_000_000
+
+
+@pytest.fixture
+def fstarget(targets):
+    return targets("fs", luns={1: LUN_SIZE, 2: LUN_SIZE})
+
+
+def mkdir(lundir, name):
+    p = os.path.join(lundir, name)
+    os.mkdir(p)
+    return p
+
+
+@contextlib.contextmanager
+def kernel_mount(backing, lundir, ro=True):
+    """Mount BACKING with the kernel's ext4 through a loop device."""
+    mp = os.path.join(lundir, "kernel-" + os.path.basename(backing))
+    os.makedirs(mp, exist_ok=True)
+    opts = "loop,ro" if ro else "loop"
+    r = H.run(["mount", "-t", "ext4", "-o", opts, backing, mp])
+    assert r.returncode == 0, f"kernel mount of {backing} failed: {r.stderr}"
+    try:
+        yield mp
+    finally:
+        r = H.run(["umount", mp])
+        if r.returncode != 0:
+            H.run(["umount", "-l", mp])
+
+
+def e2fsck(backing):
+    r = H.run(["e2fsck", "-fn", backing], timeout=120)
+    assert r.returncode == 0, f"e2fsck -fn exited {r.returncode}:\n{r.stdout}{r.stderr}"
+
+
+def fs_state(backing):
+    r = H.run(["dumpe2fs", "-h", backing])
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"^Filesystem state:\s*(.*)$", r.stdout, re.M)
+    assert m, r.stdout
+    return m.group(1).strip()
+
+
+def fs_uuid(backing):
+    r = H.run(["dumpe2fs", "-h", backing])
+    assert r.returncode == 0, r.stderr
+    return re.search(r"^Filesystem UUID:\s*(\S+)", r.stdout, re.M).group(1)
+
+
+DATA = os.urandom(MiB + 12345)
+
+
+def populate(root):
+    """Files, dirs, symlinks, a hard link and xattrs, with fixed modes and
+    times so that another view of the filesystem can be compared."""
+    os.makedirs(os.path.join(root, "d1/d2/d3"))
+    with open(os.path.join(root, "big"), "wb") as f:
+        f.write(DATA)
+    with open(os.path.join(root, "d1/small.txt"), "w") as f:
+        f.write("hello lunfs\n")
+    open(os.path.join(root, "d1/d2/empty"), "wb").close()
+    with open(os.path.join(root, "d1/d2/d3/sparse"), "wb") as f:
+        f.seek(5 * MiB)
+        f.write(b"end")
+    os.symlink("d1/small.txt", os.path.join(root, "link"))
+    os.symlink("/nonexistent/target/" + "x" * 100, os.path.join(root, "d1/longlink"))
+    os.link(os.path.join(root, "d1/small.txt"), os.path.join(root, "hard"))
+    for i in range(50):
+        with open(os.path.join(root, "d1/d2", f"many-{i:03d}"), "w") as f:
+            f.write(str(i) * i)
+    os.chmod(os.path.join(root, "d1/small.txt"), 0o640)
+    os.chmod(os.path.join(root, "d1/d2"), 0o750)
+    os.setxattr(os.path.join(root, "big"), "user.lunfs", b"xattr-value")
+    os.setxattr(os.path.join(root, "d1"), "user.dir", b"on a dir")
+    for dirpath, dirs, files in os.walk(root, topdown=False):
+        for n in files + dirs:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p) and n != "lost+found":
+                os.utime(p, (MTIME, MTIME))
+
+
+def snapshot(root):
+    snap = {}
+    for dirpath, dirs, files in os.walk(root):
+        for n in sorted(dirs + files):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            ent = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
+                   "gid": st.st_gid, "fmt": stat.S_IFMT(st.st_mode)}
+            if stat.S_ISLNK(st.st_mode):
+                ent["target"] = os.readlink(p)
+            else:
+                ent["xattrs"] = {k: os.getxattr(p, k) for k in sorted(os.listxattr(p))
+                                 if k.startswith("user.")}
+            if stat.S_ISREG(st.st_mode):
+                ent["size"] = st.st_size
+                ent["nlink"] = st.st_nlink
+                with open(p, "rb") as f:
+                    ent["sha"] = hashlib.sha256(f.read()).hexdigest()
+            if n != "lost+found" and not stat.S_ISLNK(st.st_mode) and \
+                    not stat.S_ISDIR(st.st_mode):
+                ent["mtime"] = int(st.st_mtime)
+            snap[rel] = ent
+    return snap
+
+
+def assert_same_tree(a, b, what):
+    assert sorted(a) == sorted(b), f"{what}: names differ: {set(a) ^ set(b)}"
+    for k in a:
+        assert a[k] == b[k], f"{what}: {k}: {a[k]} != {b[k]}"
+
+
+def assert_idle(lunfs, t):
+    assert t.wait_connections(0, timeout=5) == 0, "last umount did not log out"
+    st = lunfs.status()
+    assert st["volumes"] == [] and st["mounts"] == [] and st["sessions"] == []
+
+
+def test_empty_lun_formatted_roundtrip(lunfs, fstarget, lundir):
+    backing = fstarget.luns[1]
+    mp = mkdir(lundir, "mnt")
+    lunfs.mount(fstarget.url(1), mp)
+    assert H.is_mountpoint(mp)
+    st = lunfs.status()
+    assert st["volumes"][0]["mode"] == "filesystem"
+    populate(mp)
+    via_lunfs = snapshot(mp)
+    sv = os.statvfs(mp)
+    assert sv.f_blocks * sv.f_frsize <= LUN_SIZE and sv.f_bfree > 0
+    lunfs.umount(mp)
+    assert not H.is_mountpoint(mp)
+    assert_idle(lunfs, fstarget)
+    e2fsck(backing)
+    assert fs_state(backing) == "clean"
+    with kernel_mount(backing, lundir) as kmp:
+        assert_same_tree(via_lunfs, snapshot(kmp), "kernel ext4 vs lunfs")
+    # Remount: the data is still there and the LUN is not reformatted.
+    uuid = fs_uuid(backing)
+    lunfs.mount(fstarget.url(1), mp)
+    assert_same_tree(via_lunfs, snapshot(mp), "remount vs first mount")
+    lunfs.umount(mp)
+    assert fs_uuid(backing) == uuid
+    e2fsck(backing)
+
+
+def test_kernel_formatted_lun_served_as_is(lunfs, fstarget, lundir):
+    backing = fstarget.luns[2]
+    r = H.run(["mkfs.ext4", "-q", "-F", backing], timeout=60)
+    assert r.returncode == 0, r.stderr
+    with kernel_mount(backing, lundir, ro=False) as kmp:
+        populate(kmp)
+    with kernel_mount(backing, lundir) as kmp:
+        via_kernel = snapshot(kmp)
+    uuid = fs_uuid(backing)
+    mp = mkdir(lundir, "mnt")
+    lunfs.mount(fstarget.url(2), mp)
+    assert_same_tree(via_kernel, snapshot(mp), "lunfs vs kernel-written ext4")
+    with open(os.path.join(mp, "added-by-lunfs"), "w") as f:
+        f.write("added\n")
+    lunfs.umount(mp)
+    assert fs_uuid(backing) == uuid, "lunfs reformatted an ext4 LUN"
+    e2fsck(backing)
+    with kernel_mount(backing, lundir) as kmp:
+        with open(os.path.join(kmp, "added-by-lunfs")) as f:
+            assert f.read() == "added\n"
+        del_new = snapshot(kmp)
+        del del_new["added-by-lunfs"]
+        assert_same_tree(via_kernel, del_new, "kernel after lunfs write")
+    assert_idle(lunfs, fstarget)
+
+
+def _xfs(backing):
+    H.write_at(backing, 0, b"XFSB" + b"\0\0\x10\0")
+
+
+def _mbr(backing):
+    entry = bytes([0x00, 0, 0, 0, 0x83, 0, 0, 0]) + (2048).to_bytes(4, "little") \
+        + (8192).to_bytes(4, "little")
+    H.write_at(backing, 446, entry)
+    H.write_at(backing, 510, b"\x55\xaa")
+
+
+def _random_data(backing):
+    H.write_at(backing, 0, os.urandom(MiB))
+
+
+@pytest.mark.parametrize("sig", [_xfs, _mbr, _random_data], ids=["xfs", "mbr", "random"])
+def test_foreign_data_refused_untouched(lunfs, fstarget, lundir, sig):
+    backing = fstarget.luns[1]
+    sig(backing)
+    before = H.sha256_file(backing)
+    mp = mkdir(lundir, "mnt")
+    r = lunfs.run("mount", fstarget.url(1), mp)
+    H.assert_one_error_line(r)
+    assert not H.is_mountpoint(mp)
+    assert_idle(lunfs, fstarget)
+    assert H.sha256_file(backing) == before, "a refused LUN was modified"
+
+
+def test_read_only_empty_lun_refused(lunfs, fstarget, lundir):
+    backing = fstarget.luns[1]
+    mp = mkdir(lundir, "mnt")
+    r = lunfs.run("mount", "--read-only", fstarget.url(1), mp)
+    H.assert_one_error_line(r)
+    assert not H.is_mountpoint(mp)
+    assert_idle(lunfs, fstarget)
+    with open(backing, "rb") as f:
+        assert f.read(MiB) == bytes(MiB), "read-only mount wrote to the LUN"
+
+
+def test_read_only_mount_gives_erofs(lunfs, fstarget, lundir):
+    backing = fstarget.luns[1]
+    assert H.run(["mkfs.ext4", "-q", "-F", backing], timeout=60).returncode == 0
+    with kernel_mount(backing, lundir, ro=False) as kmp:
+        with open(os.path.join(kmp, "f"), "w") as f:
+            f.write("ro data\n")
+        os.mkdir(os.path.join(kmp, "d"))
+    before = H.sha256_file(backing)
+    mp = mkdir(lundir, "mnt")
+    lunfs.mount(fstarget.url(1), mp, "--read-only")
+    assert lunfs.status()["volumes"][0]["read_only"] is True
+    with open(os.path.join(mp, "f")) as f:
+        assert f.read() == "ro data\n"
+    attempts = [
+        lambda: open(os.path.join(mp, "f"), "w"),
+        lambda: open(os.path.join(mp, "new"), "w"),
+        lambda: os.mkdir(os.path.join(mp, "d2")),
+        lambda: os.unlink(os.path.join(mp, "f")),
+        lambda: os.rename(os.path.join(mp, "f"), os.path.join(mp, "g")),
+        lambda: os.chmod(os.path.join(mp, "f"), 0o600),
+        lambda: os.symlink("f", os.path.join(mp, "l")),
+        lambda: os.setxattr(os.path.join(mp, "f"), "user.x", b"1"),
+    ]
+    for i, attempt in enumerate(attempts):
+        with pytest.raises(OSError) as ei:
+            attempt()
+        assert ei.value.errno == errno.EROFS, f"attempt {i}: {ei.value}"
+    lunfs.umount(mp)
+    assert H.sha256_file(backing) == before, "read-only mount changed the LUN"
+    assert_idle(lunfs, fstarget)
+
+
+def test_uidmap_two_mounts_share_one_volume(lunfs, fstarget, lundir):
+    backing = fstarget.luns[1]
+    a, b = mkdir(lundir, "a"), mkdir(lundir, "b")
+    lunfs.mount(fstarget.url(1), a)
+    lunfs.mount(fstarget.url(1), b, "--uidmap", "0:100000:65536")
+    st = lunfs.status()
+    assert len(st["volumes"]) == 1 and st["volumes"][0]["mounts"] == 2
+    assert fstarget.wait_connections(1) == 1
+    fa, fb = os.path.join(a, "f"), os.path.join(b, "f")
+    with open(fa, "w") as f:
+        f.write("one")
+    assert os.stat(fa).st_uid == 0
+    assert os.stat(fb).st_uid == 100000
+    with open(fb) as f:
+        assert f.read() == "one"
+    # Changes through one mount are seen at once through the other.
+    with open(fa, "a") as f:
+        f.write("two")
+    with open(fb) as f:
+        assert f.read() == "onetwo"
+    assert os.stat(fb).st_size == 6
+    with open(fb, "r+") as f:
+        f.write("ONE")
+    with open(fa) as f:
+        assert f.read() == "ONEtwo"
+    os.mkdir(os.path.join(a, "dir"))
+    assert os.path.isdir(os.path.join(b, "dir"))
+    assert os.stat(os.path.join(b, "dir")).st_uid == 100000
+    os.rename(fa, os.path.join(a, "dir/g"))
+    assert not os.path.exists(fb)
+    assert "f" not in os.listdir(b)
+    with open(os.path.join(b, "dir/g")) as f:
+        assert f.read() == "ONEtwo"
+    open(os.path.join(a, "gone"), "w").close()
+    assert os.path.exists(os.path.join(b, "gone"))
+    os.unlink(os.path.join(a, "gone"))
+    assert not os.path.exists(os.path.join(b, "gone"))
+    assert "gone" not in os.listdir(b)
+    lunfs.umount(b)
+    assert H.is_mountpoint(a) and fstarget.wait_connections(1) == 1
+    lunfs.umount(a)
+    assert_idle(lunfs, fstarget)
+    e2fsck(backing)
+    r = H.run(["debugfs", "-R", "stat /dir/g", backing])
+    m = re.search(r"User:\s*(\d+)", r.stdout)
+    assert m and m.group(1) == "0", r.stdout + r.stderr
+    with kernel_mount(backing, lundir) as kmp:
+        assert os.stat(os.path.join(kmp, "dir/g")).st_uid == 0
+
+
+def test_fsgroup_view(lunfs, fstarget, lundir):
+    mp = mkdir(lundir, "mnt")
+    lunfs.mount(fstarget.url(1), mp, "--fsgroup", "2000")
+    old = os.umask(0o022)
+    try:
+        with open(os.path.join(mp, "f"), "w") as f:
+            f.write("x")
+        os.mkdir(os.path.join(mp, "d"))
+        with open(os.path.join(mp, "d/inner"), "w") as f:
+            f.write("y")
+    finally:
+        os.umask(old)
+    for rel in ("f", "d", "d/inner"):
+        st = os.stat(os.path.join(mp, rel))
+        assert st.st_gid == 2000, f"{rel}: gid {st.st_gid}"
+        assert stat.S_IMODE(st.st_mode) & 0o660 == 0o660, f"{rel}: mode {oct(st.st_mode)}"
+    for rel in ("d", "."):
+        st = os.stat(os.path.join(mp, rel))
+        assert st.st_mode & stat.S_ISGID, f"{rel}: dir not setgid: {oct(st.st_mode)}"
+    lunfs.umount(mp)
+    assert_idle(lunfs, fstarget)
+    e2fsck(fstarget.luns[1])
+
+
+def test_superblock_dirty_while_mounted(lunfs, fstarget, lundir):
+    backing = fstarget.luns[1]
+    mp = mkdir(lundir, "mnt")
+    lunfs.mount(fstarget.url(1), mp)
+    with open(os.path.join(mp, "f"), "w") as f:
+        f.write("x")
+    assert fs_state(backing) == "not clean"
+    lunfs.umount(mp)
+    assert fs_state(backing) == "clean"
+    assert_idle(lunfs, fstarget)
+
+
+def test_fsync_reaches_backing_while_mounted(lunfs, fstarget, lundir):
+    """After fsync of a file and its directory, e2fsck on a copy of the
+    backing file taken while still mounted finds the data (as if the node
+    crashed after fsync)."""
+    backing = fstarget.luns[1]
+    mp = mkdir(lundir, "mnt")
+    lunfs.mount(fstarget.url(1), mp)
+    payload = os.urandom(300000)
+    fd = os.open(os.path.join(mp, "durable"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, payload)
+    os.fsync(fd)
+    os.close(fd)
+    dfd = os.open(mp, os.O_RDONLY)
+    os.fsync(dfd)
+    os.close(dfd)
+    copy = os.path.join(lundir, "crash-copy.img")
+    with open(backing, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    lunfs.umount(mp)
+    # The copy is "not clean" (it was mounted): e2fsck -fy repairs what it
+    # must; the fsync'd file must survive with its content.
+    subprocess.run(["e2fsck", "-fy", copy], capture_output=True, timeout=120)
+    r = subprocess.run(["debugfs", "-R", "cat /durable", copy],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == payload, "fsync'd file not in the backing store before umount"

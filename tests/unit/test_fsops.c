@@ -1,0 +1,652 @@
+/* test_fsops.c — fsimage/fsops.h on real images, checked by e2fsck -fn and,
+ * when loop mounts work here, by the kernel's ext4. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "fsimage/fsops.h"
+#include "tests/unit/check.h"
+
+#define MIB (1024 * 1024)
+#define NBIG 10000
+
+static const struct lf_owner owner = {1000, 1000};
+
+static struct lf_vol *open_img(const char *path, uint64_t size, bool fresh)
+{
+	struct lf_vol_opts o = {.allow_format = true};
+	struct lf_bdev *b = NULL;
+	struct lf_vol *v = NULL;
+	char err[256] = "";
+	int fd;
+
+	if (fresh) {
+		fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0 || ftruncate(fd, size) < 0) {
+			perror(path);
+			exit(2);
+		}
+		close(fd);
+	}
+	if (lf_bdev_open_file(path, false, &b) < 0) {
+		fprintf(stderr, "%s: cannot open\n", path);
+		exit(2);
+	}
+	if (lf_vol_open(b, &o, &v, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s: %s\n", path, err);
+		exit(2);
+	}
+	lf_bdev_unref(b);
+	return v;
+}
+
+static uint64_t mk(struct lf_vol *v, uint64_t dir, const char *name,
+		   uint32_t mode)
+{
+	struct lf_stat st;
+	int r = S_ISDIR(mode) ? lf_fs_mkdir(v, dir, name, mode, &owner, &st)
+			      : lf_fs_mknod(v, dir, name, mode, 0, &owner, &st);
+
+	CHECK_EQ(r, 0);
+	return r ? 0 : st.ino;
+}
+
+static uint64_t ino_of(struct lf_vol *v, uint64_t dir, const char *name)
+{
+	struct lf_stat st;
+
+	return lf_fs_lookup(v, dir, name, &st) == 0 ? st.ino : 0;
+}
+
+static uint32_t nlink_of(struct lf_vol *v, uint64_t ino)
+{
+	struct lf_stat st;
+
+	return lf_fs_getattr(v, ino, &st) == 0 ? st.nlink : 0;
+}
+
+static void fill_rand(unsigned char *p, size_t n, unsigned *seed)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (unsigned char)rand_r(seed);
+}
+
+/* The 10 MiB file: random writes against a model, holes, partial blocks. */
+static void test_data(struct lf_vol *v, const char *model_path)
+{
+	size_t fsz = 10 * MIB;
+	unsigned char *model = calloc(1, fsz), *buf = malloc(6 * MIB);
+	unsigned seed = 42;
+	uint64_t f = mk(v, LF_ROOT_INO, "data", S_IFREG | 0644);
+	uint64_t maxend = 0;
+	struct lf_stat st;
+	FILE *fp;
+
+	CHECK_EQ(lf_fs_open(v, f, O_RDWR), 0);
+	for (int i = 0; i < 200; i++) {
+		uint64_t off = (uint64_t)rand_r(&seed) % (fsz - 1);
+		size_t len = 1 + rand_r(&seed) % (i % 10 == 0 ? MIB : 9000);
+
+		if (off + len > fsz)
+			len = fsz - off;
+		fill_rand(buf, len, &seed);
+		memcpy(model + off, buf, len);
+		CHECK_EQ(lf_fs_write(v, f, buf, len, off), (ssize_t)len);
+		if (off + len > maxend)
+			maxend = off + len;
+	}
+	/* last byte so the size is exactly 10 MiB */
+	CHECK_EQ(lf_fs_write(v, f, "Z", 1, fsz - 1), 1);
+	model[fsz - 1] = 'Z';
+	CHECK_EQ(lf_fs_getattr(v, f, &st), 0);
+	CHECK_EQ(st.size, fsz);
+	for (uint64_t off = 0; off < fsz;) {
+		size_t len = 1 + rand_r(&seed) % (3 * MIB / 2);
+		ssize_t n;
+
+		if (off + len > fsz)
+			len = fsz - off;
+		n = lf_fs_read(v, f, buf, len, off);
+		CHECK_EQ(n, (ssize_t)len);
+		CHECK(n == (ssize_t)len && memcmp(buf, model + off, len) == 0);
+		off += len;
+	}
+	CHECK_EQ(lf_fs_read(v, f, buf, 100, fsz + 5), 0);
+	CHECK_EQ(lf_fs_read(v, f, buf, 100, fsz - 10), 10);
+
+	/* truncate shrink to a partial block, then grow: zeros after */
+	struct lf_setattr sa = {.size = 3 * MIB + 1234};
+
+	CHECK_EQ(lf_fs_setattr(v, f, LF_SET_SIZE, &sa, &st), 0);
+	CHECK_EQ(st.size, 3 * MIB + 1234);
+	memset(model + 3 * MIB + 1234, 0, fsz - (3 * MIB + 1234));
+	sa.size = 4 * MIB;
+	CHECK_EQ(lf_fs_setattr(v, f, LF_SET_SIZE, &sa, &st), 0);
+	CHECK_EQ(lf_fs_read(v, f, buf, 2 * MIB, 2 * MIB), 2 * MIB);
+	CHECK(memcmp(buf, model + 2 * MIB, 2 * MIB) == 0);
+
+	/* fallocate: punch a hole, zero a range, preallocate past EOF */
+	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_PUNCH_HOLE |
+				       FALLOC_FL_KEEP_SIZE, 100000, 50000), 0);
+	memset(model + 100000, 0, 50000);
+	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_ZERO_RANGE, 300001, 70000), 0);
+	memset(model + 300001, 0, 70000);
+	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_KEEP_SIZE, 4 * MIB, MIB), 0);
+	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_COLLAPSE_RANGE, 0, 4096),
+		 -EOPNOTSUPP);
+	CHECK_EQ(lf_fs_getattr(v, f, &st), 0);
+	CHECK_EQ(st.size, 4 * MIB);
+	CHECK_EQ(lf_fs_read(v, f, buf, 4 * MIB, 0), 4 * MIB);
+	CHECK(memcmp(buf, model, 4 * MIB) == 0);
+	/* preallocated (unwritten) then written partially */
+	CHECK_EQ(lf_fs_fallocate(v, f, 0, 4 * MIB, MIB), 0);
+	CHECK_EQ(lf_fs_write(v, f, "hello", 5, 4 * MIB + 10), 5);
+	memcpy(model + 4 * MIB + 10, "hello", 5);
+	CHECK_EQ(lf_fs_getattr(v, f, &st), 0);
+	CHECK_EQ(st.size, 5 * MIB);
+	CHECK_EQ(lf_fs_read(v, f, buf, 5 * MIB, 0), 5 * MIB);
+	CHECK(memcmp(buf, model, 5 * MIB) == 0);
+
+	fp = fopen(model_path, "w");
+	if (fp) {
+		fwrite(model, 1, 5 * MIB, fp);
+		fclose(fp);
+	}
+
+	/* sparse file with far holes */
+	uint64_t h = mk(v, LF_ROOT_INO, "holes", S_IFREG | 0600);
+
+	CHECK_EQ(lf_fs_write(v, h, "abc", 3, 5 * MIB), 3);
+	CHECK_EQ(lf_fs_read(v, h, buf, 10, 5 * MIB - 5), 8);
+	CHECK(memcmp(buf, "\0\0\0\0\0abc", 8) == 0);
+	CHECK_EQ(lf_fs_getattr(v, h, &st), 0);
+	CHECK_EQ(st.blocks, 8);
+	CHECK_EQ(lf_fs_write(v, h, "x", 1, (uint64_t)17 << 40), -EFBIG);
+	CHECK_EQ(lf_fs_open(v, h, O_WRONLY | O_TRUNC), 0);
+	CHECK_EQ(lf_fs_getattr(v, h, &st), 0);
+	CHECK_EQ(st.size, 0);
+	CHECK_EQ(st.blocks, 0);
+	free(model);
+	free(buf);
+}
+
+static void test_attrs(struct lf_vol *v)
+{
+	uint64_t f = mk(v, LF_ROOT_INO, "attrs", S_IFREG | 06755);
+	struct lf_setattr sa = {0};
+	struct lf_stat st;
+
+	sa.mode = 0640;
+	sa.uid = 77;
+	sa.gid = 88;
+	sa.atime = (struct timespec){1234567890, 123456789};
+	sa.mtime = (struct timespec){(time_t)5000000000LL, 999999999};
+	CHECK_EQ(lf_fs_setattr(v, f, LF_SET_MODE | LF_SET_UID | LF_SET_GID |
+					     LF_SET_ATIME | LF_SET_MTIME,
+			       &sa, &st), 0);
+	CHECK_EQ(lf_fs_getattr(v, f, &st), 0);
+	CHECK_EQ(st.mode, S_IFREG | 0640);
+	CHECK_EQ(st.uid, 77);
+	CHECK_EQ(st.gid, 88);
+	CHECK_EQ(st.atime.tv_sec, 1234567890);
+	CHECK_EQ(st.atime.tv_nsec, 123456789);
+	CHECK_EQ(st.mtime.tv_sec, 5000000000LL);
+	CHECK_EQ(st.mtime.tv_nsec, 999999999);
+	CHECK(st.btime.tv_sec > 1600000000);
+	sa.mode = 06755;
+	CHECK_EQ(lf_fs_setattr(v, f, LF_SET_MODE, &sa, NULL), 0);
+	CHECK_EQ(lf_fs_setattr(v, f, LF_SET_KILL_SUID, &sa, &st), 0);
+	CHECK_EQ(st.mode, S_IFREG | 0755);
+	CHECK_EQ(lf_fs_open(v, LF_ROOT_INO, O_RDWR), -EISDIR);
+	CHECK_EQ(lf_fs_open(v, LF_ROOT_INO, O_RDONLY), 0);
+
+	/* setgid directory: group and bit inherited */
+	uint64_t g = mk(v, LF_ROOT_INO, "sgid", S_IFDIR | 02775);
+
+	sa.gid = 4242;
+	CHECK_EQ(lf_fs_setattr(v, g, LF_SET_GID, &sa, NULL), 0);
+	CHECK_EQ(lf_fs_mkdir(v, g, "sub", 0755, &owner, &st), 0);
+	CHECK_EQ(st.gid, 4242);
+	CHECK_EQ(st.mode, S_IFDIR | 02755);
+	CHECK_EQ(lf_fs_mknod(v, g, "f", S_IFREG | 0644, 0, &owner, &st), 0);
+	CHECK_EQ(st.gid, 4242);
+	CHECK_EQ(st.mode, S_IFREG | 0644);
+
+	/* special files */
+	CHECK_EQ(lf_fs_mknod(v, LF_ROOT_INO, "fifo", S_IFIFO | 0600, 0, &owner,
+			     &st), 0);
+	CHECK_EQ(st.mode, S_IFIFO | 0600);
+	CHECK_EQ(lf_fs_mknod(v, LF_ROOT_INO, "sock", S_IFSOCK | 0600, 0,
+			     &owner, &st), 0);
+	CHECK_EQ(lf_fs_mknod(v, LF_ROOT_INO, "null", S_IFCHR | 0666,
+			     makedev(1, 3), &owner, &st), 0);
+	CHECK_EQ(lf_fs_getattr(v, st.ino, &st), 0);
+	CHECK_EQ(st.rdev, makedev(1, 3));
+	CHECK_EQ(lf_fs_mknod(v, LF_ROOT_INO, "bigdev", S_IFBLK | 0600,
+			     makedev(259, 70000), &owner, &st), 0);
+	CHECK_EQ(lf_fs_getattr(v, st.ino, &st), 0);
+	CHECK_EQ(st.rdev, makedev(259, 70000));
+	CHECK_EQ(lf_fs_mknod(v, LF_ROOT_INO, "fifo", S_IFREG | 0600, 0, &owner,
+			     &st), -EEXIST);
+	char longname[300];
+
+	memset(longname, 'n', 256);
+	longname[256] = 0;
+	CHECK_EQ(lf_fs_mknod(v, LF_ROOT_INO, longname, S_IFREG | 0600, 0,
+			     &owner, &st), -ENAMETOOLONG);
+	CHECK_EQ(lf_fs_lookup(v, LF_ROOT_INO, longname, &st), -ENAMETOOLONG);
+	longname[255] = 0;
+	CHECK_EQ(lf_fs_mknod(v, LF_ROOT_INO, longname, S_IFREG | 0600, 0,
+			     &owner, &st), 0);
+}
+
+static void test_links(struct lf_vol *v)
+{
+	char buf[5000], target[3000];
+	struct lf_stat st;
+	uint64_t f = mk(v, LF_ROOT_INO, "lnk", S_IFREG | 0644), ino = 0;
+	uint64_t d;
+
+	CHECK_EQ(lf_fs_link(v, f, LF_ROOT_INO, "lnk2", &st), 0);
+	CHECK_EQ(st.nlink, 2);
+	CHECK_EQ(lf_fs_link(v, f, LF_ROOT_INO, "lnk2", &st), -EEXIST);
+	CHECK_EQ(lf_fs_link(v, LF_ROOT_INO, LF_ROOT_INO, "rootlink", &st),
+		 -EPERM);
+	CHECK_EQ(lf_fs_unlink(v, LF_ROOT_INO, "lnk", &ino), 0);
+	CHECK_EQ(ino, f);
+	CHECK_EQ(nlink_of(v, f), 1);
+	CHECK_EQ(lf_fs_unlink(v, LF_ROOT_INO, "lnk", &ino), -ENOENT);
+
+	CHECK_EQ(lf_fs_symlink(v, LF_ROOT_INO, "fast", "short/target", &owner,
+			       &st), 0);
+	CHECK_EQ(st.size, 12);
+	CHECK_EQ(lf_fs_readlink(v, st.ino, buf, sizeof(buf)), 12);
+	CHECK_STR(buf, "short/target");
+	memset(target, 't', 2000);
+	target[2000] = 0;
+	CHECK_EQ(lf_fs_symlink(v, LF_ROOT_INO, "slow", target, &owner, &st), 0);
+	CHECK_EQ(st.size, 2000);
+	CHECK_EQ(lf_fs_readlink(v, st.ino, buf, sizeof(buf)), 2000);
+	CHECK_STR(buf, target);
+
+	d = mk(v, LF_ROOT_INO, "d1", S_IFDIR | 0755);
+	CHECK_EQ(nlink_of(v, d), 2);
+	uint32_t rootn = nlink_of(v, LF_ROOT_INO);
+	uint64_t sub = mk(v, d, "sub", S_IFDIR | 0755);
+
+	CHECK_EQ(nlink_of(v, d), 3);
+	CHECK_EQ(lf_fs_rmdir(v, LF_ROOT_INO, "d1", NULL), -ENOTEMPTY);
+	CHECK_EQ(lf_fs_unlink(v, LF_ROOT_INO, "d1", NULL), -EISDIR);
+	CHECK_EQ(lf_fs_rmdir(v, LF_ROOT_INO, "lnk2", NULL), -ENOTDIR);
+	CHECK_EQ(lf_fs_rmdir(v, d, "sub", &ino), 0);
+	CHECK_EQ(ino, sub);
+	CHECK_EQ(nlink_of(v, d), 2);
+	CHECK_EQ(lf_fs_getattr(v, sub, &st), -ESTALE);
+	CHECK_EQ(lf_fs_rmdir(v, LF_ROOT_INO, "d1", NULL), 0);
+	CHECK_EQ(nlink_of(v, LF_ROOT_INO), rootn - 1);
+}
+
+static void test_rename(struct lf_vol *v)
+{
+	uint64_t A = mk(v, LF_ROOT_INO, "A", S_IFDIR | 0755);
+	uint64_t B = mk(v, LF_ROOT_INO, "B", S_IFDIR | 0755);
+	uint64_t a1 = mk(v, A, "f1", S_IFREG | 0644);
+	uint64_t a2 = mk(v, A, "f2", S_IFREG | 0644);
+	uint64_t ad = mk(v, A, "dir", S_IFDIR | 0755);
+	uint64_t add = mk(v, ad, "deep", S_IFDIR | 0755);
+	uint64_t bd = mk(v, B, "empty", S_IFDIR | 0755);
+	uint64_t rep = 0;
+	struct lf_stat st;
+
+	/* plain rename in a directory, then over an existing file */
+	CHECK_EQ(lf_fs_rename(v, A, "f1", A, "g1", 0, &rep), 0);
+	CHECK_EQ(rep, 0);
+	CHECK_EQ(ino_of(v, A, "g1"), a1);
+	CHECK_EQ(ino_of(v, A, "f1"), 0);
+	CHECK_EQ(lf_fs_rename(v, A, "g1", A, "f2", RENAME_NOREPLACE, &rep),
+		 -EEXIST);
+	CHECK_EQ(lf_fs_rename(v, A, "g1", A, "f2", 0, &rep), 0);
+	CHECK_EQ(rep, a2);
+	CHECK_EQ(lf_fs_getattr(v, a2, &st), -ESTALE);
+	CHECK_EQ(ino_of(v, A, "f2"), a1);
+	/* type mismatches */
+	CHECK_EQ(lf_fs_rename(v, A, "f2", B, "empty", 0, NULL), -EISDIR);
+	CHECK_EQ(lf_fs_rename(v, B, "empty", A, "f2", 0, NULL), -ENOTDIR);
+	/* dir into its own subtree */
+	CHECK_EQ(lf_fs_rename(v, A, "dir", add, "x", 0, NULL), -EINVAL);
+	CHECK_EQ(lf_fs_rename(v, LF_ROOT_INO, "A", ad, "x", 0, NULL), -EINVAL);
+	CHECK_EQ(lf_fs_rename(v, LF_ROOT_INO, "A", A, "x", 0, NULL), -EINVAL);
+	/* non-empty target dir */
+	mk(v, bd, "occupant", S_IFREG | 0644);
+	CHECK_EQ(lf_fs_rename(v, A, "dir", B, "empty", 0, NULL), -ENOTEMPTY);
+	CHECK_EQ(lf_fs_unlink(v, bd, "occupant", NULL), 0);
+	/* dir over empty dir across parents */
+	CHECK_EQ(nlink_of(v, A), 3);
+	CHECK_EQ(nlink_of(v, B), 3);
+	CHECK_EQ(lf_fs_rename(v, A, "dir", B, "empty", 0, &rep), 0);
+	CHECK_EQ(rep, bd);
+	CHECK_EQ(nlink_of(v, A), 2);
+	CHECK_EQ(nlink_of(v, B), 3);
+	CHECK_EQ(ino_of(v, ad, ".."), B);
+	CHECK_EQ(ino_of(v, B, "empty"), ad);
+	/* dir move to a new name across parents */
+	CHECK_EQ(lf_fs_rename(v, B, "empty", A, "back", 0, &rep), 0);
+	CHECK_EQ(nlink_of(v, A), 3);
+	CHECK_EQ(nlink_of(v, B), 2);
+	CHECK_EQ(ino_of(v, ad, ".."), A);
+	/* exchange a file and a dir across parents */
+	uint64_t bf = mk(v, B, "file", S_IFREG | 0644);
+
+	CHECK_EQ(lf_fs_rename(v, A, "back", B, "nothere", RENAME_EXCHANGE,
+			      NULL), -ENOENT);
+	CHECK_EQ(lf_fs_rename(v, A, "back", B, "file", RENAME_EXCHANGE, &rep),
+		 0);
+	CHECK_EQ(ino_of(v, A, "back"), bf);
+	CHECK_EQ(ino_of(v, B, "file"), ad);
+	CHECK_EQ(ino_of(v, ad, ".."), B);
+	CHECK_EQ(nlink_of(v, A), 2);
+	CHECK_EQ(nlink_of(v, B), 3);
+	/* exchange within a dir */
+	CHECK_EQ(lf_fs_rename(v, A, "back", A, "f2", RENAME_EXCHANGE, NULL), 0);
+	CHECK_EQ(ino_of(v, A, "back"), a1);
+	CHECK_EQ(ino_of(v, A, "f2"), bf);
+	CHECK_EQ(lf_fs_rename(v, A, "f2", A, "f2", 0, NULL), 0);
+	CHECK_EQ(lf_fs_rename(v, A, "missing", A, "x", 0, NULL), -ENOENT);
+	CHECK_EQ(lf_fs_rename(v, A, "f2", A, "x", RENAME_EXCHANGE |
+					      RENAME_NOREPLACE, NULL), -EINVAL);
+}
+
+static void test_xattr(struct lf_vol *v)
+{
+	uint64_t f = mk(v, LF_ROOT_INO, "xa", S_IFREG | 0644);
+	char buf[8192], big[6000];
+
+	CHECK_EQ(lf_fs_setxattr(v, f, "user.color", "blue", 4, 0), 0);
+	CHECK_EQ(lf_fs_setxattr(v, f, "trusted.t", "tt", 2, 0), 0);
+	CHECK_EQ(lf_fs_setxattr(v, f, "security.s", "ss", 2, 0), 0);
+	CHECK_EQ(lf_fs_setxattr(v, f, "user.color", "red", 3, XATTR_CREATE),
+		 -EEXIST);
+	CHECK_EQ(lf_fs_setxattr(v, f, "user.none", "x", 1, XATTR_REPLACE),
+		 -ENODATA);
+	CHECK_EQ(lf_fs_setxattr(v, f, "user.color", "red", 3, XATTR_REPLACE),
+		 0);
+	CHECK_EQ(lf_fs_getxattr(v, f, "user.color", NULL, 0), 3);
+	CHECK_EQ(lf_fs_getxattr(v, f, "user.color", buf, 2), -ERANGE);
+	CHECK_EQ(lf_fs_getxattr(v, f, "user.color", buf, sizeof(buf)), 3);
+	CHECK(memcmp(buf, "red", 3) == 0);
+	CHECK_EQ(lf_fs_getxattr(v, f, "user.none", buf, sizeof(buf)), -ENODATA);
+	ssize_t n = lf_fs_listxattr(v, f, NULL, 0);
+
+	CHECK_EQ(n, (ssize_t)(sizeof("user.color") + sizeof("trusted.t") +
+			      sizeof("security.s")));
+	CHECK_EQ(lf_fs_listxattr(v, f, buf, 3), -ERANGE);
+	CHECK_EQ(lf_fs_listxattr(v, f, buf, sizeof(buf)), n);
+	memset(big, 'b', sizeof(big));
+	CHECK_EQ(lf_fs_setxattr(v, f, "user.big", big, sizeof(big), 0), -ENOSPC);
+	CHECK_EQ(lf_fs_setxattr(v, f, "user.mid", big, 2000, 0), 0);
+	CHECK_EQ(lf_fs_getxattr(v, f, "user.mid", buf, sizeof(buf)), 2000);
+	CHECK_EQ(lf_fs_removexattr(v, f, "trusted.t"), 0);
+	CHECK_EQ(lf_fs_removexattr(v, f, "trusted.t"), -ENODATA);
+	CHECK_EQ(lf_fs_setxattr(v, f, "bogus.x", "1", 1, 0), -EOPNOTSUPP);
+}
+
+struct rd_ctx {
+	unsigned char *seen;
+	int count, dups, limit, got;
+	uint64_t next;
+	uint64_t base;
+};
+
+static int rd_cb(void *p, const char *name, size_t len, uint64_t ino,
+		 uint32_t type, uint64_t next)
+{
+	struct rd_ctx *c = p;
+
+	if (c->got == c->limit)
+		return 1;
+	c->got++;
+	c->count++;
+	c->next = next;
+	if (len > 1 && len < 16 && name[0] == 'f') {
+		char n[16];
+		int i;
+
+		memcpy(n, name + 1, len - 1);
+		n[len - 1] = 0;
+		i = atoi(n);
+		if (i >= 0 && i < NBIG && c->seen[i]++)
+			c->dups++;
+	}
+	return 0;
+}
+
+static void test_bigdir(struct lf_vol *v)
+{
+	uint64_t d = mk(v, LF_ROOT_INO, "big", S_IFDIR | 0755);
+	struct rd_ctx c = {.seen = calloc(1, NBIG), .limit = 97};
+	char name[32];
+	int bad = 0, missing = 0;
+	struct lf_stat st;
+
+	for (int i = 0; i < NBIG; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		if (lf_fs_mknod(v, d, name, S_IFREG | 0644, 0, &owner, &st))
+			bad++;
+	}
+	CHECK_EQ(bad, 0);
+	for (int i = 0; i < NBIG; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		if (lf_fs_lookup(v, d, name, &st) || !S_ISREG(st.mode))
+			missing++;
+	}
+	CHECK_EQ(missing, 0);
+	CHECK_EQ(lf_fs_lookup(v, d, "f10000", &st), -ENOENT);
+	do {
+		c.got = 0;
+		CHECK_EQ(lf_fs_readdir(v, d, c.next, rd_cb, &c), 0);
+		/* Changes elsewhere in the directory must not disturb the
+		 * walk: unlink and recreate a name already returned. */
+		if (c.count >= 500 && c.count < 500 + 97) {
+			CHECK_EQ(lf_fs_unlink(v, d, "f1", NULL), 0);
+			CHECK_EQ(lf_fs_mknod(v, d, "zz", S_IFREG | 0644, 0,
+					     &owner, &st), 0);
+		}
+	} while (c.got > 0);
+	/* the new name may or may not show up */
+	CHECK(c.count == NBIG + 2 || c.count == NBIG + 3);
+	CHECK_EQ(c.dups, 0);
+	free(c.seen);
+	/* remove half to exercise unlink in a large directory */
+	bad = 0;
+	for (int i = 0; i < NBIG; i += 2) {
+		snprintf(name, sizeof(name), "f%d", i);
+		if (lf_fs_unlink(v, d, name, NULL))
+			bad++;
+	}
+	CHECK_EQ(bad, 0);
+	CHECK_EQ(lf_fs_lookup(v, d, "f2", &st), -ENOENT);
+	CHECK_EQ(lf_fs_lookup(v, d, "f3", &st), 0);
+}
+
+static void test_orphans(struct lf_vol *v)
+{
+	uint64_t f = mk(v, LF_ROOT_INO, "orphan", S_IFREG | 0644);
+	uint64_t g = mk(v, LF_ROOT_INO, "orphan2", S_IFREG | 0644);
+	struct lf_stat st;
+	char buf[16];
+
+	CHECK_EQ(lf_fs_write(v, f, "still here", 10, 8192), 10);
+	CHECK_EQ(lf_fs_write(v, g, "kept open", 9, 0), 9);
+	lf_fs_iget(v, f);
+	lf_fs_iget(v, f);
+	lf_fs_iget(v, g);
+	CHECK_EQ(lf_fs_unlink(v, LF_ROOT_INO, "orphan", NULL), 0);
+	CHECK_EQ(lf_fs_unlink(v, LF_ROOT_INO, "orphan2", NULL), 0);
+	CHECK_EQ(lf_fs_getattr(v, f, &st), 0);
+	CHECK_EQ(st.nlink, 0);
+	CHECK_EQ(lf_fs_read(v, f, buf, 10, 8192), 10);
+	CHECK(memcmp(buf, "still here", 10) == 0);
+	CHECK_EQ(lf_fs_write(v, f, "more", 4, 0), 4);
+	lf_fs_iput(v, f, 1);
+	CHECK_EQ(lf_fs_getattr(v, f, &st), 0);
+	lf_fs_iput(v, f, 1);
+	CHECK_EQ(lf_fs_getattr(v, f, &st), -ESTALE);
+	/* g stays held: lf_vol_close must free it */
+}
+
+static void test_statfs(struct lf_vol *v)
+{
+	struct statvfs s;
+
+	CHECK_EQ(lf_fs_statfs(v, &s), 0);
+	CHECK_EQ(s.f_bsize, 4096);
+	CHECK_EQ(s.f_namemax, 255);
+	CHECK(s.f_blocks > 100000 && s.f_blocks <= 131072);
+	CHECK(s.f_bfree < s.f_blocks && s.f_bfree > s.f_blocks / 2);
+	CHECK(s.f_bavail <= s.f_bfree);
+	CHECK(s.f_files > 10000 && s.f_ffree < s.f_files);
+}
+
+static int run(const char *cmd)
+{
+	int r = system(cmd);
+
+	if (r)
+		fprintf(stderr, "command failed (%d): %s\n", r, cmd);
+	return r;
+}
+
+static void test_enospc(const char *dir)
+{
+	char img[512], cmd[1100];
+	struct lf_vol *v;
+	char *buf = malloc(MIB);
+	uint64_t f, off = 0;
+	ssize_t n = 0;
+	int files = 0;
+
+	snprintf(img, sizeof(img), "%s/small.img", dir);
+	v = open_img(img, 16 * MIB, true);
+	memset(buf, 0xab, MIB);
+	f = mk(v, LF_ROOT_INO, "fill", S_IFREG | 0644);
+	while ((n = lf_fs_write(v, f, buf, MIB, off)) > 0)
+		off += n;
+	CHECK_EQ(n, -ENOSPC);
+	CHECK(off > 4 * MIB);
+	/* full: metadata ops fail cleanly too */
+	for (int i = 0; i < 5000; i++) {
+		char name[32];
+		struct lf_stat st;
+
+		snprintf(name, sizeof(name), "n%d", i);
+		if (lf_fs_mknod(v, LF_ROOT_INO, name, S_IFREG, 0, &owner, &st))
+			break;
+		files++;
+	}
+	CHECK(files < 5000);
+	CHECK_EQ(lf_vol_close(v), 0);
+	snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/full.fsck 2>&1", img,
+		 dir);
+	CHECK_EQ(run(cmd), 0);
+	v = open_img(img, 0, false);
+	struct lf_setattr sa = {.size = MIB};
+
+	CHECK_EQ(lf_fs_setattr(v, f, LF_SET_SIZE, &sa, NULL), 0);
+	CHECK_EQ(lf_fs_write(v, f, buf, MIB, MIB), MIB);
+	CHECK_EQ(lf_vol_close(v), 0);
+	snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/small.fsck 2>&1", img,
+		 dir);
+	CHECK_EQ(run(cmd), 0);
+	free(buf);
+}
+
+static void kernel_check(const char *dir, const char *img,
+			 const char *model)
+{
+	char cmd[4096], mnt[600];
+
+	snprintf(mnt, sizeof(mnt), "%s/mnt", dir);
+	mkdir(mnt, 0755);
+	snprintf(cmd, sizeof(cmd), "mount -o loop,ro %s %s 2>/dev/null", img,
+		 mnt);
+	if (system(cmd) != 0) {
+		printf("kernel mount not available here: skipped\n");
+		return;
+	}
+	snprintf(cmd, sizeof(cmd),
+		 "set -e; cd %s; cmp data %s; test \"$(readlink fast)\" = "
+		 "short/target; x=$(readlink slow); test ${#x} = 2000;"
+		 "test $(ls big | wc -l) = %d; test -p fifo; test -S sock;"
+		 "test \"$(stat -c %%t:%%T null)\" = 1:3;"
+		 "test \"$(stat -c %%u:%%g:%%a attrs)\" = 77:88:755;"
+		 "test \"$(stat -c %%Y attrs)\" = 5000000000;"
+		 "test \"$(stat -c %%g:%%a sgid/sub)\" = 4242:2755;"
+		 "test ! -e orphan; test ! -e orphan2;"
+		 "/usr/bin/python3 -c 'import os; "
+		 "assert os.getxattr(\"xa\", \"user.color\") == b\"red\"; "
+		 "assert os.getxattr(\"xa\", \"security.s\") == b\"ss\"; "
+		 "assert len(os.getxattr(\"xa\", \"user.mid\")) == 2000'",
+		 mnt, model, NBIG / 2);
+	CHECK_EQ(run(cmd), 0);
+	snprintf(cmd, sizeof(cmd), "umount %s", mnt);
+	CHECK_EQ(run(cmd), 0);
+}
+
+int main(void)
+{
+	char dir[] = "/tmp/test_fsops.XXXXXX", img[600], model[600];
+	char cmd[2048];
+	struct lf_vol *v;
+
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 2;
+	}
+	snprintf(img, sizeof(img), "%s/vol.img", dir);
+	snprintf(model, sizeof(model), "%s/model", dir);
+	v = open_img(img, 512 * MIB, true);
+	test_data(v, model);
+	test_attrs(v);
+	test_links(v);
+	test_rename(v);
+	test_xattr(v);
+	test_bigdir(v);
+	test_orphans(v);
+	test_statfs(v);
+	CHECK_EQ(lf_fs_fsync(v, LF_ROOT_INO, false), 0);
+	CHECK_EQ(lf_vol_close(v), 0);
+	snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/fsck.out 2>&1 || "
+		 "{ cat %s/fsck.out; exit 1; }", img, dir, dir);
+	CHECK_EQ(run(cmd), 0);
+	kernel_check(dir, img, model);
+
+	/* reopen: everything still there through our own code */
+	v = open_img(img, 0, false);
+	{
+		struct lf_stat st;
+		uint64_t big = ino_of(v, LF_ROOT_INO, "big");
+
+		CHECK(big != 0);
+		CHECK_EQ(lf_fs_lookup(v, big, "f9999", &st), 0);
+		CHECK_EQ(lf_fs_lookup(v, LF_ROOT_INO, "orphan2", &st), -ENOENT);
+	}
+	CHECK_EQ(lf_vol_close(v), 0);
+
+	test_enospc(dir);
+
+	if (!check_failed) {
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+		run(cmd);
+	} else {
+		fprintf(stderr, "images kept in %s\n", dir);
+	}
+	return check_report("test_fsops");
+}

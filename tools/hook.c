@@ -1,0 +1,534 @@
+/* hook.c — the OCI runtime hook: container annotations → lunfs mounts. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "iscsi/spec.h"
+#include "tools/ctl.h"
+#include "tools/hook.h"
+
+static struct json_object *get(struct json_object *o, const char *k)
+{
+	struct json_object *v = NULL;
+
+	if (!o || !json_object_is_type(o, json_type_object) ||
+	    !json_object_object_get_ex(o, k, &v))
+		return NULL;
+	return v;
+}
+
+/* OCI [{containerID, hostID, size}] → ["c:h:s", …] (mount idmap form:
+ * DISK = the container's id, HOST = the id outside). */
+static int oci_mappings(struct json_object *arr, const char *what,
+			struct json_object **out, char *err, size_t errlen)
+{
+	struct json_object *res;
+
+	if (!json_object_is_type(arr, json_type_array)) {
+		snprintf(err, errlen, "%s must be an array", what);
+		return -EINVAL;
+	}
+	res = json_object_new_array();
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		struct json_object *m = json_object_array_get_idx(arr, i);
+		struct json_object *c = get(m, "containerID"), *h = get(m, "hostID"),
+				   *s = get(m, "size");
+		char buf[64];
+
+		if (!c || !h || !s || !json_object_is_type(c, json_type_int) ||
+		    !json_object_is_type(h, json_type_int) ||
+		    !json_object_is_type(s, json_type_int) ||
+		    json_object_object_length(m) != 3 ||
+		    json_object_get_int64(c) < 0 || json_object_get_int64(h) < 0 ||
+		    json_object_get_int64(s) <= 0 ||
+		    json_object_get_int64(c) > UINT32_MAX ||
+		    json_object_get_int64(h) > UINT32_MAX ||
+		    json_object_get_int64(s) > UINT32_MAX) {
+			snprintf(err, errlen,
+				 "%s[%zu] must be {\"containerID\": N, "
+				 "\"hostID\": N, \"size\": N}",
+				 what, i);
+			json_object_put(res);
+			return -EINVAL;
+		}
+		snprintf(buf, sizeof(buf), "%lld:%lld:%lld",
+			 (long long)json_object_get_int64(c),
+			 (long long)json_object_get_int64(h),
+			 (long long)json_object_get_int64(s));
+		json_object_array_add(res, json_object_new_string(buf));
+	}
+	*out = res;
+	return 0;
+}
+
+/* An absolute container path without "." or ".." components. */
+static bool clean_destination(const char *d)
+{
+	if (d[0] != '/' || strlen(d) >= PATH_MAX / 2)
+		return false;
+	for (const char *p = d; *p;) {
+		const char *e;
+		while (*p == '/')
+			p++;
+		e = strchrnul(p, '/');
+		if ((e - p == 1 && p[0] == '.') ||
+		    (e - p == 2 && p[0] == '.' && p[1] == '.'))
+			return false;
+		p = e;
+	}
+	return true;
+}
+
+static const char *const volume_keys[] = {
+	"source",      "iscsi",	      "destination", "readOnly",
+	"volumeMode",  "fsGroup",     "uidMappings", "gidMappings",
+	"chapSecretFile", NULL,
+};
+
+static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
+		     struct json_object *config, const char *container,
+		     struct json_object **out, char *err, size_t errlen)
+{
+	struct json_object *src = get(item, "source"), *isc = get(item, "iscsi");
+	struct json_object *dst = get(item, "destination"), *v;
+	struct json_object *req = NULL, *uidmap = NULL, *gidmap = NULL;
+	char e2[512], path[PATH_MAX];
+	struct lf_spec spec;
+	char *sj;
+	int r = -EINVAL;
+
+	if (!json_object_is_type(item, json_type_object)) {
+		snprintf(err, errlen, "volume %zu: must be a JSON object", idx);
+		return -EINVAL;
+	}
+	json_object_object_foreach(item, key, val)
+	{
+		bool known = false;
+		(void)val;
+		for (int i = 0; volume_keys[i]; i++)
+			known |= strcmp(key, volume_keys[i]) == 0;
+		if (!known) {
+			snprintf(err, errlen,
+				 "volume %zu: unknown key \"%.64s\" (known: "
+				 "source, iscsi, destination, readOnly, "
+				 "volumeMode, fsGroup, uidMappings, "
+				 "gidMappings, chapSecretFile)",
+				 idx, key);
+			return -EINVAL;
+		}
+	}
+	if (!!src == !!isc) {
+		snprintf(err, errlen,
+			 "volume %zu: give exactly one of \"source\" (an "
+			 "iscsi:// URL) and \"iscsi\" (an ISCSIVolumeSource)",
+			 idx);
+		return -EINVAL;
+	}
+	if (src && !json_object_is_type(src, json_type_string)) {
+		snprintf(err, errlen, "volume %zu: \"source\" must be a string",
+			 idx);
+		return -EINVAL;
+	}
+	if (src)
+		r = lf_spec_parse_url(json_object_get_string(src), &spec, e2,
+				      sizeof(e2));
+	else if (!json_object_is_type(isc, json_type_object))
+		snprintf(e2, sizeof(e2), "\"iscsi\" must be an object");
+	else
+		r = lf_spec_parse_json(json_object_to_json_string(isc), &spec,
+				       e2, sizeof(e2));
+	if (r) {
+		snprintf(err, errlen, "volume %zu: %s", idx, e2);
+		return -EINVAL;
+	}
+	if (spec.kind != LF_SPEC_ISCSI) {
+		snprintf(err, errlen, "volume %zu: only iscsi:// sources", idx);
+		return -EINVAL;
+	}
+	if (!dst || !json_object_is_type(dst, json_type_string) ||
+	    !clean_destination(json_object_get_string(dst))) {
+		snprintf(err, errlen,
+			 "volume %zu: \"destination\" must be an absolute path "
+			 "inside the container without . or .. components",
+			 idx);
+		return -EINVAL;
+	}
+	if ((v = get(item, "readOnly"))) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			snprintf(err, errlen,
+				 "volume %zu: \"readOnly\" must be a boolean",
+				 idx);
+			return -EINVAL;
+		}
+		spec.read_only = spec.read_only || json_object_get_boolean(v);
+	}
+	if ((v = get(item, "volumeMode"))) {
+		const char *m = json_object_get_string(v);
+		if (!json_object_is_type(v, json_type_string) ||
+		    (strcmp(m, "Filesystem") && strcmp(m, "Block"))) {
+			snprintf(err, errlen,
+				 "volume %zu: \"volumeMode\" must be "
+				 "\"Filesystem\" or \"Block\"",
+				 idx);
+			return -EINVAL;
+		}
+		spec.mode = strcmp(m, "Block") == 0 ? LF_MODE_BLOCK
+						    : LF_MODE_FILESYSTEM;
+	}
+	req = json_object_new_object();
+	if ((v = get(item, "fsGroup"))) {
+		if (!json_object_is_type(v, json_type_int) ||
+		    json_object_get_int64(v) < 0 ||
+		    json_object_get_int64(v) > 4294967294LL) {
+			snprintf(err, errlen,
+				 "volume %zu: \"fsGroup\" must be a group id",
+				 idx);
+			goto fail;
+		}
+		json_object_object_add(req, "fsgroup",
+				       json_object_new_int64(
+					       json_object_get_int64(v)));
+	}
+	/* Explicit mappings win; else the container's user namespace. */
+	v = get(item, "uidMappings");
+	if (!v)
+		v = get(get(config, "linux"), "uidMappings");
+	if (v && (r = oci_mappings(v, "uidMappings", &uidmap, e2, sizeof(e2))))
+		goto fail_msg;
+	v = get(item, "gidMappings");
+	if (!v)
+		v = get(get(config, "linux"), "gidMappings");
+	if (v && (r = oci_mappings(v, "gidMappings", &gidmap, e2, sizeof(e2))))
+		goto fail_msg;
+	if ((v = get(item, "chapSecretFile"))) {
+		if (!json_object_is_type(v, json_type_string) ||
+		    json_object_get_string(v)[0] != '/') {
+			snprintf(err, errlen,
+				 "volume %zu: \"chapSecretFile\" must be an "
+				 "absolute path on the host",
+				 idx);
+			goto fail;
+		}
+		json_object_object_add(req, "secret_file", json_object_get(v));
+	}
+	snprintf(path, sizeof(path), "%s%s", rootfs,
+		 json_object_get_string(dst));
+	sj = lf_spec_to_json(&spec);
+	json_object_object_add(req, "op", json_object_new_string("mount"));
+	json_object_object_add(req, "spec", json_tokener_parse(sj));
+	free(sj);
+	json_object_object_add(req, "path", json_object_new_string(path));
+	json_object_object_add(req, "destination", json_object_get(dst));
+	json_object_object_add(req, "block", json_object_new_boolean(
+		spec.mode == LF_MODE_BLOCK));
+	json_object_object_add(req, "read_only",
+			       json_object_new_boolean(spec.read_only));
+	json_object_object_add(req, "uidmap",
+			       uidmap ? uidmap : json_object_new_array());
+	json_object_object_add(req, "gidmap",
+			       gidmap ? gidmap : json_object_new_array());
+	json_object_object_add(req, "container",
+			       json_object_new_string(container));
+	*out = req;
+	return 0;
+fail_msg:
+	snprintf(err, errlen, "volume %zu: %s", idx, e2);
+fail:
+	json_object_put(uidmap);
+	json_object_put(gidmap);
+	json_object_put(req);
+	return -EINVAL;
+}
+
+int lf_hook_parse_volumes(const char *annotation, const char *rootfs,
+			  struct json_object *config, const char *container,
+			  struct json_object **reqs, char *err, size_t errlen)
+{
+	struct json_tokener *tok = json_tokener_new();
+	struct json_object *arr, *res;
+	int r = 0;
+
+	if (!tok)
+		return -ENOMEM;
+	arr = json_tokener_parse_ex(tok, annotation, (int)strlen(annotation));
+	if (!arr || json_tokener_get_error(tok) != json_tokener_success ||
+	    tok->char_offset != (int)strlen(annotation)) {
+		snprintf(err, errlen,
+			 "annotation " LF_HOOK_ANNOTATION " is not valid JSON");
+		json_object_put(arr);
+		json_tokener_free(tok);
+		return -EINVAL;
+	}
+	json_tokener_free(tok);
+	if (!json_object_is_type(arr, json_type_array)) {
+		snprintf(err, errlen,
+			 "annotation " LF_HOOK_ANNOTATION
+			 " must be a JSON array of volumes");
+		json_object_put(arr);
+		return -EINVAL;
+	}
+	res = json_object_new_array();
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		struct json_object *req;
+		r = parse_one(json_object_array_get_idx(arr, i), i, rootfs,
+			      config, container, &req, err, errlen);
+		if (r)
+			break;
+		json_object_array_add(res, req);
+	}
+	json_object_put(arr);
+	if (r) {
+		json_object_put(res);
+		return r;
+	}
+	*reqs = res;
+	return 0;
+}
+
+static struct json_object *read_json_file(const char *path, char *err,
+					  size_t errlen)
+{
+	struct json_object *o;
+	char *text = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
+
+	if (fd < 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	r = lf_ctl_read_all(fd, 16u << 20, &text);
+	close(fd);
+	if (r) {
+		snprintf(err, errlen, "%s: %s", path, strerror(-r));
+		return NULL;
+	}
+	o = json_tokener_parse(text);
+	free(text);
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		snprintf(err, errlen, "%s: not a JSON object", path);
+		return NULL;
+	}
+	return o;
+}
+
+/* Creates the mount point inside the root filesystem the way runtimes do
+ * for bind mounts, refusing a path that a symlink leads out of rootfs. */
+static int make_mount_point(const char *rootfs, const char *path, bool block,
+			    char *err, size_t errlen)
+{
+	char real_root[PATH_MAX], real[PATH_MAX], parent[PATH_MAX];
+	int r;
+
+	if (!realpath(rootfs, real_root)) {
+		snprintf(err, errlen, "%s: %s", rootfs, strerror(errno));
+		return -errno;
+	}
+	snprintf(parent, sizeof(parent), "%s", path);
+	*strrchr(parent, '/') = 0;
+	r = lf_ctl_mkdirs(block ? parent : path, 0755);
+	if (r) {
+		snprintf(err, errlen, "%s: cannot create: %s", path,
+			 strerror(-r));
+		return r;
+	}
+	if (block) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+			      0600);
+		if (fd < 0) {
+			snprintf(err, errlen, "%s: cannot create: %s", path,
+				 strerror(errno));
+			return -errno;
+		}
+		close(fd);
+	}
+	if (!realpath(path, real) ||
+	    strncmp(real, real_root, strlen(real_root)) != 0 ||
+	    (real[strlen(real_root)] != '/' && real[strlen(real_root)] != 0)) {
+		snprintf(err, errlen,
+			 "%s leads outside the container's root filesystem",
+			 path);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int release(const struct lf_client *c, const char *id, char *err,
+		   size_t errlen)
+{
+	struct json_object *req, *ans;
+	int r;
+
+	if (!lf_client_daemon_running(c))
+		return 0; /* no daemon, nothing mounted */
+	req = json_object_new_object();
+	json_object_object_add(req, "op", json_object_new_string("release"));
+	json_object_object_add(req, "container", json_object_new_string(id));
+	r = lf_client_call(c, req, false, &ans, err, errlen);
+	if (!r)
+		json_object_put(ans);
+	return r;
+}
+
+static int mount_all(const struct lf_client *c, struct json_object *reqs,
+		     const char *rootfs, const char *id, char *err,
+		     size_t errlen)
+{
+	for (size_t i = 0; i < json_object_array_length(reqs); i++) {
+		struct json_object *r0 = json_object_array_get_idx(reqs, i);
+		struct json_object *ans, *req = NULL;
+		const char *dst = json_object_get_string(get(r0, "destination"));
+		const char *path = json_object_get_string(get(r0, "path"));
+		struct lf_spec spec;
+		char e2[1024];
+		int r;
+
+		r = lf_spec_parse_json(json_object_to_json_string(get(r0, "spec")),
+				       &spec, e2, sizeof(e2));
+		if (!r)
+			r = make_mount_point(rootfs, path,
+					     json_object_get_boolean(get(r0, "block")),
+					     e2, sizeof(e2));
+		if (!r) {
+			struct lf_mount_req mr = {
+				.spec = &spec,
+				.secret_file = get(r0, "secret_file")
+						       ? json_object_get_string(
+								 get(r0, "secret_file"))
+						       : NULL,
+				.path = path,
+				.block = json_object_get_boolean(get(r0, "block")),
+				.read_only = json_object_get_boolean(
+					get(r0, "read_only")),
+				.uidmap = json_object_get(get(r0, "uidmap")),
+				.gidmap = json_object_get(get(r0, "gidmap")),
+				.fsgroup = get(r0, "fsgroup")
+						   ? json_object_get_int64(
+							     get(r0, "fsgroup"))
+						   : -1,
+				.container = id,
+			};
+			r = lf_client_mount_request(&mr, &req, e2, sizeof(e2));
+		}
+		if (!r)
+			r = lf_client_call(c, req, true, &ans, e2, sizeof(e2));
+		if (r) {
+			snprintf(err, errlen, "volume %zu (%s): %s", i, dst, e2);
+			return r;
+		}
+		json_object_put(ans);
+	}
+	return 0;
+}
+
+int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
+{
+	struct json_object *state = NULL, *config = NULL, *reqs = NULL, *v;
+	const char *id, *bundle, *status, *ann = NULL;
+	char err[1536] = "", path[PATH_MAX + 16], rootfs[PATH_MAX + 8];
+	char *text = NULL;
+	bool mount;
+	int r, rc = 1;
+
+	r = lf_ctl_read_all(fileno(in), LF_CTL_MAX, &text);
+	if (r) {
+		fprintf(stderr, "lunfs hook: reading the container state: %s\n",
+			strerror(-r));
+		return 1;
+	}
+	state = json_tokener_parse(text);
+	free(text);
+	id = json_object_get_string(get(state, "id"));
+	bundle = json_object_get_string(get(state, "bundle"));
+	status = json_object_get_string(get(state, "status"));
+	if (!state || !json_object_is_type(get(state, "id"), json_type_string) ||
+	    !json_object_is_type(get(state, "bundle"), json_type_string)) {
+		fprintf(stderr, "lunfs hook: stdin is not an OCI container "
+				"state (needs \"id\" and \"bundle\")\n");
+		goto out;
+	}
+	if (stage && (!strcmp(stage, "createRuntime") ||
+		      !strcmp(stage, "prestart")))
+		mount = true;
+	else if (stage && !strcmp(stage, "poststop"))
+		mount = false;
+	else if (stage) {
+		fprintf(stderr,
+			"lunfs hook: unknown stage '%s' (createRuntime, "
+			"prestart or poststop)\n",
+			stage);
+		rc = 2;
+		goto out;
+	} else if (status && (!strcmp(status, "creating") ||
+			      !strcmp(status, "created")))
+		mount = true;
+	else if (status && !strcmp(status, "stopped"))
+		mount = false;
+	else {
+		fprintf(stderr,
+			"lunfs hook: container status '%s' does not say "
+			"whether to mount or release; give the stage\n",
+			status ? status : "(none)");
+		rc = 2;
+		goto out;
+	}
+
+	if (!mount) {
+		/* poststop never fails the runtime over a volume that is
+		 * already gone; it does report a daemon that refused. */
+		r = release(c, id, err, sizeof(err));
+		if (r && r != -ENOENT && r != -ECONNREFUSED) {
+			fprintf(stderr, "lunfs hook: releasing %s: %s\n", id, err);
+			goto out;
+		}
+		rc = 0;
+		goto out;
+	}
+
+	snprintf(path, sizeof(path), "%s/config.json", bundle);
+	config = read_json_file(path, err, sizeof(err));
+	if (!config) {
+		fprintf(stderr, "lunfs hook: %s\n", err);
+		goto out;
+	}
+	if ((v = get(get(state, "annotations"), LF_HOOK_ANNOTATION)) ||
+	    (v = get(get(config, "annotations"), LF_HOOK_ANNOTATION)))
+		ann = json_object_get_string(v);
+	if (!ann) {
+		rc = 0; /* not our container */
+		goto out;
+	}
+	v = get(get(config, "root"), "path");
+	if (!v || !json_object_is_type(v, json_type_string)) {
+		fprintf(stderr, "lunfs hook: %s has no root.path\n", path);
+		goto out;
+	}
+	if (json_object_get_string(v)[0] == '/')
+		snprintf(rootfs, sizeof(rootfs), "%s", json_object_get_string(v));
+	else
+		snprintf(rootfs, sizeof(rootfs), "%s/%s", bundle,
+			 json_object_get_string(v));
+
+	r = lf_hook_parse_volumes(ann, rootfs, config, id, &reqs, err,
+				  sizeof(err));
+	if (!r)
+		r = mount_all(c, reqs, rootfs, id, err, sizeof(err));
+	if (r) {
+		char e2[512];
+		fprintf(stderr, "lunfs hook: container %s: %s\n", id, err);
+		if (release(c, id, e2, sizeof(e2)))
+			fprintf(stderr, "lunfs hook: cleaning up: %s\n", e2);
+		goto out;
+	}
+	rc = 0;
+out:
+	json_object_put(reqs);
+	json_object_put(config);
+	json_object_put(state);
+	return rc;
+}
