@@ -16,7 +16,7 @@ struct lf_dent {
 
 struct lf_dirindex {
 	uint64_t dir;
-	struct lf_dirindex *hnext;		/* in the set's table */
+	struct lf_dirindex *hnext; /* in the set's table */
 	struct lf_dirindex *lru_prev, *lru_next;
 	struct lf_dent **buckets;
 	size_t nbuckets, count, bytes;
@@ -25,7 +25,7 @@ struct lf_dirindex {
 struct lf_dirindex_set {
 	struct lf_dirindex **table;
 	size_t nbuckets, count;
-	struct lf_dirindex *lru_head, *lru_tail;	/* head = most recent */
+	struct lf_dirindex *lru_head, *lru_tail; /* head = most recent */
 	size_t bytes, max_bytes;
 };
 
@@ -146,8 +146,7 @@ static void set_grow(struct lf_dirindex_set *s)
 	free(ot);
 }
 
-struct lf_dirindex *lf_dirindex_create(struct lf_dirindex_set *s,
-				       uint64_t dir)
+struct lf_dirindex *lf_dirindex_create(struct lf_dirindex_set *s, uint64_t dir)
 {
 	struct lf_dirindex *d;
 	size_t k;

@@ -20,15 +20,13 @@ void lf_dirindex_set_free(struct lf_dirindex_set *s);
 /* The index of dir, or NULL if none is built; marks it recently used. */
 struct lf_dirindex *lf_dirindex_get(struct lf_dirindex_set *s, uint64_t dir);
 /* An empty index for dir (replacing any old one); NULL on ENOMEM. */
-struct lf_dirindex *lf_dirindex_create(struct lf_dirindex_set *s,
-				       uint64_t dir);
+struct lf_dirindex *lf_dirindex_create(struct lf_dirindex_set *s, uint64_t dir);
 void lf_dirindex_drop(struct lf_dirindex_set *s, uint64_t dir);
 /* Evict least recently used indexes (never `keep`) down to the bound. */
 void lf_dirindex_trim(struct lf_dirindex_set *s, uint64_t keep);
 
 int lf_dirindex_add(struct lf_dirindex_set *s, struct lf_dirindex *d,
-		    const char *name, size_t len, uint64_t ino,
-		    uint32_t type);
+		    const char *name, size_t len, uint64_t ino, uint32_t type);
 void lf_dirindex_del(struct lf_dirindex_set *s, struct lf_dirindex *d,
 		     const char *name, size_t len);
 /* 0 with the entry in *ino and *type, or -ENOENT. */

@@ -18,11 +18,11 @@
 #include "fsimage/fsops_int.h"
 #include "iscsi/log.h"
 
-#define MOD "fsops"
-#define LF_LINK_MAX 65000
-#define LF_NAME_MAX 255
+#define MOD		  "fsops"
+#define LF_LINK_MAX	  65000
+#define LF_NAME_MAX	  255
 #define LF_DIRINDEX_BYTES (64u << 20)
-#define LF_HOLD_BUCKETS 4096
+#define LF_HOLD_BUCKETS	  4096
 
 struct lf_hold {
 	struct lf_hold *next;
@@ -76,7 +76,7 @@ static struct lf_fsops *fsops_state(struct lf_vol *v)
 
 static uint32_t ft_to_mode(int ft)
 {
-	static const uint32_t m[] = {0,	      S_IFREG, S_IFDIR, S_IFCHR,
+	static const uint32_t m[] = {0,	      S_IFREG, S_IFDIR,	 S_IFCHR,
 				     S_IFBLK, S_IFIFO, S_IFSOCK, S_IFLNK};
 
 	return ft > 0 && ft < 8 ? m[ft] : 0;
@@ -129,9 +129,8 @@ static void tdec(struct timespec *t, uint32_t lo, const uint32_t *extra)
 }
 
 #define TSET(fs, in, F, ts)                                                    \
-	tenc(&(in)->i_##F, HAS_EXTRA(fs, in, i_##F##_extra)                    \
-				   ? &(in)->i_##F##_extra                      \
-				   : NULL,                                     \
+	tenc(&(in)->i_##F,                                                     \
+	     HAS_EXTRA(fs, in, i_##F##_extra) ? &(in)->i_##F##_extra : NULL,   \
 	     ts)
 #define TGET(fs, in, F, ts)                                                    \
 	tdec(ts, (in)->i_##F,                                                  \
@@ -178,9 +177,8 @@ int lf_fs_iread(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in)
 
 int lf_fs_iwrite(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in)
 {
-	errcode_t e = ext2fs_write_inode_full(v->fs, ino,
-					      (struct ext2_inode *)in,
-					      sizeof(*in));
+	errcode_t e = ext2fs_write_inode_full(
+		v->fs, ino, (struct ext2_inode *)in, sizeof(*in));
 
 	return e ? lf_errno_from_ext2(e) : 0;
 }
@@ -217,7 +215,8 @@ static void rdev_encode(struct ext2_inode_large *in, uint64_t rdev)
 		in->i_block[1] = 0;
 	} else {
 		in->i_block[0] = 0;
-		in->i_block[1] = (mi & 0xff) | (ma << 8) | ((mi & ~0xffu) << 12);
+		in->i_block[1] =
+			(mi & 0xff) | (ma << 8) | ((mi & ~0xffu) << 12);
 		in->i_block[2] = 0;
 	}
 }
@@ -447,8 +446,8 @@ struct build_ctx {
 	int err;
 };
 
-static int build_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int offset, int blocksize,
-		    char *buf, void *priv)
+static int build_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de,
+		    int offset, int blocksize, char *buf, void *priv)
 {
 	struct build_ctx *c = priv;
 	int len = ext2fs_dirent_name_len(de);
@@ -575,8 +574,8 @@ struct setent_ctx {
 	bool done;
 };
 
-static int setent_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int offset, int blocksize,
-		     char *buf, void *priv)
+static int setent_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de,
+		     int offset, int blocksize, char *buf, void *priv)
 {
 	struct setent_ctx *c = priv;
 
@@ -602,8 +601,8 @@ static int dir_set_entry(struct lf_vol *v, uint64_t dir, const char *name,
 	return c.done ? 0 : -ENOENT;
 }
 
-static int empty_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int offset, int blocksize,
-		    char *buf, void *priv)
+static int empty_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de,
+		    int offset, int blocksize, char *buf, void *priv)
 {
 	int len = ext2fs_dirent_name_len(de);
 
@@ -617,8 +616,8 @@ static int empty_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int of
 static int dir_is_empty(struct lf_vol *v, uint64_t dir)
 {
 	bool empty = true;
-	errcode_t e = ext2fs_dir_iterate2(v->fs, dir, 0, NULL, empty_cb,
-					  &empty);
+	errcode_t e =
+		ext2fs_dir_iterate2(v->fs, dir, 0, NULL, empty_cb, &empty);
 
 	if (e)
 		return lf_errno_from_ext2(e);
@@ -650,9 +649,8 @@ static void extent_header_init(struct ext2_inode_large *in)
 	in->i_flags |= EXT4_EXTENTS_FL;
 	memset(in->i_block, 0, sizeof(in->i_block));
 	eh->eh_magic = ext2fs_cpu_to_le16(EXT3_EXT_MAGIC);
-	eh->eh_max = ext2fs_cpu_to_le16(
-		(sizeof(in->i_block) - sizeof(*eh)) /
-		sizeof(struct ext3_extent));
+	eh->eh_max = ext2fs_cpu_to_le16((sizeof(in->i_block) - sizeof(*eh)) /
+					sizeof(struct ext3_extent));
 }
 
 /* Write a fresh inode over its whole on-disk size: stale in-inode xattrs
@@ -682,8 +680,8 @@ static int new_first_block(struct lf_vol *v, uint64_t ino,
 	char *blk = NULL;
 	errcode_t e;
 
-	e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)in, NULL, BMAP_ALLOC,
-			 0, NULL, &pblk);
+	e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)in, NULL, BMAP_ALLOC, 0,
+			 NULL, &pblk);
 	if (e)
 		return lf_errno_from_ext2(e);
 	if (target) {
@@ -819,8 +817,8 @@ int lf_fs_mknod(struct lf_vol *v, uint64_t parent, const char *name,
 	default:
 		return -EINVAL;
 	}
-	return create_node(v, parent, name, mode & (S_IFMT | 07777), rdev,
-			   NULL, o, st);
+	return create_node(v, parent, name, mode & (S_IFMT | 07777), rdev, NULL,
+			   o, st);
 }
 
 int lf_fs_mkdir(struct lf_vol *v, uint64_t parent, const char *name,
@@ -973,18 +971,20 @@ static int do_truncate(struct lf_vol *v, uint64_t ino,
 
 	if (size > max_file_size(fs))
 		return -EFBIG;
-	if (size < old ||
-	    (in->i_flags & EXT4_EXTENTS_FL && size > old)) {
+	if (size < old || (in->i_flags & EXT4_EXTENTS_FL && size > old)) {
 		/* Blocks past the new end (also preallocated ones kept past
 		 * the old end) go; the tail of the last block reads zero. */
 		blk64_t first = (size + bs - 1) / bs;
 
-		if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)in)) {
+		if (ext2fs_inode_has_valid_blocks2(fs,
+						   (struct ext2_inode *)in)) {
 			if (size < old) {
-				e = ext2fs_punch(fs, ino, (struct ext2_inode *)in,
-						 NULL, first, ~0ULL);
+				e = ext2fs_punch(fs, ino,
+						 (struct ext2_inode *)in, NULL,
+						 first, ~0ULL);
 				if (e) {
-					lf_err(MOD, "%s: inode %llu: truncating: %s",
+					lf_err(MOD,
+					       "%s: inode %llu: truncating: %s",
 					       lf_vol_desc(v),
 					       (unsigned long long)ino,
 					       error_message(e));
@@ -1207,8 +1207,8 @@ int lf_fs_rmdir(struct lf_vol *v, uint64_t parent, const char *name,
 }
 
 /* -EINVAL if dir is anc or lies below it. Lock held. */
-static int check_not_below(struct lf_vol *v, struct lf_fsops *s,
-			   uint64_t anc, uint64_t dir)
+static int check_not_below(struct lf_vol *v, struct lf_fsops *s, uint64_t anc,
+			   uint64_t dir)
 {
 	uint64_t cur = dir, up;
 	uint32_t type;
@@ -1487,8 +1487,8 @@ static uint64_t fs_overhead(struct lf_vol *v)
 		struct ext2_inode_large jin;
 
 		if (!lf_fs_iread(v, fs->super->s_journal_inum, &jin))
-			ov += ext2fs_get_stat_i_blocks(fs,
-						       (struct ext2_inode *)&jin) *
+			ov += ext2fs_get_stat_i_blocks(
+				      fs, (struct ext2_inode *)&jin) *
 			      512 / fs->blocksize;
 	}
 	return ov;
@@ -1578,8 +1578,8 @@ struct lf_run {
 	bool fresh; /* newly allocated or was unwritten: no old bytes */
 };
 
-static int run_add(struct lf_run **runs, size_t *nr, size_t *cap,
-		   uint64_t lblk, uint64_t pblk, bool fresh)
+static int run_add(struct lf_run **runs, size_t *nr, size_t *cap, uint64_t lblk,
+		   uint64_t pblk, bool fresh)
 {
 	struct lf_run *l = *nr ? &(*runs)[*nr - 1] : NULL;
 
@@ -1827,7 +1827,8 @@ ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 	r = 0;
 	for (size_t i = 0; i < nr && !r; i++) {
 		uint64_t rs = runs[i].lblk * bs, re = rs + runs[i].n * bs;
-		uint64_t s = rs > off ? rs : off, e = re < done_end ? re : done_end;
+		uint64_t s = rs > off ? rs : off,
+			 e = re < done_end ? re : done_end;
 
 		r = write_span(v, &runs[i], s, e, (const char *)buf + (s - off),
 			       &bounce);
@@ -1859,14 +1860,13 @@ out:
 }
 
 static int falloc_range(struct lf_vol *v, uint64_t ino,
-			struct ext2_inode_large *in, uint64_t off,
-			uint64_t len)
+			struct ext2_inode_large *in, uint64_t off, uint64_t len)
 {
 	uint64_t bs = v->fs->blocksize;
 	blk64_t start = off / bs, n = (off + len + bs - 1) / bs - start;
-	errcode_t e = ext2fs_fallocate(v->fs, EXT2_FALLOCATE_FORCE_UNINIT, ino,
-				       (struct ext2_inode *)in, ~0ULL, start,
-				       n);
+	errcode_t e =
+		ext2fs_fallocate(v->fs, EXT2_FALLOCATE_FORCE_UNINIT, ino,
+				 (struct ext2_inode *)in, ~0ULL, start, n);
 
 	return e ? lf_errno_from_ext2(e) : 0;
 }
@@ -1914,10 +1914,12 @@ int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 		uint64_t zend = (mode & FALLOC_FL_PUNCH_HOLE) && end > isize
 					? isize
 					: end;
-		uint64_t fb = (off + bs - 1) / bs, lb = zend / bs; /* [fb, lb) */
+		uint64_t fb = (off + bs - 1) / bs,
+			 lb = zend / bs; /* [fb, lb) */
 
 		if (off < zend) {
-			if (off / bs == (zend - 1) / bs && (off % bs || zend % bs)) {
+			if (off / bs == (zend - 1) / bs &&
+			    (off % bs || zend % bs)) {
 				r = zero_in_block(v, ino, &in, off / bs,
 						  off % bs,
 						  zend % bs ? zend % bs : bs);

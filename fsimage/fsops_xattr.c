@@ -36,8 +36,7 @@ static int name_check(const char *name)
 	return -EOPNOTSUPP;
 }
 
-static int xopen(struct lf_vol *v, uint64_t ino,
-		 struct ext2_xattr_handle **h)
+static int xopen(struct lf_vol *v, uint64_t ino, struct ext2_xattr_handle **h)
 {
 	struct ext2_inode_large in;
 	errcode_t e;
@@ -132,7 +131,8 @@ int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 		r = -ENODATA;
 	} else {
 		e = ext2fs_xattr_set(h, name, value, size);
-		if (e == EXT2_ET_EA_NO_SPACE || e == EXT2_ET_INLINE_DATA_NO_SPACE)
+		if (e == EXT2_ET_EA_NO_SPACE ||
+		    e == EXT2_ET_INLINE_DATA_NO_SPACE)
 			r = -ENOSPC;
 		else if (e == EXT2_ET_EA_KEY_NOT_FOUND)
 			r = -ENODATA;
@@ -165,8 +165,7 @@ static int list_cb(char *name, char *value, size_t value_len, void *data)
 	return 0;
 }
 
-ssize_t lf_fs_listxattr(struct lf_vol *v, uint64_t ino, char *buf,
-			size_t size)
+ssize_t lf_fs_listxattr(struct lf_vol *v, uint64_t ino, char *buf, size_t size)
 {
 	struct ext2_xattr_handle *h = NULL;
 	struct list_ctx c = {buf, size, 0};

@@ -258,6 +258,9 @@ def test_read_only_mount_gives_erofs(lunfs, fstarget, lundir):
     assert_idle(lunfs, fstarget)
 
 
+STALE = "stale cache of the other mount (must be invalidated before the reply): "
+
+
 def test_uidmap_two_mounts_share_one_volume(lunfs, fstarget, lundir):
     backing = fstarget.luns[1]
     a, b = mkdir(lundir, "a"), mkdir(lundir, "b")
@@ -277,25 +280,26 @@ def test_uidmap_two_mounts_share_one_volume(lunfs, fstarget, lundir):
     with open(fa, "a") as f:
         f.write("two")
     with open(fb) as f:
-        assert f.read() == "onetwo"
-    assert os.stat(fb).st_size == 6
+        assert f.read() == "onetwo", STALE + "append via a not read via b"
+    assert os.stat(fb).st_size == 6, STALE + "size after append via a, seen via b"
     with open(fb, "r+") as f:
         f.write("ONE")
     with open(fa) as f:
-        assert f.read() == "ONEtwo"
+        assert f.read() == "ONEtwo", STALE + "write via b not read via a"
     os.mkdir(os.path.join(a, "dir"))
     assert os.path.isdir(os.path.join(b, "dir"))
     assert os.stat(os.path.join(b, "dir")).st_uid == 100000
     os.rename(fa, os.path.join(a, "dir/g"))
-    assert not os.path.exists(fb)
-    assert "f" not in os.listdir(b)
+    assert not os.path.exists(fb), STALE + "rename via a: old name still found via b"
+    assert "f" not in os.listdir(b), STALE + "rename via a: old name listed via b"
     with open(os.path.join(b, "dir/g")) as f:
         assert f.read() == "ONEtwo"
     open(os.path.join(a, "gone"), "w").close()
-    assert os.path.exists(os.path.join(b, "gone"))
+    assert os.path.exists(os.path.join(b, "gone")), STALE + "create via a not seen via b"
     os.unlink(os.path.join(a, "gone"))
-    assert not os.path.exists(os.path.join(b, "gone"))
-    assert "gone" not in os.listdir(b)
+    assert not os.path.exists(os.path.join(b, "gone")), \
+        STALE + "unlink via a: name still found via b"
+    assert "gone" not in os.listdir(b), STALE + "unlink via a: name listed via b"
     lunfs.umount(b)
     assert H.is_mountpoint(a) and fstarget.wait_connections(1) == 1
     lunfs.umount(a)

@@ -60,6 +60,7 @@ ROWS = (
     ("ls", "ls -l, cold", "ms", False),
     ("unlink", "unlink", "files/s", True),
 )
+RAW_ROWS = ("seq_read", "seq_write", "rand_d1", "rand_d32")
 # (row, reference column, minimum speed-up) from the issue
 TARGETS = (
     ("seq_read", "raw", 0.9),
@@ -149,14 +150,16 @@ def run(argv, timeout=60, check=True, env=None, quiet=False):
                                 stderr=err, env=env, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException as e:  # a timeout, or Ctrl-C: never leave it
             proc.kill()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-            raise StepFailed(f"{os.path.basename(argv[0])} timed out "
-                             f"after {timeout:g}s")
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise StepFailed(f"{os.path.basename(argv[0])} timed out "
+                                 f"after {timeout:g}s")
+            raise
         out.seek(0)
         err.seek(0)
         o = out.read().decode(errors="replace")
@@ -164,8 +167,7 @@ def run(argv, timeout=60, check=True, env=None, quiet=False):
     if check and rc != 0:
         lines = [ln for ln in (e + o).strip().splitlines() if ln.strip()]
         why = lines[-1] if lines else f"exit status {rc}"
-        raise StepFailed(f"{os.path.basename(argv[0])} {argv[1] if len(argv) > 1 else ''}"
-                         f": {why}".replace(" :", ":"))
+        raise StepFailed(f"{os.path.basename(argv[0])}: {why}")
     return subprocess.CompletedProcess(argv, rc, o, e)
 
 
@@ -381,8 +383,7 @@ class Bench:
                      "lunfs-rawbench"], timeout=300)
             except StepFailed as e:
                 self.fail_column("raw", f"lunfs-rawbench not built: {e}",
-                                 ("seq_read", "seq_write", "rand_d1",
-                                  "rand_d32"))
+                                 RAW_ROWS)
                 return
         S = self.size
         self.record("seq_write", "raw", lambda: self.rawbench(
@@ -756,15 +757,18 @@ class Bench:
                  ("lunfs", self.lunfs_column))
         for col, fn in steps:
             if only and col not in only:
-                self.fail_column(col, "skipped (--only)")
                 continue
-            if col == "lunfs":
-                # The raw run wrote over LUN 1: make it empty again
-                # (sparse, reads zeros) so lunfs formats it.
-                run(["fallocate", "--punch-hole", "--offset", "0",
-                     "--length", str(os.path.getsize(lun1)), lun1])
             log(f"--- {col}")
-            fn()
+            try:
+                if col == "lunfs":
+                    # The raw run wrote over LUN 1: make it empty again
+                    # (sparse, reads zeros) so lunfs formats it.
+                    run(["fallocate", "--punch-hole", "--offset", "0",
+                         "--length", str(os.path.getsize(lun1)), lun1])
+                fn()
+            except (StepFailed, OSError) as e:
+                self.fail_column(col, str(e),
+                                 RAW_ROWS if col == "raw" else None)
 
     # -- report
 

@@ -12,6 +12,20 @@ ctest --test-dir build --output-on-failure -j2
 echo "== C unit tests (ASan/UBSan)"
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j2
 
+echo "== fuzzing: ${LUNFS_FUZZ_SECONDS:-20} s per target (libFuzzer + ASan/UBSan)"
+cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DLUNFS_FUZZ=ON \
+	-DLUNFS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_spec fuzz_request fuzz_hook
+for t in spec request hook; do
+	scratch=$(mktemp -d)
+	# New inputs go to a scratch corpus; a crash fails the suite and its
+	# input lands in build-fuzz/ to be added to tests/fuzz/corpus/$t.
+	build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${LUNFS_FUZZ_SECONDS:-20}" \
+		-artifact_prefix=build-fuzz/crash-$t- -print_final_stats=0 \
+		"$scratch" tests/fuzz/corpus/$t 2>&1 | tail -n 2
+	rm -rf "$scratch"
+done
+
 echo "== scenarios against a private tgtd (ASan/UBSan binaries)"
 export LUNFS_BUILD_DIR="$PWD/build-asan"
 exec /usr/bin/python3 -m pytest -v -p no:cacheprovider tests/ "$@"

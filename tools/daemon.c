@@ -22,6 +22,7 @@
 #include "iscsi/spec.h"
 #include "tools/ctl.h"
 #include "tools/daemon.h"
+#include "tools/request.h"
 
 #define MOD "daemon"
 
@@ -690,18 +691,6 @@ fail:
 	return r;
 }
 
-static bool valid_container_id(const char *id)
-{
-	size_t n = strlen(id);
-
-	if (n == 0 || n > 128 || !isalnum((unsigned char)id[0]))
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)id[i]) && !strchr("_.-", id[i]))
-			return false;
-	return true;
-}
-
 static struct json_object *op_mount(struct lf_daemon *d,
 				    struct json_object *req)
 {
@@ -739,7 +728,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 		snprintf(spec.initiator_name, sizeof(spec.initiator_name),
 			 "%s", p);
 	}
-	if ((p = jstr(req, "container")) && !valid_container_id(p)) {
+	if ((p = jstr(req, "container")) && !lf_request_valid_container_id(p)) {
 		r = -EINVAL;
 		snprintf(err, sizeof(err),
 			 "invalid container id (letters, digits, '_', '.', "
@@ -972,7 +961,7 @@ static struct json_object *op_release(struct lf_daemon *d,
 	const char *id = jstr(req, "container");
 	int n = 0;
 
-	if (!id || !valid_container_id(id))
+	if (!id || !lf_request_valid_container_id(id))
 		return answer_err(EINVAL, "release: invalid container id");
 	pthread_mutex_lock(&d->lock);
 	for (struct mount *m = d->mounts, *next; m; m = next) {

@@ -2,12 +2,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "iscsi/log.h"
 #include "iscsi/spec.h"
 #include "tools/ctl.h"
 #include "tools/hook.h"
@@ -375,8 +379,105 @@ static int release(const struct lf_client *c, const char *id, char *err,
 	return r;
 }
 
+
+/* True if path, resolved in pid's mount namespace, is the mount the
+ * daemon made at path in ours (before pivot_root the container's root is
+ * still the host's tree, so the same absolute path names it). */
+static bool visible_in(pid_t pid, const char *path, const struct stat *host)
+{
+	char cpath[PATH_MAX + 32];
+	struct stat st;
+
+	snprintf(cpath, sizeof(cpath), "/proc/%d/root%s", (int)pid, path);
+	return stat(cpath, &st) == 0 && st.st_dev == host->st_dev &&
+	       st.st_ino == host->st_ino;
+}
+
+/* lunfsd mounts in its own mount namespace, and the container sees that
+ * mount only if it propagates there: runc makes the container's mounts
+ * rslave, so it does when the rootfs lies on a shared mount. Where it does
+ * not (a private /), the hook attaches a clone of the mount inside the
+ * container's namespace itself: open_tree() here, move_mount() there. The
+ * clone shares the FUSE connection, so lunfsd serves it unchanged; it
+ * goes away with the container's namespace. */
+static int make_visible(pid_t pid, const char *path, char *err, size_t errlen)
+{
+	char nspath[64];
+	struct stat host;
+	int tree = -1, ns = -1, status, r;
+	pid_t child;
+
+	if (pid <= 0)
+		return 0; /* no container process yet: nothing to check */
+	if (stat(path, &host)) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -errno;
+	}
+	if (visible_in(pid, path, &host))
+		return 0;
+	snprintf(nspath, sizeof(nspath), "/proc/%d/ns/mnt", (int)pid);
+	ns = open(nspath, O_RDONLY | O_CLOEXEC);
+	if (ns < 0) {
+		r = -errno;
+		snprintf(err, errlen, "container process %d: %s: %s", (int)pid,
+			 nspath, strerror(errno));
+		return r;
+	}
+	tree = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+	if (tree < 0) {
+		r = -errno;
+		snprintf(err, errlen,
+			 "%s does not propagate into the container and cannot "
+			 "be cloned (open_tree: %s); put the bundle on a shared "
+			 "mount",
+			 path, strerror(errno));
+		goto out;
+	}
+	/* setns(CLONE_NEWNS) changes the caller's root and cwd: do it in a
+	 * child so the hook itself stays where it is. */
+	child = fork();
+	if (child < 0) {
+		r = -errno;
+		snprintf(err, errlen, "fork: %s", strerror(errno));
+		goto out;
+	}
+	if (child == 0) {
+		if (setns(ns, CLONE_NEWNS) ||
+		    move_mount(tree, "", AT_FDCWD, path,
+			       MOVE_MOUNT_F_EMPTY_PATH))
+			_exit(errno & 0x7f);
+		_exit(0);
+	}
+	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+		;
+	r = WIFEXITED(status) ? -WEXITSTATUS(status) : -EIO;
+	if (r) {
+		snprintf(err, errlen,
+			 "%s does not propagate into the container and "
+			 "attaching it in the container's mount namespace "
+			 "failed: %s; put the bundle on a shared mount",
+			 path, strerror(-r));
+		goto out;
+	}
+	if (!visible_in(pid, path, &host)) {
+		r = -EXDEV;
+		snprintf(err, errlen,
+			 "%s is not visible in the container's mount "
+			 "namespace; put the bundle on a shared mount",
+			 path);
+		goto out;
+	}
+	lf_dbg("hook", "%s: attached in the mount namespace of pid %d", path,
+	       (int)pid);
+out:
+	if (tree >= 0)
+		close(tree);
+	close(ns);
+	return r;
+}
+
 static int mount_all(const struct lf_client *c, struct json_object *reqs,
-		     const char *rootfs, const char *id, char *err,
+		     const char *rootfs, const char *id, pid_t pid, char *err,
 		     size_t errlen)
 {
 	for (size_t i = 0; i < json_object_array_length(reqs); i++) {
@@ -415,13 +516,17 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 			};
 			r = lf_client_mount_request(&mr, &req, e2, sizeof(e2));
 		}
-		if (!r)
+		if (!r) {
 			r = lf_client_call(c, req, true, &ans, e2, sizeof(e2));
+			if (!r)
+				json_object_put(ans);
+		}
+		if (!r)
+			r = make_visible(pid, path, e2, sizeof(e2));
 		if (r) {
 			snprintf(err, errlen, "volume %zu (%s): %s", i, dst, e2);
 			return r;
 		}
-		json_object_put(ans);
 	}
 	return 0;
 }
@@ -517,7 +622,9 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 	r = lf_hook_parse_volumes(ann, rootfs, config, id, &reqs, err,
 				  sizeof(err));
 	if (!r)
-		r = mount_all(c, reqs, rootfs, id, err, sizeof(err));
+		r = mount_all(c, reqs, rootfs, id,
+			      (pid_t)json_object_get_int(get(state, "pid")), err,
+			      sizeof(err));
 	if (r) {
 		char e2[512];
 		fprintf(stderr, "lunfs hook: container %s: %s\n", id, err);

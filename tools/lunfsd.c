@@ -21,6 +21,7 @@
 #include "iscsi/log.h"
 #include "tools/ctl.h"
 #include "tools/daemon.h"
+#include "tools/request.h"
 
 #define MOD "lunfsd"
 
@@ -71,25 +72,22 @@ static void *serve_conn(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
 	struct json_object *req = NULL, *ans;
-	char *text = NULL;
+	char *text = NULL, err[512];
 	int r;
 
 	r = lf_ctl_read_all(fd, LF_CTL_MAX, &text);
-	if (r == -EMSGSIZE) {
-		ans = json_object_new_object();
-		json_object_object_add(ans, "ok", json_object_new_boolean(0));
-		json_object_object_add(ans, "errno", json_object_new_int(EMSGSIZE));
-		json_object_object_add(ans, "error",
-				       json_object_new_string("request too large"));
-	} else if (r) {
+	if (r && r != -EMSGSIZE)
 		goto out;
-	} else if (!(req = json_tokener_parse(text)) ||
-		   !json_object_is_type(req, json_type_object)) {
+	if (!r)
+		r = lf_request_parse(text, strlen(text), &req, err, sizeof(err));
+	else
+		snprintf(err, sizeof(err), "request too large");
+	if (r) {
+		lf_warn(MOD, "refused a request: %s", err);
 		ans = json_object_new_object();
 		json_object_object_add(ans, "ok", json_object_new_boolean(0));
-		json_object_object_add(ans, "errno", json_object_new_int(EINVAL));
-		json_object_object_add(ans, "error",
-				       json_object_new_string("malformed request: not a JSON object"));
+		json_object_object_add(ans, "errno", json_object_new_int(-r));
+		json_object_object_add(ans, "error", json_object_new_string(err));
 	} else {
 		ans = lf_daemon_handle(top.d, req);
 	}

@@ -1,0 +1,426 @@
+"""The OCI hook under a real runtime: Debian's runc runs a busybox-static
+container whose config.json names `lunfs hook` for createRuntime and
+poststop and whose annotation io.lunfs.volumes names an iSCSI volume.
+
+The oracles are outside lunfs: what the container prints, the target's
+connection list (tgtadm), the LUN's backing file (e2fsck, debugfs) and the
+host's mount table.
+
+The bundles live either on a shared mount (the daemon's FUSE mount
+propagates into the container, which runc makes rslave) or on a private
+one (the hook attaches a clone of the mount in the container's mount
+namespace): both are exercised.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+import lunfs_harness as H
+
+MiB = H.MiB
+BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "stat", "id", "touch", "mkdir",
+                   "sync", "sleep", "test", "[")
+CHAP_USER, CHAP_PASSWORD = "ociuser", "0ci-Chap-Secret-9"
+
+
+def _busybox():
+    for p in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.access(p, os.X_OK):
+            r = H.run(["file", "-L", p]) if shutil.which("file") else None
+            if r is None or "statically" in r.stdout or "static-pie" in r.stdout:
+                return p
+    return None
+
+
+class Runc:
+    """Bundles and containers in one directory; runc's own state under it.
+    Output goes to files, not pipes: a daemon that the hook starts must not
+    keep a pipe of ours open."""
+
+    def __init__(self, root, lunfs):
+        self.root = root
+        self.lunfs = lunfs
+        self.runc = H.require_tool("runc")
+        self.busybox = _busybox()
+        self.ids = []
+        self._n = 0
+
+    def bundle(self, volumes, script, uidmap_host=None, raw_annotation=None,
+               hook_stage_arg=True):
+        """A bundle whose container runs `sh -c SCRIPT`. uidmap_host: map
+        container ids 0..65535 to host ids from there (user namespace)."""
+        self._n += 1
+        b = os.path.join(self.root, f"b{self._n}")
+        rootfs = os.path.join(b, "rootfs")
+        os.makedirs(os.path.join(rootfs, "bin"))
+        for d in ("proc", "dev", "sys", "tmp"):
+            os.makedirs(os.path.join(rootfs, d))
+        os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
+        shutil.copy(self.busybox, os.path.join(rootfs, "bin", "busybox"))
+        for a in BUSYBOX_APPLETS:
+            os.symlink("busybox", os.path.join(rootfs, "bin", a))
+        H.run([self.runc, "spec"], cwd=b, check=True)
+        with open(os.path.join(b, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["process"]["args"] = ["sh", "-c", script]
+        cfg["process"]["terminal"] = False
+        cfg["process"]["env"] = ["PATH=/bin"]
+        cfg["root"] = {"path": "rootfs", "readonly": False}
+        ann = raw_annotation if raw_annotation is not None else json.dumps(volumes)
+        cfg["annotations"] = {"io.lunfs.volumes": ann}
+        hook = os.path.join(H.build_dir(), "tools", "lunfs")
+        cfg["hooks"] = {
+            stage: [{"path": hook,
+                     "args": ["lunfs", "--state-dir", self.lunfs.state_dir,
+                              "hook"] + ([stage] if hook_stage_arg else []),
+                     "timeout": 60}]
+            for stage in ("createRuntime", "poststop")}
+        if uidmap_host is not None:
+            lx = cfg["linux"]
+            if not any(n["type"] == "user" for n in lx["namespaces"]):
+                lx["namespaces"].append({"type": "user"})
+            m = [{"containerID": 0, "hostID": uidmap_host, "size": 65536}]
+            lx["uidMappings"] = m
+            lx["gidMappings"] = m
+        with open(os.path.join(b, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=1)
+        return b
+
+    def _argv(self, b, cid):
+        return [self.runc, "--root", os.path.join(self.root, "runc"), "run",
+                "-b", b, cid]
+
+    def _new_id(self):
+        cid = "lf-" + uuid.uuid4().hex[:12]
+        self.ids.append(cid)
+        return cid
+
+    def run(self, b, timeout=90):
+        """runc run in the foreground; returns CompletedProcess."""
+        cid = self._new_id()
+        out, err = os.path.join(b, "out"), os.path.join(b, "err")
+        with open(out, "wb") as o, open(err, "wb") as e:
+            p = subprocess.Popen(self._argv(b, cid), stdin=subprocess.DEVNULL,
+                                 stdout=o, stderr=e)
+            try:
+                rc = p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise AssertionError(f"runc run {cid} hung")
+        return subprocess.CompletedProcess(p.args, rc, _read(out), _read(err))
+
+    def start(self, b):
+        """runc run in the background; finish() waits for it."""
+        cid = self._new_id()
+        o = open(os.path.join(b, "out"), "wb")
+        e = open(os.path.join(b, "err"), "wb")
+        p = subprocess.Popen(self._argv(b, cid), stdin=subprocess.DEVNULL,
+                             stdout=o, stderr=e)
+        o.close()
+        e.close()
+        p.bundle = b
+        p.cid = cid
+        return p
+
+    def finish(self, p, timeout=60):
+        rc = p.wait(timeout=timeout)
+        return subprocess.CompletedProcess(p.args, rc,
+                                           _read(os.path.join(p.bundle, "out")),
+                                           _read(os.path.join(p.bundle, "err")))
+
+    def cleanup(self):
+        for cid in self.ids:
+            H.run([self.runc, "--root", os.path.join(self.root, "runc"),
+                   "delete", "--force", cid], timeout=30)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def _ok(r):
+    assert r.returncode == 0, (f"runc exited {r.returncode}\nstdout: {r.stdout}"
+                               f"\nstderr: {r.stderr}")
+    return r
+
+
+@pytest.fixture(params=["shared", "private"])
+def runc(request, lunfs):
+    """Bundles in a fresh 0755 directory (user-namespaced containers must
+    reach their rootfs), made a shared mount point or left private."""
+    if os.geteuid() != 0:
+        pytest.skip("runc run needs root here")
+    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs)
+    if rc.busybox is None:
+        pytest.fail("busybox-static is not installed (apt-get install "
+                    "busybox-static)", pytrace=False)
+    os.chmod(rc.root, 0o755)
+    if request.param == "shared":
+        H.run(["mount", "--bind", rc.root, rc.root], check=True)
+        H.run(["mount", "--make-shared", rc.root], check=True)
+    rc.mode = request.param
+    yield rc
+    rc.cleanup()
+    H.unmount_all_under(rc.root)
+    shutil.rmtree(rc.root, ignore_errors=True)
+
+
+@pytest.fixture
+def runc_private(lunfs):
+    """As `runc`, private mount only (for the failure scenarios)."""
+    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs)
+    if rc.busybox is None:
+        pytest.fail("busybox-static is not installed", pytrace=False)
+    os.chmod(rc.root, 0o755)
+    yield rc
+    rc.cleanup()
+    H.unmount_all_under(rc.root)
+    shutil.rmtree(rc.root, ignore_errors=True)
+
+
+def fuse_mounts_under(root):
+    return [m for m in H.mounts_under(root) if m[1].startswith("fuse")]
+
+
+def assert_released(lunfs, t, root):
+    assert fuse_mounts_under(root) == []
+    assert t.wait_connections(0) == 0, "session left on the target"
+    st = lunfs.status()
+    assert st.get("mounts") == [] and st.get("volumes") == [] and \
+        st.get("sessions") == [], f"status not empty: {st}"
+
+
+def e2fsck_clean(path):
+    r = H.run(["e2fsck", "-fn", path], timeout=60)
+    assert r.returncode == 0, f"e2fsck -fn {path}: {r.returncode}\n{r.stdout}{r.stderr}"
+
+
+def debugfs_owner(backing, path):
+    r = H.run(["debugfs", "-R", f"stat {path}", backing])
+    for line in r.stdout.splitlines():
+        if line.strip().startswith("User:"):
+            f = line.split()
+            return int(f[1]), int(f[3])
+    raise AssertionError(f"debugfs stat {path}: {r.stdout}{r.stderr}")
+
+
+def wait_file(path, proc, timeout=30):
+    ok = H.wait_until(lambda: os.path.exists(path) or proc.poll() is not None,
+                      timeout)
+    assert ok and os.path.exists(path), \
+        f"{path} never appeared (runc rc={proc.poll()})"
+
+
+# A container that signals readiness in its own /tmp (outside the volume)
+# and waits for the test's go file there, so the test looks at it alive.
+def hold(script, name="ready"):
+    return (f"{script}; sync; touch /tmp/{name}; "
+            f"i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.1; "
+            f"i=$((i+1)); done")
+
+
+def go(b):
+    open(os.path.join(b, "rootfs", "tmp", "go"), "w").close()
+
+
+# ---------------------------------------------------------------- scenarios
+
+def test_write_release_reread(lunfs, target, runc):
+    vols = [{"source": target.url(1), "destination": "/data"}]
+    b1 = runc.bundle(vols, "echo data > /data/f; mkdir /data/d; "
+                           "echo more > /data/d/g; sync; cat /data/f")
+    r = _ok(runc.run(b1))
+    assert r.stdout.strip() == "data"
+    assert_released(lunfs, target, runc.root)
+    # The rootfs directory under the mount was never written.
+    assert os.listdir(os.path.join(b1, "rootfs", "data")) == []
+
+    b2 = runc.bundle(vols, "cat /data/f /data/d/g; ls /data")
+    r = _ok(runc.run(b2))
+    assert r.stdout.split() == ["data", "more", "d", "f", "lost+found"]
+    assert_released(lunfs, target, runc.root)
+    e2fsck_clean(target.luns[1])
+
+
+def test_user_namespace_ids(lunfs, target, runc):
+    vols = [{"source": target.url(1), "destination": "/data"}]
+    b = runc.bundle(vols, hold("id -u; echo x > /data/f; mkdir /data/d; "
+                               "stat -c '%u %g' /data/f /data/d"),
+                    uidmap_host=100000)
+    p = runc.start(b)
+    try:
+        wait_file(os.path.join(b, "rootfs", "tmp", "ready"), p)
+        st = os.stat(os.path.join(b, "rootfs", "data", "f"))
+        assert (st.st_uid, st.st_gid) == (100000, 100000)
+        assert os.stat(os.path.join(b, "rootfs", "data", "d")).st_uid == 100000
+    finally:
+        go(b)
+        r = _ok(runc.finish(p))
+    assert r.stdout.split() == ["0", "0", "0", "0", "0"]
+    assert_released(lunfs, target, runc.root)
+    assert debugfs_owner(target.luns[1], "/f") == (0, 0)
+    assert debugfs_owner(target.luns[1], "/d") == (0, 0)
+    e2fsck_clean(target.luns[1])
+
+
+def test_two_containers_share_volume(lunfs, target, runc):
+    vols = [{"source": target.url(1), "destination": "/data"}]
+    wait_for = ("i=0; while [ ! -e /data/{0} ] && [ $i -lt 300 ]; do "
+                "sleep 0.1; i=$((i+1)); done; cat /data/{0}; "
+                "stat -c '%u' /data/{0}")
+    ba = runc.bundle(vols, hold("echo from-a > /data/a; sync; " +
+                                wait_for.format("b")), uidmap_host=100000)
+    bb = runc.bundle(vols, hold("echo from-b > /data/b; sync; " +
+                                wait_for.format("a")), uidmap_host=200000)
+    pa = runc.start(ba)
+    pb = None
+    try:
+        wait_file(os.path.join(ba, "rootfs", "data", "a"), pa)
+        pb = runc.start(bb)
+        wait_file(os.path.join(ba, "rootfs", "tmp", "ready"), pa)
+        wait_file(os.path.join(bb, "rootfs", "tmp", "ready"), pb)
+        assert target.wait_connections(1) == 1, "one shared session"
+        # Each host view shows the other's file under its own mapping.
+        assert os.stat(os.path.join(ba, "rootfs", "data", "b")).st_uid == 100000
+        assert os.stat(os.path.join(bb, "rootfs", "data", "a")).st_uid == 200000
+        go(ba)
+        ra = _ok(runc.finish(pa))
+        assert ra.stdout.split() == ["from-b", "0"]
+        # B still runs: the session stays.
+        assert len(target.connections()) == 1
+        assert len(fuse_mounts_under(runc.root)) == 1
+    finally:
+        go(ba)
+        if pb is not None:
+            go(bb)
+    rb = _ok(runc.finish(pb))
+    assert rb.stdout.split() == ["from-a", "0"]
+    assert_released(lunfs, target, runc.root)
+    e2fsck_clean(target.luns[1])
+
+
+def test_iscsi_object_chap_and_stage_from_status(lunfs, targets, runc_private):
+    t = targets("chap", luns={1: 16 * MiB})
+    t.add_chap(CHAP_USER, CHAP_PASSWORD)
+    sec = H.write_secret_file(os.path.join(runc_private.root, "chap"),
+                              {"node.session.auth.username": CHAP_USER,
+                               "node.session.auth.password": CHAP_PASSWORD})
+    vols = [{"iscsi": {"targetPortal": t.tgt.portal, "iqn": t.iqn, "lun": 1,
+                       "fsType": "ext4", "chapAuthSession": True},
+             "destination": "/vol/data", "chapSecretFile": sec}]
+    b = runc_private.bundle(vols, "echo ok > /vol/data/f; cat /vol/data/f",
+                            hook_stage_arg=False)
+    r = _ok(runc_private.run(b))
+    assert r.stdout.strip() == "ok"
+    assert_released(lunfs, t, runc_private.root)
+    # No secret in the state directory or the runtime's state.
+    assert H.grep_tree(lunfs.state_dir, CHAP_PASSWORD) == []
+    assert H.grep_tree(os.path.join(runc_private.root, "runc"), CHAP_PASSWORD) == []
+
+
+def _bad_unknown_key(t, root):
+    return [{"source": t.url(1), "destination": "/data", "readonly": True}], \
+        ["unknown key", "readonly"]
+
+
+def _bad_unreachable(t, root):
+    url = f"iscsi://127.0.0.1:{H.free_tcp_port()}/{t.iqn}/1"
+    return [{"source": url, "destination": "/data"}], \
+        ["connect", "refused", "unreachable", "reach"]
+
+
+def _bad_chap(t, root):
+    t.add_chap(CHAP_USER, CHAP_PASSWORD)
+    sec = H.write_secret_file(os.path.join(root, "chap"),
+                              {"node.session.auth.username": CHAP_USER,
+                               "node.session.auth.password": "wrong-secret"})
+    return [{"source": t.url(1, user=CHAP_USER), "destination": "/data",
+             "chapSecretFile": sec}], ["auth", "chap"]
+
+
+def _bad_second_volume(t, root):
+    # The first volume mounts, the second fails: the first is released.
+    url = f"iscsi://127.0.0.1:{H.free_tcp_port()}/{t.iqn}/1"
+    return [{"source": t.url(1), "destination": "/data"},
+            {"source": url, "destination": "/other"}], ["volume 1"]
+
+
+@pytest.mark.parametrize("bad", [_bad_unknown_key, _bad_unreachable,
+                                 _bad_chap, _bad_second_volume],
+                         ids=["unknown-key", "unreachable", "wrong-chap",
+                              "second-volume"])
+def test_failing_hook_fails_container(lunfs, targets, runc_private, bad):
+    t = targets("bad", luns={1: 16 * MiB})
+    vols, words = bad(t, runc_private.root)
+    b = runc_private.bundle(vols, "echo SHOULD-NOT-RUN")
+    r = runc_private.run(b)
+    assert r.returncode != 0
+    assert "SHOULD-NOT-RUN" not in r.stdout
+    assert "lunfs hook" in r.stderr, r.stderr
+    low = r.stderr.lower()
+    assert any(w in low for w in words), f"no reason in stderr: {r.stderr}"
+    assert_released(lunfs, t, runc_private.root)
+    records = [f for f in os.listdir(lunfs.state_dir)
+               if f not in ("lunfsd.sock", "lunfsd.pid", "lunfsd.log", "lunfsd.lock")]
+    assert records == [] or all(
+        not os.listdir(os.path.join(lunfs.state_dir, f))
+        for f in records if os.path.isdir(os.path.join(lunfs.state_dir, f))), \
+        f"state left behind: {records}"
+
+
+def test_invalid_annotation_json(lunfs, runc_private):
+    b = runc_private.bundle(None, "echo SHOULD-NOT-RUN", raw_annotation="[{")
+    r = runc_private.run(b)
+    assert r.returncode != 0 and "not valid JSON" in r.stderr
+
+
+def _hook(lunfs, stage, state):
+    p = subprocess.run([lunfs.bin, "--state-dir", lunfs.state_dir, "hook"] +
+                       ([stage] if stage else []),
+                       input=json.dumps(state), capture_output=True, text=True,
+                       timeout=30)
+    return p
+
+
+def test_poststop_idempotent(lunfs, target, runc_private):
+    vols = [{"source": target.url(1), "destination": "/data"}]
+    b = runc_private.bundle(vols, "echo x > /data/f")
+    _ok(runc_private.run(b))
+    cid = runc_private.ids[-1]
+    state = {"ociVersion": "1.0.2", "id": cid, "status": "stopped", "pid": 0,
+             "bundle": b, "annotations": {}}
+    for stage in ("poststop", "poststop", None):
+        p = _hook(lunfs, stage, state)
+        assert p.returncode == 0, p.stderr
+        assert p.stderr == ""
+    assert_released(lunfs, target, runc_private.root)
+    # With no daemon at all, poststop still succeeds and starts none.
+    lunfs.ok("shutdown")
+    H.wait_until(lambda: not lunfs.daemon_pid() or
+                 not H.pid_alive(lunfs.daemon_pid()), 10)
+    p = _hook(lunfs, "poststop", state)
+    assert p.returncode == 0, p.stderr
+    pid = lunfs.daemon_pid()
+    assert not pid or not H.pid_alive(pid)
+
+
+def test_hook_rejects_bad_input(lunfs, tmp_path):
+    p = _hook(lunfs, "createRuntime", {"status": "creating"})
+    assert p.returncode != 0 and "state" in p.stderr
+    p = _hook(lunfs, "bogus", {"id": "x", "bundle": str(tmp_path)})
+    assert p.returncode == 2 and "stage" in p.stderr
+    # A container without our annotation is none of our business.
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"root": {"path": "rootfs"}, "annotations": {}}, f)
+    p = _hook(lunfs, "createRuntime", {"id": "x", "bundle": str(tmp_path),
+                                       "status": "creating", "pid": 1})
+    assert p.returncode == 0 and p.stderr == ""
