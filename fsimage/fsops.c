@@ -23,6 +23,7 @@
 #define LF_NAME_MAX	  255
 #define LF_DIRINDEX_BYTES (64u << 20)
 #define LF_HOLD_BUCKETS	  4096
+#define LF_ILOCK_BUCKETS  256
 
 struct lf_hold {
 	struct lf_hold *next;
@@ -31,9 +32,24 @@ struct lf_hold {
 	bool orphan; /* nlink reached 0 while held: free at the last iput */
 };
 
+/* Per-inode data I/O lock. Data moves outside the volume lock, so a
+ * truncate must not free (and another file reuse) blocks that a read or
+ * write has mapped: read and write hold it shared from mapping to the end
+ * of the data move, truncate/punch/fallocate exclusive. Order: inode lock
+ * first, then the volume lock; nobody waits for it holding the volume lock.
+ * Entries exist while someone holds or waits (users), under vol->lock. */
+struct lf_ilock {
+	struct lf_ilock *next;
+	uint64_t ino;
+	unsigned users;
+	bool free_pending; /* lost its last name during I/O: free at the end */
+	pthread_rwlock_t rw;
+};
+
 struct lf_fsops {
 	struct lf_dirindex_set *dix;
 	struct lf_hold *holds[LF_HOLD_BUCKETS];
+	struct lf_ilock *ilocks[LF_ILOCK_BUCKETS];
 	uint64_t overhead; /* blocks statfs does not count; 0 = unknown */
 };
 
@@ -322,6 +338,152 @@ static struct lf_hold **hold_slot(struct lf_fsops *s, uint64_t ino)
 	return pp;
 }
 
+/* ---- freeing blocks ---- */
+
+/* Leaf extents of an extent-mapped inode that overlap lblks [from, to]. */
+static int extents_in(ext2_extent_handle_t h, blk64_t from, blk64_t to,
+		      struct ext2fs_extent **out, size_t *nout)
+{
+	struct ext2fs_extent ex, *list = NULL;
+	size_t n = 0, cap = 0;
+	blk64_t prev = 0;
+	bool seen = false;
+	errcode_t e;
+
+	*out = NULL;
+	*nout = 0;
+	/* goto leaves the handle on the extent at or before `from` (or the
+	 * first one) even when it reports a hole. */
+	ext2fs_extent_goto(h, from);
+	e = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ex);
+	while (!e && ex.e_lblk <= to) {
+		if (!(ex.e_flags & EXT2_EXTENT_FLAGS_LEAF))
+			goto next;
+		/* NEXT_LEAF wraps around to the first leaf at the end. */
+		if (seen && ex.e_lblk <= prev)
+			break;
+		seen = true;
+		prev = ex.e_lblk;
+		if (ex.e_len && ex.e_lblk + ex.e_len > from) {
+			if (n == cap) {
+				size_t c = cap ? cap * 2 : 16;
+				struct ext2fs_extent *nl =
+					realloc(list, c * sizeof(*nl));
+
+				if (!nl) {
+					free(list);
+					return -ENOMEM;
+				}
+				list = nl;
+				cap = c;
+			}
+			list[n++] = ex;
+		}
+next:
+		e = ext2fs_extent_get(h, EXT2_EXTENT_NEXT_LEAF, &ex);
+	}
+	if (e && e != EXT2_ET_EXTENT_NO_NEXT && e != EXT2_ET_NO_CURRENT_NODE) {
+		free(list);
+		return lf_errno_from_ext2(e);
+	}
+	*out = list;
+	*nout = n;
+	return 0;
+}
+
+/* Drop logical blocks [cut, end of ex) from the tree, then free them and
+ * take them off i_blocks, and write the inode: each step leaves tree,
+ * bitmap and i_blocks agreeing (a crash in between leaks, never shares). */
+static int cut_extent_tail(struct lf_vol *v, ext2_extent_handle_t h,
+			   uint64_t ino, struct ext2_inode_large *in,
+			   const struct ext2fs_extent *ex, blk64_t cut)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2fs_extent cur;
+	blk64_t n = ex->e_lblk + ex->e_len - cut;
+	blk64_t pblk = ex->e_pblk + (cut - ex->e_lblk);
+	errcode_t e;
+
+	e = ext2fs_extent_goto(h, ex->e_lblk);
+	if (!e)
+		e = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &cur);
+	if (e)
+		return lf_errno_from_ext2(e);
+	if (cur.e_lblk != ex->e_lblk || cur.e_pblk != ex->e_pblk ||
+	    cur.e_len != ex->e_len)
+		return -EIO;
+	if (cut == ex->e_lblk) {
+		e = ext2fs_extent_delete(h, 0);
+		if (!e) {
+			e = ext2fs_extent_fix_parents(h);
+			if (e == EXT2_ET_NO_CURRENT_NODE)
+				e = 0;
+		}
+	} else {
+		cur.e_len = cut - ex->e_lblk;
+		e = ext2fs_extent_replace(h, 0, &cur);
+		if (!e)
+			e = ext2fs_extent_fix_parents(h);
+	}
+	if (e)
+		return lf_errno_from_ext2(e);
+	ext2fs_block_alloc_stats_range(fs, pblk, n, -1);
+	e = ext2fs_iblk_sub_blocks(fs, (struct ext2_inode *)in, n);
+	if (e)
+		return lf_errno_from_ext2(e);
+	return lf_fs_iwrite(v, ino, in);
+}
+
+/* Free logical blocks [start, end] (end ~0ULL: to the end of the file);
+ * writes the inode. Lock held.
+ *
+ * ext2fs_punch (1.47.0) cannot free a range that reaches the last block of
+ * the filesystem: it rejects it with EXT2_ET_BAD_BLOCK_NUM (an off-by-one
+ * range check) after it has already edited the extent tree, leaving i_blocks
+ * and the bitmap wrong. A file that filled the volume ends there. So
+ * truncation of extent-mapped inodes is ours, tail extent by tail extent
+ * (it never splits an extent, so it never needs a new block), and a hole
+ * punch first cuts any extent ending on the last block itself. */
+static int punch_blocks(struct lf_vol *v, uint64_t ino,
+			struct ext2_inode_large *in, blk64_t start, blk64_t end)
+{
+	ext2_filsys fs = v->fs;
+	blk64_t last = ext2fs_blocks_count(fs->super) - 1;
+	ext2_extent_handle_t h = NULL;
+	struct ext2fs_extent *list = NULL;
+	size_t n = 0;
+	bool to_eof = end >= (blk64_t)UINT32_MAX;
+	errcode_t e;
+	int r;
+
+	if (!(in->i_flags & EXT4_EXTENTS_FL) ||
+	    (in->i_flags & EXT4_INLINE_DATA_FL)) {
+		e = ext2fs_punch(fs, ino, (struct ext2_inode *)in, NULL, start,
+				 end);
+		return e ? lf_errno_from_ext2(e) : 0;
+	}
+	e = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)in, &h);
+	if (e)
+		return lf_errno_from_ext2(e);
+	r = extents_in(h, start, end, &list, &n);
+	for (size_t i = n; i-- > 0 && !r;) {
+		const struct ext2fs_extent *ex = &list[i];
+		blk64_t xend = ex->e_lblk + ex->e_len - 1;
+
+		if (!to_eof && (ex->e_pblk + ex->e_len - 1 != last ||
+				xend > end))
+			continue;
+		r = cut_extent_tail(v, h, ino, in, ex,
+				    ex->e_lblk > start ? ex->e_lblk : start);
+	}
+	free(list);
+	ext2fs_extent_free(h);
+	if (r || to_eof)
+		return r ? r : lf_fs_iwrite(v, ino, in);
+	e = ext2fs_punch(fs, ino, (struct ext2_inode *)in, NULL, start, end);
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
 /* Release everything the inode owns and mark it free. Lock held. */
 static int free_inode(struct lf_vol *v, uint64_t ino)
 {
@@ -335,12 +497,11 @@ static int free_inode(struct lf_vol *v, uint64_t ino)
 	if (r)
 		return r;
 	if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)&in)) {
-		e = ext2fs_punch(fs, ino, (struct ext2_inode *)&in, NULL, 0,
-				 ~0ULL);
-		if (e)
+		r = punch_blocks(v, ino, &in, 0, ~0ULL);
+		if (r)
 			lf_warn(MOD, "%s: inode %llu: freeing blocks: %s",
 				lf_vol_desc(v), (unsigned long long)ino,
-				error_message(e));
+				strerror(-r));
 	}
 	if (ext2fs_file_acl_block(fs, (struct ext2_inode *)&in)) {
 		e = ext2fs_free_ext_attr(fs, ino, &in);
@@ -361,17 +522,105 @@ static int free_inode(struct lf_vol *v, uint64_t ino)
 	return 0;
 }
 
-/* The inode lost its last name: free it now or when its last user goes. */
-static int inode_unlinked(struct lf_vol *v, struct lf_fsops *s, uint64_t ino)
+static struct lf_ilock **ilock_slot(struct lf_fsops *s, uint64_t ino)
+{
+	struct lf_ilock **pp = &s->ilocks[ino % LF_ILOCK_BUCKETS];
+
+	while (*pp && (*pp)->ino != ino)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+/* Nothing names ino any more: free it unless it is still held or has data
+ * I/O in flight, in which case the last of those frees it. Lock held. */
+static int release_inode(struct lf_vol *v, struct lf_fsops *s, uint64_t ino)
 {
 	struct lf_hold *h = *hold_slot(s, ino);
+	struct lf_ilock *l = *ilock_slot(s, ino);
 
-	lf_dirindex_drop(s->dix, ino);
 	if (h && h->count) {
 		h->orphan = true;
 		return 0;
 	}
+	if (l) {
+		l->free_pending = true;
+		return 0;
+	}
 	return free_inode(v, ino);
+}
+
+/* The inode lost its last name. */
+static int inode_unlinked(struct lf_vol *v, struct lf_fsops *s, uint64_t ino)
+{
+	lf_dirindex_drop(s->dix, ino);
+	return release_inode(v, s, ino);
+}
+
+/* Take ino's I/O lock, shared or exclusive; NULL on ENOMEM. Called
+ * without the volume lock. */
+static struct lf_ilock *ilock_get(struct lf_vol *v, uint64_t ino, bool excl)
+{
+	struct lf_fsops *s;
+	struct lf_ilock **pp, *l = NULL;
+
+	LOCK_STATE(v, s);
+	if (!s)
+		goto out;
+	pp = ilock_slot(s, ino);
+	if (!*pp) {
+		pthread_rwlockattr_t a;
+
+		*pp = calloc(1, sizeof(**pp));
+		if (!*pp)
+			goto out;
+		(*pp)->ino = ino;
+		/* A stream of readers must not starve a truncate. */
+		pthread_rwlockattr_init(&a);
+		pthread_rwlockattr_setkind_np(
+			&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&(*pp)->rw, &a);
+		pthread_rwlockattr_destroy(&a);
+	}
+	l = *pp;
+	l->users++;
+out:
+	lf_vol_unlock(v);
+	if (l) {
+		if (excl)
+			pthread_rwlock_wrlock(&l->rw);
+		else
+			pthread_rwlock_rdlock(&l->rw);
+	}
+	return l;
+}
+
+static void ilock_destroy(struct lf_ilock *l)
+{
+	pthread_rwlock_destroy(&l->rw);
+	free(l);
+}
+
+/* Drop the I/O lock; the last user frees an inode unlinked meanwhile.
+ * Called without the volume lock. */
+static void ilock_put(struct lf_vol *v, struct lf_ilock *l)
+{
+	struct lf_fsops *s;
+	struct lf_ilock **pp;
+	uint64_t ino = l->ino;
+	bool pending;
+
+	pthread_rwlock_unlock(&l->rw);
+	lf_vol_lock(v);
+	s = v->fsops;
+	if (--l->users == 0) {
+		pending = l->free_pending;
+		pp = ilock_slot(s, ino);
+		*pp = l->next;
+		ilock_destroy(l);
+		if (pending && !lf_vol_read_only(v))
+			release_inode(v, s, ino);
+	}
+	lf_vol_unlock(v);
 }
 
 void lf_fs_iget(struct lf_vol *v, uint64_t ino)
@@ -407,10 +656,12 @@ void lf_fs_iput(struct lf_vol *v, uint64_t ino, uint64_t n)
 		goto out;
 	h->count = h->count > n ? h->count - n : 0;
 	if (h->count == 0) {
+		bool orphan = h->orphan;
+
 		*pp = h->next;
-		if (h->orphan && !lf_vol_read_only(v))
-			free_inode(v, ino);
 		free(h);
+		if (orphan && !lf_vol_read_only(v))
+			release_inode(v, s, ino);
 	}
 out:
 	lf_vol_unlock(v);
@@ -430,6 +681,17 @@ static void fsops_fini(struct lf_vol *v)
 			if (h->orphan && !lf_vol_read_only(v))
 				free_inode(v, h->ino);
 			free(h);
+		}
+	}
+	for (size_t i = 0; i < LF_ILOCK_BUCKETS; i++) {
+		struct lf_ilock *l = s->ilocks[i], *n;
+
+		/* Nobody does I/O on a volume being closed. */
+		for (; l; l = n) {
+			n = l->next;
+			if (l->free_pending && !lf_vol_read_only(v))
+				free_inode(v, l->ino);
+			ilock_destroy(l);
 		}
 	}
 	lf_dirindex_set_free(s->dix);
@@ -966,7 +1228,6 @@ static int do_truncate(struct lf_vol *v, uint64_t ino,
 {
 	ext2_filsys fs = v->fs;
 	uint64_t old = EXT2_I_SIZE(in), bs = fs->blocksize;
-	errcode_t e;
 	int r;
 
 	if (size > max_file_size(fs))
@@ -979,16 +1240,14 @@ static int do_truncate(struct lf_vol *v, uint64_t ino,
 		if (ext2fs_inode_has_valid_blocks2(fs,
 						   (struct ext2_inode *)in)) {
 			if (size < old) {
-				e = ext2fs_punch(fs, ino,
-						 (struct ext2_inode *)in, NULL,
-						 first, ~0ULL);
-				if (e) {
+				r = punch_blocks(v, ino, in, first, ~0ULL);
+				if (r) {
 					lf_err(MOD,
 					       "%s: inode %llu: truncating: %s",
 					       lf_vol_desc(v),
 					       (unsigned long long)ino,
-					       error_message(e));
-					return lf_errno_from_ext2(e);
+					       strerror(-r));
+					return r;
 				}
 			}
 			if (size % bs && size < old) {
@@ -1010,8 +1269,11 @@ int lf_fs_setattr(struct lf_vol *v, uint64_t ino, unsigned what,
 	ext2_filsys fs = v->fs;
 	struct ext2_inode_large in;
 	struct timespec t = now_ts();
+	struct lf_ilock *l = NULL;
 	int r;
 
+	if ((what & LF_SET_SIZE) && !(l = ilock_get(v, ino, true)))
+		return -ENOMEM;
 	lf_vol_lock(v);
 	r = lf_fs_iread(v, ino, &in);
 	if (r)
@@ -1065,6 +1327,8 @@ int lf_fs_setattr(struct lf_vol *v, uint64_t ino, unsigned what,
 		fill_stat(v, ino, &in, st);
 out:
 	lf_vol_unlock(v);
+	if (l)
+		ilock_put(v, l);
 	return r;
 }
 
@@ -1530,8 +1794,11 @@ int lf_fs_open(struct lf_vol *v, uint64_t ino, int flags)
 {
 	struct ext2_inode_large in;
 	bool wr = (flags & O_ACCMODE) != O_RDONLY;
+	struct lf_ilock *l = NULL;
 	int r;
 
+	if ((flags & O_TRUNC) && wr && !(l = ilock_get(v, ino, true)))
+		return -ENOMEM;
 	lf_vol_lock(v);
 	r = lf_fs_iread(v, ino, &in);
 	if (r)
@@ -1555,6 +1822,8 @@ int lf_fs_open(struct lf_vol *v, uint64_t ino, int flags)
 	}
 out:
 	lf_vol_unlock(v);
+	if (l)
+		ilock_put(v, l);
 	return r;
 }
 
@@ -1647,8 +1916,12 @@ ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 	size_t nr = 0, cap = 0;
 	uint64_t bs, isize, end, first, last;
 	char *bounce = NULL;
+	struct lf_ilock *l;
 	ssize_t r;
 
+	l = ilock_get(v, ino, false);
+	if (!l)
+		return -ENOMEM;
 	lf_vol_lock(v);
 	bs = fs->blocksize;
 	r = lf_fs_iread(v, ino, &in);
@@ -1701,6 +1974,7 @@ ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 		}
 		r = read_span(v, ru, s, e, dst, &bounce);
 	}
+	ilock_put(v, l);
 	if (!r)
 		r = end - off;
 	free(bounce);
@@ -1708,6 +1982,7 @@ ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 	return r;
 out_unlock:
 	lf_vol_unlock(v);
+	ilock_put(v, l);
 	free(runs);
 	return r;
 }
@@ -1761,7 +2036,9 @@ ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 	size_t nr = 0, cap = 0;
 	uint64_t bs, end, first, last, done_end;
 	char *bounce = NULL;
+	struct lf_ilock *l;
 	int alloc_err = 0;
+	bool excl;
 	ssize_t r;
 
 	if (size == 0)
@@ -1774,8 +2051,17 @@ ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 	if (end > max_file_size(fs) || end < off)
 		end = max_file_size(fs);
 
-	lf_vol_lock(v);
+	/* Shared only while every block is already allocated and written and
+	 * every block is written whole: a reader must never see a block this
+	 * write has just allocated before its bytes land, and partial blocks
+	 * are read-modify-write. */
 	bs = fs->blocksize;
+	excl = off % bs || end % bs;
+again:
+	l = ilock_get(v, ino, excl);
+	if (!l)
+		return -ENOMEM;
+	lf_vol_lock(v);
 	r = lf_fs_iread(v, ino, &in);
 	if (r)
 		goto out_unlock;
@@ -1796,6 +2082,13 @@ ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 		errcode_t e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
 					   NULL, 0, b, &rf, &pblk);
 
+		if (!e && (!pblk || (rf & BMAP_RET_UNINIT)) && !excl) {
+			lf_vol_unlock(v);
+			ilock_put(v, l);
+			nr = 0;
+			excl = true;
+			goto again;
+		}
 		if (!e && !pblk) {
 			e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
 					 NULL, BMAP_ALLOC, b, NULL, &pblk);
@@ -1817,7 +2110,7 @@ ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 	lf_vol_unlock(v);
 	if (nr == 0) {
 		r = alloc_err ? alloc_err : -ENOSPC;
-		goto out;
+		goto out_put;
 	}
 	/* Short write up to the last block we could allocate. */
 	done_end = (runs[nr - 1].lblk + runs[nr - 1].n) * bs;
@@ -1853,7 +2146,8 @@ ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 		r = done_end - off;
 out_unlock:
 	lf_vol_unlock(v);
-out:
+out_put:
+	ilock_put(v, l);
 	free(bounce);
 	free(runs);
 	return r;
@@ -1878,6 +2172,7 @@ int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 	struct ext2_inode_large in;
 	bool keep = mode & FALLOC_FL_KEEP_SIZE;
 	uint64_t end = off + len, bs;
+	struct lf_ilock *l;
 	int r;
 
 	if (len == 0)
@@ -1892,6 +2187,9 @@ int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 		return -EROFS;
 	if (end > max_file_size(fs) || end < off)
 		return -EFBIG;
+	l = ilock_get(v, ino, true);
+	if (!l)
+		return -ENOMEM;
 	lf_vol_lock(v);
 	bs = fs->blocksize;
 	r = lf_fs_iread(v, ino, &in);
@@ -1932,13 +2230,8 @@ int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 							  zend / bs, 0,
 							  zend % bs);
 			}
-			if (!r && fb < lb) {
-				errcode_t e = ext2fs_punch(
-					fs, ino, (struct ext2_inode *)&in, NULL,
-					fb, lb - 1);
-
-				r = e ? lf_errno_from_ext2(e) : 0;
-			}
+			if (!r && fb < lb)
+				r = punch_blocks(v, ino, &in, fb, lb - 1);
 		}
 		if (!r && (mode & FALLOC_FL_ZERO_RANGE) && fb < (end / bs))
 			r = falloc_range(v, ino, &in, fb * bs,
@@ -1959,5 +2252,6 @@ int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 	r = lf_fs_iwrite(v, ino, &in);
 out:
 	lf_vol_unlock(v);
+	ilock_put(v, l);
 	return r;
 }

@@ -17,6 +17,15 @@
 #define MOD		 "fsimage"
 #define DEFAULT_FLUSH_MS 5000
 
+/* libext2fs's messages come from com_err's table, which someone has to
+ * register, or error_message() prints "Unknown code ext2 N". */
+static pthread_once_t ext2_errors_once = PTHREAD_ONCE_INIT;
+
+static void ext2_errors_init(void)
+{
+	initialize_ext2_error_table();
+}
+
 static int say(char *err, size_t errlen, int r, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
@@ -270,6 +279,7 @@ int lf_vol_open(struct lf_bdev *bdev, const struct lf_vol_opts *opts,
 	const char *desc = lf_bdev_desc(bdev);
 	int r;
 
+	pthread_once(&ext2_errors_once, ext2_errors_init);
 	v = calloc(1, sizeof(*v));
 	if (!v)
 		return say(err, errlen, -ENOMEM, "%s: out of memory", desc);

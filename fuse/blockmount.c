@@ -66,8 +66,8 @@ static void blk_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	struct lf_mount *m = mnt(req);
 	struct stat st;
 
-	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID |
-		      FUSE_SET_ATTR_GID)) {
+	if (to_set &
+	    (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		fuse_reply_err(req, EPERM);
 		return;
 	}
@@ -80,8 +80,7 @@ static void blk_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
 }
 
-static void blk_open(fuse_req_t req, fuse_ino_t ino,
-		     struct fuse_file_info *fi)
+static void blk_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
 
@@ -97,7 +96,8 @@ static void blk_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
-	uint64_t devsz = lf_bdev_size(m->bdev), bs = lf_bdev_block_size(m->bdev);
+	uint64_t devsz = lf_bdev_size(m->bdev),
+		 bs = lf_bdev_block_size(m->bdev);
 	uint64_t start, end, len;
 	char *buf;
 	int ret;
@@ -154,7 +154,8 @@ static void blk_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		      size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
-	uint64_t devsz = lf_bdev_size(m->bdev), bs = lf_bdev_block_size(m->bdev);
+	uint64_t devsz = lf_bdev_size(m->bdev),
+		 bs = lf_bdev_block_size(m->bdev);
 	uint64_t len = size;
 	int ret;
 

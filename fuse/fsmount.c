@@ -20,9 +20,9 @@
 struct inval {
 	struct inval *next;
 	struct lf_mount *m;
-	fuse_ino_t ino;		/* inode, or parent of name */
-	off_t off, len;		/* inode: off < 0 = attributes only */
-	size_t namelen;		/* 0 = inode invalidation */
+	fuse_ino_t ino; /* inode, or parent of name */
+	off_t off, len; /* inode: off < 0 = attributes only */
+	size_t namelen; /* 0 = inode invalidation */
 	char name[];
 };
 
@@ -33,15 +33,15 @@ struct inval {
 struct lf_served {
 	struct lf_vol *vol;
 	pthread_mutex_t lock;
-	pthread_cond_t wake;	/* queue non-empty or quit */
-	pthread_cond_t idle;	/* busy changed */
-	struct lf_mount *mounts; /* protected by lock */
-	int nmounts;		/* protected by lock */
+	pthread_cond_t wake;	    /* queue non-empty or quit */
+	pthread_cond_t idle;	    /* busy changed */
+	struct lf_mount *mounts;    /* protected by lock */
+	int nmounts;		    /* protected by lock */
 	struct inval *head, **tail; /* protected by lock */
 	/* The mount the worker is notifying right now, with lock dropped:
 	 * unlinking that mount waits until it is done. */
-	struct lf_mount *busy;	/* protected by lock */
-	bool quit;		/* protected by lock */
+	struct lf_mount *busy; /* protected by lock */
+	bool quit;	       /* protected by lock */
 	pthread_t worker;
 };
 
@@ -108,8 +108,10 @@ static void queue_inval(struct lf_mount *src, uint64_t ino, off_t off,
 			continue;
 		it = malloc(sizeof(*it) + namelen + 1);
 		if (!it) {
-			lf_warn(MOD, "%s: out of memory: cache of %s not "
-				     "invalidated", src->path, m->path);
+			lf_warn(MOD,
+				"%s: out of memory: cache of %s not "
+				"invalidated",
+				src->path, m->path);
 			continue;
 		}
 		it->next = NULL;
@@ -132,14 +134,12 @@ static void inval_attr(struct lf_mount *src, uint64_t ino)
 	queue_inval(src, ino, -1, 0, NULL);
 }
 
-static void inval_data(struct lf_mount *src, uint64_t ino, off_t off,
-		       off_t len)
+static void inval_data(struct lf_mount *src, uint64_t ino, off_t off, off_t len)
 {
 	queue_inval(src, ino, off, len, NULL);
 }
 
-static void inval_entry(struct lf_mount *src, uint64_t parent,
-			const char *name)
+static void inval_entry(struct lf_mount *src, uint64_t parent, const char *name)
 {
 	queue_inval(src, parent, 0, 0, name);
 	/* The parent's mtime, size and link count changed too. */
@@ -252,7 +252,8 @@ static int icount_grow(struct lf_icount *ic)
 
 		if (!ic->ino[i])
 			continue;
-		for (j = home(ic->ino[i], ncap); nino[j]; j = (j + 1) & (ncap - 1))
+		for (j = home(ic->ino[i], ncap); nino[j];
+		     j = (j + 1) & (ncap - 1))
 			;
 		nino[j] = ic->ino[i];
 		ncnt[j] = ic->cnt[i];
@@ -308,7 +309,8 @@ static uint64_t icount_sub(struct lf_icount *ic, uint64_t ino, uint64_t n)
 		if (!ic->ino[j])
 			break;
 		k = home(ic->ino[j], ic->cap);
-		if ((j > i && (k <= i || k > j)) || (j < i && k <= i && k > j)) {
+		if ((j > i && (k <= i || k > j)) ||
+		    (j < i && k <= i && k > j)) {
 			ic->ino[i] = ic->ino[j];
 			ic->cnt[i] = ic->cnt[j];
 			i = j;
@@ -578,7 +580,8 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 }
 
 static void created(struct lf_mount *m, fuse_req_t req, int ret,
-		    fuse_ino_t parent, const char *name, const struct lf_stat *s)
+		    fuse_ino_t parent, const char *name,
+		    const struct lf_stat *s)
 {
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
@@ -634,7 +637,8 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 		return;
 	ret = new_owner(m, req, &o);
 	if (ret == 0)
-		ret = lf_fs_symlink(m->vol, to_disk(parent), name, link, &o, &s);
+		ret = lf_fs_symlink(m->vol, to_disk(parent), name, link, &o,
+				    &s);
 	created(m, req, ret, parent, name, &s);
 }
 
@@ -794,7 +798,7 @@ struct dent {
 struct dir_collect {
 	fuse_req_t req;
 	bool plus;
-	size_t budget;		/* reply bytes left */
+	size_t budget; /* reply bytes left */
 	char *arena;
 	size_t used, cap;
 };
@@ -846,7 +850,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	size_t pos = 0;
 	int ret;
 
-	/* A struct dent is never larger than the reply entry it becomes. */
+	/* Slack for struct dent being a little larger than a reply entry;
+	 * collect_dent stops early rather than overflow. */
 	dc.cap = size + 4096;
 	dc.arena = malloc(dc.cap);
 	reply = malloc(size ? size : 1);
@@ -948,8 +953,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		inval_attr(m, to_disk(ino));
 }
 
-static void reply_sized(fuse_req_t req, ssize_t n, const void *buf,
-			size_t size)
+static void reply_sized(fuse_req_t req, ssize_t n, const void *buf, size_t size)
 {
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
@@ -1033,8 +1037,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	inval_entry(m, to_disk(parent), name);
 }
 
-static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
-			 off_t offset, off_t length, struct fuse_file_info *fi)
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
+			 off_t length, struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
 	int ret;
@@ -1084,8 +1088,8 @@ static const struct fuse_lowlevel_ops fs_ops = {
 };
 
 int lf_mount_fs(struct lf_served *sv, const char *path,
-		const struct lf_mount_opts *o, struct lf_mount **out,
-		char *err, size_t errlen)
+		const struct lf_mount_opts *o, struct lf_mount **out, char *err,
+		size_t errlen)
 {
 	struct lf_mount *m;
 	int ret;

@@ -291,9 +291,16 @@ static void abort_connection(struct lf_mount *m)
 	snprintf(p, sizeof(p), "/sys/fs/fuse/connections/%u/abort",
 		 (major(m->dev) << 20) | minor(m->dev));
 	fd = open(p, O_WRONLY | O_CLOEXEC);
+	/* fusectl is not always mounted (containers, minimal hosts). */
+	if (fd < 0 && errno == ENOENT && geteuid() == 0 &&
+	    mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, NULL) ==
+		    0)
+		fd = open(p, O_WRONLY | O_CLOEXEC);
 	if (fd < 0) {
-		lf_warn(MOD, "%s: cannot abort the FUSE connection: %s: %m",
-			m->path, p);
+		lf_err(MOD,
+		       "%s: cannot abort the FUSE connection: %s: %m; "
+		       "waiting for its files to be closed",
+		       m->path, p);
 		return;
 	}
 	if (write(fd, "1", 1) != 1)
@@ -322,7 +329,7 @@ static void join_loop(struct lf_mount *m)
 	if (!m->thread_started)
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += 5;
+	ts.tv_sec += 2;
 	if (pthread_timedjoin_np(m->thread, NULL, &ts) == 0)
 		goto joined;
 	/* Still busy: a lazily detached mount with open files keeps the
@@ -347,8 +354,11 @@ void lf_mount_stop(struct lf_mount *m)
 		if (m->thread_started)
 			detach(m);
 		join_loop(m);
-		/* Closes the fd; the connection is dead by now, so libfuse
-		 * does not try to unmount a second time. */
+		/* A request can end the loop (exit flag) while open files
+		 * keep the detached connection alive; libfuse would then
+		 * umount a second time. Cut it first. */
+		if (!connection_dead(m))
+			abort_connection(m);
 		fuse_session_unmount(m->se);
 	}
 	if (m->kind == LF_MOUNT_FS)
@@ -410,20 +420,23 @@ int lf_mount_start(struct lf_mount *m, const char *path, bool want_dir,
 	snprintf(opts, sizeof(opts),
 		 "fsname=lunfs:%s,subtype=lunfs,default_permissions,"
 		 "max_read=%u%s%s",
-		 m->desc, LF_FUSE_IO_MAX, m->opts.allow_other ? ",allow_other" : "",
+		 m->desc, LF_FUSE_IO_MAX,
+		 m->opts.allow_other ? ",allow_other" : "",
 		 m->opts.read_only ? ",ro" : "");
 	fuse_set_log_func(fuse_log_hook);
 	m->se = fuse_session_new(&args, ops, opsize, m);
 	fuse_opt_free_args(&args);
 	if (!m->se) {
-		snprintf(err, errlen, "%s: cannot create a FUSE session", m->path);
+		snprintf(err, errlen, "%s: cannot create a FUSE session",
+			 m->path);
 		return -EINVAL;
 	}
 	if (fuse_session_mount(m->se, m->path) != 0) {
-		snprintf(err, errlen,
-			 "%s: FUSE mount failed (is /dev/fuse usable? "
-			 "allow_other needs user_allow_other in /etc/fuse.conf)",
-			 m->path);
+		snprintf(
+			err, errlen,
+			"%s: FUSE mount failed (is /dev/fuse usable? "
+			"allow_other needs user_allow_other in /etc/fuse.conf)",
+			m->path);
 		fuse_session_destroy(m->se);
 		m->se = NULL;
 		return -EIO;

@@ -46,7 +46,8 @@ static int add_one(struct lf_idmap *m, const char *s, const char *end,
 	c1 = memchr(s, ':', (size_t)(end - s));
 	c2 = c1 ? memchr(c1 + 1, ':', (size_t)(end - c1 - 1)) : NULL;
 	if (!c1 || !c2 || !parse_u32(s, c1, &r.disk) ||
-	    !parse_u32(c1 + 1, c2, &r.host) || !parse_u32(c2 + 1, end, &r.count)) {
+	    !parse_u32(c1 + 1, c2, &r.host) ||
+	    !parse_u32(c2 + 1, end, &r.count)) {
 		snprintf(err, errlen,
 			 "id map \"%.*s\": expected DISK:HOST:COUNT "
 			 "(decimal, 32-bit)",
@@ -86,8 +87,7 @@ static int add_one(struct lf_idmap *m, const char *s, const char *end,
 
 /* Accepts a comma-separated list too ("0:1000:1,1:100000:65536"), the
  * form lf_idmap_format() writes; on error the map is left unchanged. */
-int lf_idmap_add(struct lf_idmap *m, const char *text, char *err,
-		 size_t errlen)
+int lf_idmap_add(struct lf_idmap *m, const char *text, char *err, size_t errlen)
 {
 	struct lf_idmap tmp = *m;
 	const char *s = text;

@@ -12,8 +12,8 @@
 
 #include "fuse/mount.h"
 
-#define LF_FUSE_IO_MAX (1u << 20)	/* max_read / max_write */
-#define LF_FUSE_TIMEOUT 3600.0	/* lunfs is the only writer */
+#define LF_FUSE_IO_MAX	(1u << 20) /* max_read / max_write */
+#define LF_FUSE_TIMEOUT 3600.0	   /* lunfs is the only writer */
 
 /* Lookup counts the kernel holds on inodes of one mount, so that what it
  * never forgets can be dropped at unmount. Open addressing, linear
@@ -27,14 +27,14 @@ enum lf_mount_kind { LF_MOUNT_FS, LF_MOUNT_BLOCK };
 
 struct lf_mount {
 	enum lf_mount_kind kind;
-	char *path;		/* canonical */
-	char *desc;		/* fsname=lunfs:<desc> */
+	char *path; /* canonical */
+	char *desc; /* fsname=lunfs:<desc> */
 	struct lf_mount_opts opts;
 	struct fuse_session *se;
 	pthread_t thread;
 	bool thread_started;
-	dev_t dev;		/* st_dev of the mounted root, 0 if unknown */
-	pthread_key_t bufkey;	/* per-thread reusable I/O buffer */
+	dev_t dev;	      /* st_dev of the mounted root, 0 if unknown */
+	pthread_key_t bufkey; /* per-thread reusable I/O buffer */
 	bool bufkey_ok;
 	/* Set once by whichever ends the mount first: lf_mount_stop() or
 	 * the loop ending by itself (then on_exit runs). */
@@ -44,8 +44,8 @@ struct lf_mount {
 	/* LF_MOUNT_FS */
 	struct lf_served *sv;
 	struct lf_vol *vol;
-	struct lf_mount *next;	/* in sv->mounts, protected by sv->lock */
-	pthread_mutex_t ilock;	/* protects icount */
+	struct lf_mount *next; /* in sv->mounts, protected by sv->lock */
+	pthread_mutex_t ilock; /* protects icount */
 	struct lf_icount icount;
 
 	/* LF_MOUNT_BLOCK */

@@ -78,6 +78,7 @@ struct lf_session {
 	struct sreq *retry;		/* waiting for not_before_ms */
 	int64_t down_since_ms;		/* 0 while logged in */
 	bool stopped;			/* shutdown began: no retries */
+	int64_t quiet_until_ms;		/* do not poll the context's fd */
 };
 
 struct lf_lun {
@@ -271,7 +272,10 @@ static int login_portal(struct lf_session *s, const char *portal, char *err,
 			 portal, s->p.iqn);
 		return -ENOMEM;
 	}
-	if (iscsi_connect_sync(ctx, portal) || iscsi_login_sync(ctx)) {
+	/* full_connect, not connect + login: only it records the portal
+	 * that libiscsi's reconnect dials again. LUN -1: no TEST UNIT
+	 * READY, LUNs are checked by lf_session_open_lun(). */
+	if (iscsi_full_connect_sync(ctx, portal, -1)) {
 		r = login_error(&s->p, portal, "login", iscsi_get_error(ctx),
 				err, errlen);
 		iscsi_destroy_context(ctx);
@@ -571,7 +575,9 @@ static void tick(struct lf_session *s)
 			continue;
 		/* Calls task_cb with CANCELLED; past the deadline → -EIO.
 		 * next may have completed too: restart the walk. */
-		if (iscsi_scsi_cancel_task(s->ctx, r->task) == 0) {
+		int cr = iscsi_scsi_cancel_task(s->ctx, r->task);
+		lf_dbg(MOD, "TMP cancel %d q %d out %d", cr, iscsi_queue_length(s->ctx), iscsi_out_queue_length(s->ctx));
+		if (cr == 0) {
 			lf_warn(MOD, "iscsi://%s/%s: command gave up after "
 				     "%d s",
 				s->portal, s->p.iqn, s->p.replacement_timeout);
@@ -699,6 +705,11 @@ static void *io_thread(void *arg)
 			nfd = 2;
 		else if (wait > 100)
 			wait = 100;	/* reconnect pending: see iscsi.h */
+		if (now < s->quiet_until_ms) {
+			nfd = 1;
+			if (wait > s->quiet_until_ms - now)
+				wait = s->quiet_until_ms - now;
+		}
 		n = poll(pfd, nfd, (int)wait);
 		if (n < 0)
 			continue;
@@ -707,10 +718,11 @@ static void *io_thread(void *arg)
 				cnt = 0;
 		}
 		if (nfd == 2 && (pfd[1].revents || n == 0)) {
-			if (iscsi_service(s->ctx, pfd[1].revents) < 0)
-				lf_dbg(MOD, "iscsi://%s/%s: service: %s",
-				       s->portal, s->p.iqn,
-				       iscsi_get_error(s->ctx));
+			/* While libiscsi waits to reconnect, the dead socket
+			 * stays readable/hung up: do not spin on it. */
+			if (iscsi_service(s->ctx, pfd[1].revents) < 0 ||
+			    (pfd[1].revents & (POLLHUP | POLLERR)))
+				s->quiet_until_ms = now_ms() + 100;
 		} else if (nfd == 1 && n == 0) {
 			iscsi_service(s->ctx, 0);	/* drives reconnect */
 		}

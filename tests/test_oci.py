@@ -26,7 +26,7 @@ import lunfs_harness as H
 
 MiB = H.MiB
 BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "stat", "id", "touch", "mkdir",
-                   "sync", "sleep", "test", "[")
+                   "sync", "sleep", "test", "[", "dd", "head")
 CHAP_USER, CHAP_PASSWORD = "ociuser", "0ci-Chap-Secret-9"
 
 
@@ -191,8 +191,19 @@ def fuse_mounts_under(root):
     return [m for m in H.mounts_under(root) if m[1].startswith("fuse")]
 
 
+def attach_records(lunfs):
+    d = os.path.join(lunfs.state_dir, "volumes")
+    out = []
+    if os.path.isdir(d):
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name)) as f:
+                out.append(f.read())
+    return out
+
+
 def assert_released(lunfs, t, root):
     assert fuse_mounts_under(root) == []
+    assert attach_records(lunfs) == [], "attach records left behind"
     assert t.wait_connections(0) == 0, "session left on the target"
     st = lunfs.status()
     assert st.get("mounts") == [] and st.get("volumes") == [] and \
@@ -251,6 +262,24 @@ def test_write_release_reread(lunfs, target, runc):
     e2fsck_clean(target.luns[1])
 
 
+def test_block_and_read_only_volumes(lunfs, target, runc):
+    vols = [{"source": target.url(2), "destination": "/dev/xvdb",
+             "volumeMode": "Block"},
+            {"source": target.url(1), "destination": "/ro", "readOnly": True}]
+    # LUN 1 must hold a filesystem before a read-only mount can serve it.
+    pre = runc.bundle([{"source": target.url(1), "destination": "/ro"}],
+                      "echo seeded > /ro/seed")
+    _ok(runc.run(pre))
+    b = runc.bundle(vols, "echo -n blockdata | dd of=/dev/xvdb conv=notrunc "
+                          "2>/dev/null; sync; head -c 9 /dev/xvdb; echo; "
+                          "cat /ro/seed; touch /ro/x 2>/dev/null || echo RO")
+    r = _ok(runc.run(b))
+    assert r.stdout.split() == ["blockdata", "seeded", "RO"]
+    assert_released(lunfs, target, runc.root)
+    assert H.read_at(target.luns[2], 0, 9) == b"blockdata"
+    e2fsck_clean(target.luns[1])
+
+
 def test_user_namespace_ids(lunfs, target, runc):
     vols = [{"source": target.url(1), "destination": "/data"}]
     b = runc.bundle(vols, hold("id -u; echo x > /data/f; mkdir /data/d; "
@@ -289,21 +318,24 @@ def test_two_containers_share_volume(lunfs, target, runc):
         wait_file(os.path.join(ba, "rootfs", "tmp", "ready"), pa)
         wait_file(os.path.join(bb, "rootfs", "tmp", "ready"), pb)
         assert target.wait_connections(1) == 1, "one shared session"
+        recs = attach_records(lunfs)
+        assert len(recs) == 1 and pa.cid in recs[0] and pb.cid in recs[0], recs
         # Each host view shows the other's file under its own mapping.
         assert os.stat(os.path.join(ba, "rootfs", "data", "b")).st_uid == 100000
         assert os.stat(os.path.join(bb, "rootfs", "data", "a")).st_uid == 200000
         go(ba)
         ra = _ok(runc.finish(pa))
-        assert ra.stdout.split() == ["from-b", "0"]
+        assert ra.stdout.split() == ["from-b", "0"], (ra.stdout, ra.stderr)
         # B still runs: the session stays.
-        assert len(target.connections()) == 1
-        assert len(fuse_mounts_under(runc.root)) == 1
+        assert len(target.connections()) == 1, target.connections()
+        left = fuse_mounts_under(runc.root)
+        assert len(left) == 1, f"B's mount only: {left}\n{lunfs.log_tail()}"
     finally:
         go(ba)
         if pb is not None:
             go(bb)
     rb = _ok(runc.finish(pb))
-    assert rb.stdout.split() == ["from-a", "0"]
+    assert rb.stdout.split() == ["from-a", "0"], (rb.stdout, rb.stderr)
     assert_released(lunfs, target, runc.root)
     e2fsck_clean(target.luns[1])
 
@@ -369,12 +401,6 @@ def test_failing_hook_fails_container(lunfs, targets, runc_private, bad):
     low = r.stderr.lower()
     assert any(w in low for w in words), f"no reason in stderr: {r.stderr}"
     assert_released(lunfs, t, runc_private.root)
-    records = [f for f in os.listdir(lunfs.state_dir)
-               if f not in ("lunfsd.sock", "lunfsd.pid", "lunfsd.log", "lunfsd.lock")]
-    assert records == [] or all(
-        not os.listdir(os.path.join(lunfs.state_dir, f))
-        for f in records if os.path.isdir(os.path.join(lunfs.state_dir, f))), \
-        f"state left behind: {records}"
 
 
 def test_invalid_annotation_json(lunfs, runc_private):
@@ -424,3 +450,20 @@ def test_hook_rejects_bad_input(lunfs, tmp_path):
     p = _hook(lunfs, "createRuntime", {"id": "x", "bundle": str(tmp_path),
                                        "status": "creating", "pid": 1})
     assert p.returncode == 0 and p.stderr == ""
+
+
+def test_hooks_d_file():
+    """The shipped hooks.d file is containers-common 1.0.0 and fires on our
+    annotation only; its args carry no stage (taken from the state)."""
+    import re
+    with open(os.path.join(H.REPO, "tools", "hooks.d", "lunfs.json")) as f:
+        h = json.load(f)
+    assert h["version"] == "1.0.0"
+    assert set(h) == {"version", "hook", "when", "stages"}
+    assert sorted(h["stages"]) == ["createRuntime", "poststop"]
+    assert os.path.isabs(h["hook"]["path"])
+    assert h["hook"]["args"][-1] == "hook"
+    (kre, vre), = h["when"]["annotations"].items()
+    assert re.search(kre, "io.lunfs.volumes")
+    assert not re.search(kre, "io.lunfs.volumesX")
+    assert re.search(vre, '[{"source": "iscsi://h/iqn/1"}]')

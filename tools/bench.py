@@ -858,7 +858,8 @@ class Bench:
             ok = s is not None and s >= want
             targets.append({"row": row, "vs": ref, "min": want,
                             "speedup": s, "met": ok})
-            out.append(f"  {'met ' if ok else 'MISS'} {row} ≥ {want:g} × "
+            mark = "n/a " if s is None else "met " if ok else "MISS"
+            out.append(f"  {mark} {row} ≥ {want:g} × "
                        f"{ref}: " + ("—" if s is None else f"{s:.2f}"))
         for key, test, text in (
                 ("lunfs_mount_existing_ms", lambda v: v <= 50,
@@ -869,7 +870,8 @@ class Bench:
             v = self.extra.get(key)
             ok = isinstance(v, (int, float)) and test(v)
             targets.append({"row": key, "text": text, "met": ok})
-            out.append(f"  {'met ' if ok else 'MISS'} {text}")
+            mark = "n/a " if v is None else "met " if ok else "MISS"
+            out.append(f"  {mark} {text}")
         for n in self.notes:
             out.append(f"note: {n}")
         print("\n".join(out), flush=True)

@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+extern char **environ;
+
 #include "iscsi/spec.h"
 #include "tools/client.h"
 #include "tools/ctl.h"
@@ -100,6 +102,19 @@ int lf_client_start_daemon(const struct lf_client *c, char *err,
 		if (fd >= 0) {
 			dup2(fd, 1);
 			dup2(fd, 2);
+		}
+		/* Secrets handed to this command in the environment must not
+		 * live on in the daemon's /proc/PID/environ. */
+		for (char **e = environ; *e;) {
+			if (strncmp(*e, "LUNFS_CHAP_", 11) == 0 ||
+			    strncmp(*e, "LUNFS_DISCOVERY_CHAP_", 21) == 0) {
+				char name[64];
+				snprintf(name, sizeof(name), "%.*s",
+					 (int)strcspn(*e, "="), *e);
+				unsetenv(name);
+				continue; /* environ shifted down */
+			}
+			e++;
 		}
 		execl(daemon, "lunfsd", "--state-dir", c->state, "--socket",
 		      c->sock, (char *)NULL);

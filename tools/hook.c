@@ -40,15 +40,16 @@ static int oci_mappings(struct json_object *arr, const char *what,
 	res = json_object_new_array();
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		struct json_object *m = json_object_array_get_idx(arr, i);
-		struct json_object *c = get(m, "containerID"), *h = get(m, "hostID"),
-				   *s = get(m, "size");
+		struct json_object *c = get(m, "containerID"),
+				   *h = get(m, "hostID"), *s = get(m, "size");
 		char buf[64];
 
 		if (!c || !h || !s || !json_object_is_type(c, json_type_int) ||
 		    !json_object_is_type(h, json_type_int) ||
 		    !json_object_is_type(s, json_type_int) ||
 		    json_object_object_length(m) != 3 ||
-		    json_object_get_int64(c) < 0 || json_object_get_int64(h) < 0 ||
+		    json_object_get_int64(c) < 0 ||
+		    json_object_get_int64(h) < 0 ||
 		    json_object_get_int64(s) <= 0 ||
 		    json_object_get_int64(c) > UINT32_MAX ||
 		    json_object_get_int64(h) > UINT32_MAX ||
@@ -89,16 +90,16 @@ static bool clean_destination(const char *d)
 }
 
 static const char *const volume_keys[] = {
-	"source",      "iscsi",	      "destination", "readOnly",
-	"volumeMode",  "fsGroup",     "uidMappings", "gidMappings",
-	"chapSecretFile", NULL,
+	"source",  "iscsi",	  "destination", "readOnly",	   "volumeMode",
+	"fsGroup", "uidMappings", "gidMappings", "chapSecretFile", NULL,
 };
 
 static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 		     struct json_object *config, const char *container,
 		     struct json_object **out, char *err, size_t errlen)
 {
-	struct json_object *src = get(item, "source"), *isc = get(item, "iscsi");
+	struct json_object *src = get(item, "source"),
+			   *isc = get(item, "iscsi");
 	struct json_object *dst = get(item, "destination"), *v;
 	struct json_object *req = NULL, *uidmap = NULL, *gidmap = NULL;
 	char e2[512], path[PATH_MAX];
@@ -194,9 +195,9 @@ static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 				 idx);
 			goto fail;
 		}
-		json_object_object_add(req, "fsgroup",
-				       json_object_new_int64(
-					       json_object_get_int64(v)));
+		json_object_object_add(
+			req, "fsgroup",
+			json_object_new_int64(json_object_get_int64(v)));
 	}
 	/* Explicit mappings win; else the container's user namespace. */
 	v = get(item, "uidMappings");
@@ -228,8 +229,9 @@ static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 	free(sj);
 	json_object_object_add(req, "path", json_object_new_string(path));
 	json_object_object_add(req, "destination", json_object_get(dst));
-	json_object_object_add(req, "block", json_object_new_boolean(
-		spec.mode == LF_MODE_BLOCK));
+	json_object_object_add(
+		req, "block",
+		json_object_new_boolean(spec.mode == LF_MODE_BLOCK));
 	json_object_object_add(req, "read_only",
 			       json_object_new_boolean(spec.read_only));
 	json_object_object_add(req, "uidmap",
@@ -379,7 +381,6 @@ static int release(const struct lf_client *c, const char *id, char *err,
 	return r;
 }
 
-
 /* True if path, resolved in pid's mount namespace, is the mount the
  * daemon made at path in ours (before pivot_root the container's root is
  * still the host's tree, so the same absolute path names it). */
@@ -393,19 +394,90 @@ static bool visible_in(pid_t pid, const char *path, const struct stat *host)
 	       st.st_ino == host->st_ino;
 }
 
+/* In the mount namespace ns, the child's half of attaching tree at path:
+ * a destination under a mount that only the container has (its /dev
+ * tmpfs) has no mount point yet, so it is made here, and it must still
+ * resolve inside root (a real path). */
+static int attach_here(int tree, const char *path, const char *root, bool block)
+{
+	char real[PATH_MAX];
+	size_t n = strlen(root);
+
+	if (block) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+			      0600);
+		if (fd < 0)
+			return errno;
+		close(fd);
+	} else if (mkdir(path, 0755) && errno != EEXIST) {
+		return errno;
+	}
+	if (!realpath(path, real) || strncmp(real, root, n) != 0 ||
+	    (real[n] != '/' && real[n] != 0))
+		return EXDEV;
+	if (move_mount(tree, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH))
+		return errno;
+	return 0;
+}
+
+/* In the mount namespace ns: attach the detached mount tree at path, or
+ * with tree < 0 detach what is mounted at path. setns(CLONE_NEWNS)
+ * changes the caller's root and cwd, so a child does it. */
+static int in_mount_ns(int ns, int tree, const char *path, const char *root,
+		       bool block)
+{
+	int status;
+	pid_t child = fork();
+
+	if (child < 0)
+		return -errno;
+	if (child == 0) {
+		if (setns(ns, CLONE_NEWNS))
+			_exit(errno & 0x7f);
+		if (tree >= 0)
+			_exit(attach_here(tree, path, root, block) & 0x7f);
+		_exit(umount2(path, MNT_DETACH) ? errno & 0x7f : 0);
+	}
+	while (waitpid(child, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return WIFEXITED(status) ? -WEXITSTATUS(status) : -EIO;
+}
+
+/* Undoes make_visible's clone: lunfsd cannot end a FUSE connection that
+ * a live mount namespace still holds. */
+static void detach_clone(pid_t pid, const char *path)
+{
+	char nspath[64];
+	int ns, r;
+
+	snprintf(nspath, sizeof(nspath), "/proc/%d/ns/mnt", (int)pid);
+	ns = open(nspath, O_RDONLY | O_CLOEXEC);
+	if (ns < 0)
+		return; /* the namespace is gone, and the clone with it */
+	r = in_mount_ns(ns, -1, path, NULL, false);
+	if (r)
+		lf_warn("hook",
+			"%s: detaching in the mount namespace of pid "
+			"%d: %s",
+			path, (int)pid, strerror(-r));
+	close(ns);
+}
+
 /* lunfsd mounts in its own mount namespace, and the container sees that
  * mount only if it propagates there: runc makes the container's mounts
  * rslave, so it does when the rootfs lies on a shared mount. Where it does
  * not (a private /), the hook attaches a clone of the mount inside the
  * container's namespace itself: open_tree() here, move_mount() there. The
  * clone shares the FUSE connection, so lunfsd serves it unchanged; it
- * goes away with the container's namespace. */
-static int make_visible(pid_t pid, const char *path, char *err, size_t errlen)
+ * goes away with the container's namespace. Returns 1 when it attached
+ * a clone, 0 when the mount was visible already. */
+static int make_visible(pid_t pid, const char *path, const char *root,
+			bool block, char *err, size_t errlen)
 {
 	char nspath[64];
 	struct stat host;
-	int tree = -1, ns = -1, status, r;
-	pid_t child;
+	int tree = -1, ns = -1, r;
 
 	if (pid <= 0)
 		return 0; /* no container process yet: nothing to check */
@@ -426,31 +498,15 @@ static int make_visible(pid_t pid, const char *path, char *err, size_t errlen)
 	tree = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
 	if (tree < 0) {
 		r = -errno;
-		snprintf(err, errlen,
-			 "%s does not propagate into the container and cannot "
-			 "be cloned (open_tree: %s); put the bundle on a shared "
-			 "mount",
-			 path, strerror(errno));
+		snprintf(
+			err, errlen,
+			"%s does not propagate into the container and cannot "
+			"be cloned (open_tree: %s); put the bundle on a shared "
+			"mount",
+			path, strerror(errno));
 		goto out;
 	}
-	/* setns(CLONE_NEWNS) changes the caller's root and cwd: do it in a
-	 * child so the hook itself stays where it is. */
-	child = fork();
-	if (child < 0) {
-		r = -errno;
-		snprintf(err, errlen, "fork: %s", strerror(errno));
-		goto out;
-	}
-	if (child == 0) {
-		if (setns(ns, CLONE_NEWNS) ||
-		    move_mount(tree, "", AT_FDCWD, path,
-			       MOVE_MOUNT_F_EMPTY_PATH))
-			_exit(errno & 0x7f);
-		_exit(0);
-	}
-	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
-		;
-	r = WIFEXITED(status) ? -WEXITSTATUS(status) : -EIO;
+	r = in_mount_ns(ns, tree, path, root, block);
 	if (r) {
 		snprintf(err, errlen,
 			 "%s does not propagate into the container and "
@@ -460,6 +516,7 @@ static int make_visible(pid_t pid, const char *path, char *err, size_t errlen)
 		goto out;
 	}
 	if (!visible_in(pid, path, &host)) {
+		in_mount_ns(ns, -1, path, NULL, false);
 		r = -EXDEV;
 		snprintf(err, errlen,
 			 "%s is not visible in the container's mount "
@@ -469,6 +526,7 @@ static int make_visible(pid_t pid, const char *path, char *err, size_t errlen)
 	}
 	lf_dbg("hook", "%s: attached in the mount namespace of pid %d", path,
 	       (int)pid);
+	r = 1;
 out:
 	if (tree >= 0)
 		close(tree);
@@ -477,33 +535,42 @@ out:
 }
 
 static int mount_all(const struct lf_client *c, struct json_object *reqs,
-		     const char *rootfs, const char *id, pid_t pid, char *err,
-		     size_t errlen)
+		     const char *rootfs, const char *id, pid_t pid,
+		     struct json_object *cloned, char *err, size_t errlen)
 {
+	char real_root[PATH_MAX];
+
+	if (!realpath(rootfs, real_root)) {
+		snprintf(err, errlen, "%s: %s", rootfs, strerror(errno));
+		return -ENOENT;
+	}
 	for (size_t i = 0; i < json_object_array_length(reqs); i++) {
 		struct json_object *r0 = json_object_array_get_idx(reqs, i);
 		struct json_object *ans, *req = NULL;
-		const char *dst = json_object_get_string(get(r0, "destination"));
+		const char *dst =
+			json_object_get_string(get(r0, "destination"));
 		const char *path = json_object_get_string(get(r0, "path"));
+		bool block = json_object_get_boolean(get(r0, "block"));
 		struct lf_spec spec;
 		char e2[1024];
 		int r;
 
-		r = lf_spec_parse_json(json_object_to_json_string(get(r0, "spec")),
-				       &spec, e2, sizeof(e2));
+		r = lf_spec_parse_json(
+			json_object_to_json_string(get(r0, "spec")), &spec, e2,
+			sizeof(e2));
 		if (!r)
-			r = make_mount_point(rootfs, path,
-					     json_object_get_boolean(get(r0, "block")),
-					     e2, sizeof(e2));
+			r = make_mount_point(rootfs, path, block, e2,
+					     sizeof(e2));
 		if (!r) {
 			struct lf_mount_req mr = {
 				.spec = &spec,
-				.secret_file = get(r0, "secret_file")
-						       ? json_object_get_string(
-								 get(r0, "secret_file"))
-						       : NULL,
+				.secret_file =
+					get(r0, "secret_file")
+						? json_object_get_string(get(
+							  r0, "secret_file"))
+						: NULL,
 				.path = path,
-				.block = json_object_get_boolean(get(r0, "block")),
+				.block = block,
 				.read_only = json_object_get_boolean(
 					get(r0, "read_only")),
 				.uidmap = json_object_get(get(r0, "uidmap")),
@@ -522,9 +589,16 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 				json_object_put(ans);
 		}
 		if (!r)
-			r = make_visible(pid, path, e2, sizeof(e2));
+			r = make_visible(pid, path, real_root, block, e2,
+					 sizeof(e2));
+		if (r == 1) {
+			json_object_array_add(cloned,
+					      json_object_new_string(path));
+			r = 0;
+		}
 		if (r) {
-			snprintf(err, errlen, "volume %zu (%s): %s", i, dst, e2);
+			snprintf(err, errlen, "volume %zu (%s): %s", i, dst,
+				 e2);
 			return r;
 		}
 	}
@@ -534,6 +608,8 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 {
 	struct json_object *state = NULL, *config = NULL, *reqs = NULL, *v;
+	struct json_object *cloned = json_object_new_array();
+	pid_t pid;
 	const char *id, *bundle, *status, *ann = NULL;
 	char err[1536] = "", path[PATH_MAX + 16], rootfs[PATH_MAX + 8];
 	char *text = NULL;
@@ -551,14 +627,16 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 	id = json_object_get_string(get(state, "id"));
 	bundle = json_object_get_string(get(state, "bundle"));
 	status = json_object_get_string(get(state, "status"));
-	if (!state || !json_object_is_type(get(state, "id"), json_type_string) ||
+	pid = (pid_t)json_object_get_int(get(state, "pid"));
+	if (!state ||
+	    !json_object_is_type(get(state, "id"), json_type_string) ||
 	    !json_object_is_type(get(state, "bundle"), json_type_string)) {
 		fprintf(stderr, "lunfs hook: stdin is not an OCI container "
 				"state (needs \"id\" and \"bundle\")\n");
 		goto out;
 	}
-	if (stage && (!strcmp(stage, "createRuntime") ||
-		      !strcmp(stage, "prestart")))
+	if (stage &&
+	    (!strcmp(stage, "createRuntime") || !strcmp(stage, "prestart")))
 		mount = true;
 	else if (stage && !strcmp(stage, "poststop"))
 		mount = false;
@@ -569,8 +647,8 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 			stage);
 		rc = 2;
 		goto out;
-	} else if (status && (!strcmp(status, "creating") ||
-			      !strcmp(status, "created")))
+	} else if (status &&
+		   (!strcmp(status, "creating") || !strcmp(status, "created")))
 		mount = true;
 	else if (status && !strcmp(status, "stopped"))
 		mount = false;
@@ -588,7 +666,8 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 		 * already gone; it does report a daemon that refused. */
 		r = release(c, id, err, sizeof(err));
 		if (r && r != -ENOENT && r != -ECONNREFUSED) {
-			fprintf(stderr, "lunfs hook: releasing %s: %s\n", id, err);
+			fprintf(stderr, "lunfs hook: releasing %s: %s\n", id,
+				err);
 			goto out;
 		}
 		rc = 0;
@@ -614,7 +693,8 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 		goto out;
 	}
 	if (json_object_get_string(v)[0] == '/')
-		snprintf(rootfs, sizeof(rootfs), "%s", json_object_get_string(v));
+		snprintf(rootfs, sizeof(rootfs), "%s",
+			 json_object_get_string(v));
 	else
 		snprintf(rootfs, sizeof(rootfs), "%s/%s", bundle,
 			 json_object_get_string(v));
@@ -622,18 +702,22 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 	r = lf_hook_parse_volumes(ann, rootfs, config, id, &reqs, err,
 				  sizeof(err));
 	if (!r)
-		r = mount_all(c, reqs, rootfs, id,
-			      (pid_t)json_object_get_int(get(state, "pid")), err,
+		r = mount_all(c, reqs, rootfs, id, pid, cloned, err,
 			      sizeof(err));
 	if (r) {
 		char e2[512];
 		fprintf(stderr, "lunfs hook: container %s: %s\n", id, err);
+		for (size_t i = 0; i < json_object_array_length(cloned); i++)
+			detach_clone(pid, json_object_get_string(
+						  json_object_array_get_idx(
+							  cloned, i)));
 		if (release(c, id, e2, sizeof(e2)))
 			fprintf(stderr, "lunfs hook: cleaning up: %s\n", e2);
 		goto out;
 	}
 	rc = 0;
 out:
+	json_object_put(cloned);
 	json_object_put(reqs);
 	json_object_put(config);
 	json_object_put(state);

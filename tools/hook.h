@@ -11,9 +11,17 @@
  *
  * A container with a user namespace and no explicit mappings gets its
  * mount's id mapping from config.json, so ids on the volume are the ids
- * the container sees. A failed mount releases what the hook mounted
- * before it and returns non-zero with the reason on stderr; release is
- * idempotent and succeeds for volumes already gone.
+ * the container sees.
+ *
+ * lunfsd mounts in the host's mount namespace. The hook checks that each
+ * mount is visible in the container's namespace (the state's pid): it is
+ * when the rootfs lies on a shared mount (runc makes the container's
+ * mounts rslave); otherwise the hook attaches a clone of the mount there
+ * (open_tree + setns + move_mount).
+ *
+ * A failed mount releases what the hook mounted before it and returns
+ * non-zero with the reason on stderr; release is idempotent and succeeds
+ * for volumes already gone.
  */
 #ifndef LUNFS_HOOK_H
 #define LUNFS_HOOK_H

@@ -123,7 +123,22 @@ static uint64_t rng_next(uint64_t *s)
 }
 
 static void complete_cb(struct iscsi_context *iscsi, int status,
-			void *command_data, void *private_data);
+			void *command_data, void *private_data)
+{
+	struct slot *s = private_data;
+	struct run *r = s->run;
+
+	if (status != SCSI_STATUS_GOOD && !r->failed) {
+		snprintf(r->error, sizeof(r->error), "%s failed: %s",
+			 r->write ? "WRITE(16)" : "READ(16)",
+			 iscsi_get_error(iscsi));
+		r->failed = 1;
+	}
+	scsi_free_scsi_task(command_data);
+	s->busy = false;
+	r->inflight--;
+	r->done++;
+}
 
 static bool want_more(const struct run *r)
 {
@@ -147,17 +162,17 @@ static int submit(struct run *r, struct slot *s)
 		r->next += r->bs;
 	}
 	if (r->write)
-		task = iscsi_write16_iov_task(
-			r->iscsi, r->lun, off / r->lbsize, NULL, r->bs,
-			r->lbsize, 0, 0, 0, 0, 0, complete_cb, s, &s->iov, 1);
+		task = iscsi_write16_iov_task(r->iscsi, r->lun, off / r->lbsize,
+					      NULL, r->bs, r->lbsize, 0, 0, 0,
+					      0, 0, complete_cb, s, &s->iov, 1);
 	else
-		task = iscsi_read16_iov_task(r->iscsi, r->lun,
-						off / r->lbsize, r->bs,
-						r->lbsize, 0, 0, 0, 0, 0,
-						complete_cb, s, &s->iov, 1);
+		task = iscsi_read16_iov_task(r->iscsi, r->lun, off / r->lbsize,
+					     r->bs, r->lbsize, 0, 0, 0, 0, 0,
+					     complete_cb, s, &s->iov, 1);
 	if (!task) {
-		snprintf(r->error, sizeof(r->error), "queueing %s at %" PRIu64
-			 ": %s", r->write ? "WRITE(16)" : "READ(16)", off,
+		snprintf(r->error, sizeof(r->error),
+			 "queueing %s at %" PRIu64 ": %s",
+			 r->write ? "WRITE(16)" : "READ(16)", off,
 			 iscsi_get_error(r->iscsi));
 		r->failed = 1;
 		return -EIO;
@@ -166,24 +181,6 @@ static int submit(struct run *r, struct slot *s)
 	r->issued++;
 	r->inflight++;
 	return 0;
-}
-
-static void complete_cb(struct iscsi_context *iscsi, int status,
-			void *command_data, void *private_data)
-{
-	struct slot *s = private_data;
-	struct run *r = s->run;
-
-	if (status != SCSI_STATUS_GOOD && !r->failed) {
-		snprintf(r->error, sizeof(r->error), "%s failed: %s",
-			 r->write ? "WRITE(16)" : "READ(16)",
-			 iscsi_get_error(iscsi));
-		r->failed = 1;
-	}
-	scsi_free_scsi_task(command_data);
-	s->busy = false;
-	r->inflight--;
-	r->done++;
 }
 
 static int pump(struct run *r)
@@ -247,8 +244,9 @@ int main(int argc, char **argv)
 		case 'b':
 			if (parse_size(optarg, &r->bs) || r->bs == 0 ||
 			    r->bs > (64u << 20)) {
-				fprintf(stderr, "lunfs-rawbench: --bs '%s': "
-						"want 1 byte to 64M\n",
+				fprintf(stderr,
+					"lunfs-rawbench: --bs '%s': "
+					"want 1 byte to 64M\n",
 					optarg);
 				return 2;
 			}
@@ -310,8 +308,18 @@ int main(int argc, char **argv)
 		iscsi_set_initiator_username_pwd(r->iscsi, url->user,
 						 url->passwd);
 	if (iscsi_full_connect_sync(r->iscsi, url->portal, url->lun)) {
-		fprintf(stderr, "lunfs-rawbench: %s: login failed: %s\n",
-			argv[optind], iscsi_get_error(r->iscsi));
+		char why[256];
+		size_t n;
+
+		snprintf(why, sizeof(why), "%s", iscsi_get_error(r->iscsi));
+		n = strlen(why);
+		while (n && (why[n - 1] == '\n' || why[n - 1] == ' '))
+			why[--n] = 0;
+		/* A closed port reads "Can not reconnect right now". */
+		fprintf(stderr,
+			"lunfs-rawbench: %s: login failed: %s (is a target "
+			"listening at %s, exporting %s?)\n",
+			argv[optind], why, url->portal, url->target);
 		goto out_url;
 	}
 	r->lun = url->lun;
@@ -403,13 +411,12 @@ int main(int argc, char **argv)
 	}
 	r->bytes = r->done * r->bs;
 	printf("{\"op\": \"%s\", \"pattern\": \"%s\", \"bs\": %" PRIu64
-	       ", \"depth\": %d, \"requests\": %" PRIu64
-	       ", \"bytes\": %" PRIu64 ", \"seconds\": %.6f, "
+	       ", \"depth\": %d, \"requests\": %" PRIu64 ", \"bytes\": %" PRIu64
+	       ", \"seconds\": %.6f, "
 	       "\"mib_s\": %.1f, \"iops\": %.0f}\n",
-	       r->write ? "write" : "read",
-	       r->random ? "random" : "sequential", r->bs, depth, r->done,
-	       r->bytes, elapsed, r->bytes / elapsed / (1 << 20),
-	       r->done / elapsed);
+	       r->write ? "write" : "read", r->random ? "random" : "sequential",
+	       r->bs, depth, r->done, r->bytes, elapsed,
+	       r->bytes / elapsed / (1 << 20), r->done / elapsed);
 	ret = 0;
 out_bufs:
 	for (int i = 0; i < depth; i++)

@@ -2,6 +2,7 @@
  * when loop mounts work here, by the kernel's ext4. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fsimage/fsops.h"
@@ -172,6 +174,20 @@ static void test_data(struct lf_vol *v, const char *model_path)
 	CHECK_EQ(lf_fs_getattr(v, h, &st), 0);
 	CHECK_EQ(st.blocks, 8);
 	CHECK_EQ(lf_fs_write(v, h, "x", 1, (uint64_t)17 << 40), -EFBIG);
+	/* shrink to a size in the hole past the last extent, and in the hole
+	 * before the first one */
+	{
+		struct lf_setattr hs = {.size = 7 * MIB};
+
+		CHECK_EQ(lf_fs_setattr(v, h, LF_SET_SIZE, &hs, NULL), 0);
+		hs.size = 6 * MIB;
+		CHECK_EQ(lf_fs_setattr(v, h, LF_SET_SIZE, &hs, &st), 0);
+		CHECK_EQ(st.blocks, 8);
+		hs.size = MIB;
+		CHECK_EQ(lf_fs_setattr(v, h, LF_SET_SIZE, &hs, &st), 0);
+		CHECK_EQ(st.blocks, 0);
+		CHECK_EQ(lf_fs_write(v, h, "abc", 3, 5 * MIB), 3);
+	}
 	CHECK_EQ(lf_fs_open(v, h, O_WRONLY | O_TRUNC), 0);
 	CHECK_EQ(lf_fs_getattr(v, h, &st), 0);
 	CHECK_EQ(st.size, 0);
@@ -572,21 +588,176 @@ static void test_enospc(const char *dir)
 	snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/full.fsck 2>&1", img,
 		 dir);
 	CHECK_EQ(run(cmd), 0);
-	/* Known broken: freeing blocks of a file on a 100% full volume
-	 * (ext2fs_punch returns EXT2_ET_BAD_BLOCK_NUM after editing the
-	 * extent tree). Run with LF_TEST_FULL_PUNCH=1 to reproduce. */
-	if (getenv("LF_TEST_FULL_PUNCH")) {
+	/* Freeing blocks on the full volume: the file ends on the last
+	 * block of the filesystem, which ext2fs_punch cannot free. */
+	v = open_img(img, 0, false);
+	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				 off - 8192, 8192),
+		 0);
+	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				 2 * MIB, MIB),
+		 0);
+	{
 		struct lf_setattr sa = {.size = MIB};
+		struct lf_stat st;
 
-		v = open_img(img, 0, false);
-		CHECK_EQ(lf_fs_setattr(v, f, LF_SET_SIZE, &sa, NULL), 0);
-		CHECK_EQ(lf_fs_write(v, f, buf, MIB, MIB), MIB);
-		CHECK_EQ(lf_vol_close(v), 0);
-		snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/small.fsck 2>&1",
-			 img, dir);
-		CHECK_EQ(run(cmd), 0);
+		CHECK_EQ(lf_fs_setattr(v, f, LF_SET_SIZE, &sa, &st), 0);
+		CHECK_EQ(st.blocks, MIB / 512);
+	}
+	CHECK_EQ(lf_fs_write(v, f, buf, MIB, MIB), MIB);
+	CHECK_EQ(lf_vol_close(v), 0);
+	snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/small.fsck 2>&1", img,
+		 dir);
+	CHECK_EQ(run(cmd), 0);
+	/* Fill it up again and unlink the file that filled it. */
+	v = open_img(img, 0, false);
+	off = 2 * MIB;
+	while ((n = lf_fs_write(v, f, buf, MIB, off)) > 0)
+		off += n;
+	CHECK_EQ(n, -ENOSPC);
+	CHECK_EQ(lf_fs_unlink(v, LF_ROOT_INO, "fill", NULL), 0);
+	{
+		struct statvfs s;
+
+		CHECK_EQ(lf_fs_statfs(v, &s), 0);
+		CHECK(s.f_bfree * s.f_bsize >= off);
+	}
+	f = mk(v, LF_ROOT_INO, "again", S_IFREG | 0644);
+	CHECK_EQ(lf_fs_write(v, f, buf, MIB, 0), MIB);
+	CHECK_EQ(lf_vol_close(v), 0);
+	snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/small2.fsck 2>&1", img,
+		 dir);
+	CHECK_EQ(run(cmd), 0);
+	free(buf);
+}
+
+/* ---- reads/writes racing truncate, punch and block reuse ---- */
+
+#define RACE_SIZE (4 * MIB)
+
+struct race {
+	struct lf_vol *v;
+	uint64_t a, b;
+	volatile int stop;
+	long reads, writes, truncs, bad, errs;
+};
+
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Reads and writes file a, whose bytes are only ever 0x5a or zero. */
+static void *race_io(void *p)
+{
+	struct race *rc = p;
+	unsigned seed = 1;
+	unsigned char *buf = malloc(256 * 1024), *pat = malloc(256 * 1024);
+
+	memset(pat, 0x5a, 256 * 1024);
+	while (!rc->stop) {
+		uint64_t off = rand_r(&seed) % RACE_SIZE;
+		size_t len = 1 + rand_r(&seed) % (256 * 1024);
+		ssize_t n;
+
+		if (rand_r(&seed) % 4 == 0) {
+			if (rand_r(&seed) % 2) { /* whole blocks */
+				off &= ~4095ULL;
+				len = (len + 4095) & ~4095ULL;
+			}
+			if (off + len > RACE_SIZE)
+				len = RACE_SIZE - off;
+			n = lf_fs_write(rc->v, rc->a, pat, len, off);
+			if (n != (ssize_t)len && n != -ENOSPC)
+				rc->errs++;
+			rc->writes++;
+			continue;
+		}
+		n = lf_fs_read(rc->v, rc->a, buf, len, off);
+		if (n < 0) {
+			rc->errs++;
+			continue;
+		}
+		for (ssize_t i = 0; i < n; i++)
+			if (buf[i] != 0x5a && buf[i] != 0) {
+				rc->bad++;
+				break;
+			}
+		rc->reads++;
 	}
 	free(buf);
+	free(pat);
+	return NULL;
+}
+
+/* Shrinks, grows and punches file a; churns file b (0xc3 bytes) so that
+ * blocks a gives up are quickly reused. */
+static void *race_trunc(void *p)
+{
+	struct race *rc = p;
+	unsigned seed = 2;
+	unsigned char *c3 = malloc(MIB);
+
+	memset(c3, 0xc3, MIB);
+	while (!rc->stop) {
+		struct lf_setattr sa = {.size = rand_r(&seed) % RACE_SIZE};
+		uint64_t off = rand_r(&seed) % RACE_SIZE;
+
+		if (lf_fs_setattr(rc->v, rc->a, LF_SET_SIZE, &sa, NULL))
+			rc->errs++;
+		if (lf_fs_write(rc->v, rc->b, c3, MIB,
+				rand_r(&seed) % 4 * MIB) != MIB)
+			rc->errs++;
+		sa.size = RACE_SIZE;
+		if (lf_fs_setattr(rc->v, rc->a, LF_SET_SIZE, &sa, NULL))
+			rc->errs++;
+		if (lf_fs_fallocate(rc->v, rc->a,
+				    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				    off, 1 + rand_r(&seed) % MIB))
+			rc->errs++;
+		if (lf_fs_write(rc->v, rc->b, c3, MIB,
+				rand_r(&seed) % 4 * MIB) != MIB)
+			rc->errs++;
+		sa.size = 0;
+		if (lf_fs_setattr(rc->v, rc->b, LF_SET_SIZE, &sa, NULL))
+			rc->errs++;
+		rc->truncs++;
+	}
+	free(c3);
+	return NULL;
+}
+
+static void test_race(const char *dir)
+{
+	char img[512], cmd[1100];
+	struct race rc = {0};
+	pthread_t t1, t2;
+	double t0;
+
+	snprintf(img, sizeof(img), "%s/race.img", dir);
+	rc.v = open_img(img, 64 * MIB, true);
+	rc.a = mk(rc.v, LF_ROOT_INO, "a", S_IFREG | 0644);
+	rc.b = mk(rc.v, LF_ROOT_INO, "b", S_IFREG | 0644);
+	t0 = now_s();
+	pthread_create(&t1, NULL, race_io, &rc);
+	pthread_create(&t2, NULL, race_trunc, &rc);
+	while (now_s() - t0 < 2.0)
+		usleep(50000);
+	rc.stop = 1;
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	printf("race: %ld reads, %ld writes, %ld truncate rounds in 2 s\n",
+	       rc.reads, rc.writes, rc.truncs);
+	CHECK(rc.reads > 100 && rc.truncs > 10);
+	CHECK_EQ(rc.bad, 0);
+	CHECK_EQ(rc.errs, 0);
+	CHECK_EQ(lf_vol_close(rc.v), 0);
+	snprintf(cmd, sizeof(cmd), "e2fsck -fn %s >%s/race.fsck 2>&1", img,
+		 dir);
+	CHECK_EQ(run(cmd), 0);
 }
 
 static void kernel_check(const char *dir, const char *img, const char *model)
@@ -663,6 +834,7 @@ int main(void)
 	CHECK_EQ(lf_vol_close(v), 0);
 
 	test_enospc(dir);
+	test_race(dir);
 
 	if (!check_failed) {
 		snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

@@ -17,10 +17,22 @@ static int add(struct lf_idmap *m, const char *s)
 static void test_parse_errors(void)
 {
 	static const char *const bad[] = {
-		"",		 "1",	      "1:2",	       "1:2:",
-		":1:2",		 "a:1:1",     "1:2:3:4",       "-1:0:1",
-		"+1:0:1",	 " 1:0:1",    "1:0:0",	       "4294967296:0:1",
-		"0:0:4294967297", "4294967295:0:2", "0:4294967295:2", "1:2:3,",
+		"",
+		"1",
+		"1:2",
+		"1:2:",
+		":1:2",
+		"a:1:1",
+		"1:2:3:4",
+		"-1:0:1",
+		"+1:0:1",
+		" 1:0:1",
+		"1:0:0",
+		"4294967296:0:1",
+		"0:0:4294967297",
+		"4294967295:0:2",
+		"0:4294967295:2",
+		"1:2:3,",
 		",1:2:3",
 	};
 	struct lf_idmap m;
@@ -45,9 +57,9 @@ static void test_overlap(void)
 
 	lf_idmap_init(&m);
 	CHECK_EQ(add(&m, "0:100000:1000"), 0);
-	CHECK_EQ(add(&m, "999:200000:1"), -EINVAL);	/* disk side */
-	CHECK_EQ(add(&m, "5000:100999:10"), -EINVAL);	/* host side */
-	CHECK_EQ(add(&m, "1000:101000:10"), 0);		/* adjacent: fine */
+	CHECK_EQ(add(&m, "999:200000:1"), -EINVAL);   /* disk side */
+	CHECK_EQ(add(&m, "5000:100999:10"), -EINVAL); /* host side */
+	CHECK_EQ(add(&m, "1000:101000:10"), 0);	      /* adjacent: fine */
 	CHECK_EQ(m.n, 2);
 	/* A list is all-or-nothing. */
 	CHECK_EQ(add(&m, "2000:300000:1,2000:400000:1"), -EINVAL);

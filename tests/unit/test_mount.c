@@ -180,26 +180,33 @@ static void test_block(void)
 		off_t off;
 		size_t len;
 	} w[] = {
-		{1000, 3000},	      {4096 * 10 + 7, 70000},
-		{511, 2},	      {8192, 4096},
-		{1 << 20, 1 << 18},   {IMG_SIZE - 1000, 1000},
-		{IMG_SIZE - 4097, 1}, {5 << 20 | 3, 299999},
+		{1000, 3000},
+		{4096 * 10 + 7, 70000},
+		{511, 2},
+		{8192, 4096},
+		{1 << 20, 1 << 18},
+		{IMG_SIZE - 1000, 1000},
+		{IMG_SIZE - 4097, 1},
+		{5 << 20 | 3, 299999},
 	};
 	for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++) {
 		fill(wbuf, w[i].len, (unsigned)i * 31 + 1);
-		CHECK_EQ(pwrite(fd, wbuf, w[i].len, w[i].off), (ssize_t)w[i].len);
+		CHECK_EQ(pwrite(fd, wbuf, w[i].len, w[i].off),
+			 (ssize_t)w[i].len);
 	}
 	CHECK_EQ(fsync(fd), 0);
 	CHECK_EQ(fdatasync(fd), 0);
 	for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++) {
 		fill(wbuf, w[i].len, (unsigned)i * 31 + 1);
 		memset(rbuf, 0, w[i].len);
-		CHECK_EQ(pread(ifd, rbuf, w[i].len, w[i].off), (ssize_t)w[i].len);
+		CHECK_EQ(pread(ifd, rbuf, w[i].len, w[i].off),
+			 (ssize_t)w[i].len);
 		if (memcmp(rbuf, wbuf, w[i].len) != 0)
 			fprintf(stderr, "image differs for write %zu\n", i);
 		CHECK(memcmp(rbuf, wbuf, w[i].len) == 0);
 		memset(rbuf, 0, w[i].len);
-		CHECK_EQ(pread(fd, rbuf, w[i].len, w[i].off), (ssize_t)w[i].len);
+		CHECK_EQ(pread(fd, rbuf, w[i].len, w[i].off),
+			 (ssize_t)w[i].len);
 		CHECK(memcmp(rbuf, wbuf, w[i].len) == 0);
 	}
 	/* Neighbours of an unaligned write are untouched. */
@@ -558,8 +565,8 @@ static void test_fs(void)
 		}
 	}
 	path_of(q, sizeof(q), db, "many");
-	CHECK(EVENTUALLY(count_dir(q, "entry-with-a-longish-name-299",
-				   &found) == 302));
+	CHECK(EVENTUALLY(
+		count_dir(q, "entry-with-a-longish-name-299", &found) == 302));
 	CHECK_EQ(found, 1);
 	CHECK_EQ(count_dir(q, "entry-with-a-longish-name-000", &found), 302);
 	CHECK_EQ(found, 1);
@@ -620,7 +627,8 @@ static void test_fs(void)
 		path_of(q, sizeof(q), db, "owned");
 		CHECK(EVENTUALLY(gid_of(q) == 201234));
 		CHECK_EQ(stat(dd, &st), 0);
-		CHECK((st.st_mode & (S_ISGID | S_IWGRP)) == (S_ISGID | S_IWGRP));
+		CHECK((st.st_mode & (S_ISGID | S_IWGRP)) ==
+		      (S_ISGID | S_IWGRP));
 	}
 	{
 		struct statvfs sf;
