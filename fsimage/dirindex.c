@@ -9,6 +9,7 @@ struct lf_dent {
 	struct lf_dent *next;
 	uint64_t hash;
 	uint64_t ino;
+	uint64_t pos;
 	uint32_t type;
 	uint16_t len;
 	char name[];
@@ -20,6 +21,7 @@ struct lf_dirindex {
 	struct lf_dirindex *lru_prev, *lru_next;
 	struct lf_dent **buckets;
 	size_t nbuckets, count, bytes;
+	uint64_t hint;
 };
 
 struct lf_dirindex_set {
@@ -224,19 +226,31 @@ static void index_grow(struct lf_dirindex_set *s, struct lf_dirindex *d)
 	d->nbuckets = n;
 }
 
+static struct lf_dent **dent_find(struct lf_dirindex *d, const char *name,
+				  size_t len);
+
 int lf_dirindex_add(struct lf_dirindex_set *s, struct lf_dirindex *d,
-		    const char *name, size_t len, uint64_t ino, uint32_t type)
+		    const char *name, size_t len, uint64_t ino, uint32_t type,
+		    uint64_t pos)
 {
 	uint64_t h = name_hash(name, len);
-	struct lf_dent *e;
+	struct lf_dent *e, **old = dent_find(d, name, len);
 	size_t sz = sizeof(*e) + len;
 
-	lf_dirindex_del(s, d, name, len);
+	if (old) {
+		if (pos == LF_DIRPOS_NONE)
+			pos = (*old)->pos;
+		(*old)->ino = ino;
+		(*old)->type = type;
+		(*old)->pos = pos;
+		return 0;
+	}
 	e = malloc(sz);
 	if (!e)
 		return -ENOMEM;
 	e->hash = h;
 	e->ino = ino;
+	e->pos = pos;
 	e->type = type;
 	e->len = (uint16_t)len;
 	memcpy(e->name, name, len);
@@ -282,7 +296,7 @@ void lf_dirindex_del(struct lf_dirindex_set *s, struct lf_dirindex *d,
 }
 
 int lf_dirindex_find(struct lf_dirindex *d, const char *name, size_t len,
-		     uint64_t *ino, uint32_t *type)
+		     uint64_t *ino, uint32_t *type, uint64_t *pos)
 {
 	struct lf_dent **pp = dent_find(d, name, len);
 
@@ -290,5 +304,12 @@ int lf_dirindex_find(struct lf_dirindex *d, const char *name, size_t len,
 		return -ENOENT;
 	*ino = (*pp)->ino;
 	*type = (*pp)->type;
+	if (pos)
+		*pos = (*pp)->pos;
 	return 0;
+}
+
+uint64_t *lf_dirindex_hint(struct lf_dirindex *d)
+{
+	return &d->hint;
 }

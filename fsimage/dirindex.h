@@ -14,6 +14,10 @@
 struct lf_dirindex_set;
 struct lf_dirindex;
 
+/* Where an entry sits in the directory: block index << 32 | byte offset
+ * in the block (the readdir position); NONE when not known. */
+#define LF_DIRPOS_NONE UINT64_MAX
+
 struct lf_dirindex_set *lf_dirindex_set_new(size_t max_bytes);
 void lf_dirindex_set_free(struct lf_dirindex_set *s);
 
@@ -25,12 +29,17 @@ void lf_dirindex_drop(struct lf_dirindex_set *s, uint64_t dir);
 /* Evict least recently used indexes (never `keep`) down to the bound. */
 void lf_dirindex_trim(struct lf_dirindex_set *s, uint64_t keep);
 
+/* Adds or replaces name. pos NONE keeps the position an existing entry of
+ * that name had (an entry changed in place does not move). */
 int lf_dirindex_add(struct lf_dirindex_set *s, struct lf_dirindex *d,
-		    const char *name, size_t len, uint64_t ino, uint32_t type);
+		    const char *name, size_t len, uint64_t ino, uint32_t type,
+		    uint64_t pos);
 void lf_dirindex_del(struct lf_dirindex_set *s, struct lf_dirindex *d,
 		     const char *name, size_t len);
-/* 0 with the entry in *ino and *type, or -ENOENT. */
+/* 0 with the entry in *ino, *type and (if non-NULL) *pos, or -ENOENT. */
 int lf_dirindex_find(struct lf_dirindex *d, const char *name, size_t len,
-		     uint64_t *ino, uint32_t *type);
+		     uint64_t *ino, uint32_t *type, uint64_t *pos);
+/* The directory block where the next new entry is tried first. */
+uint64_t *lf_dirindex_hint(struct lf_dirindex *d);
 
 #endif

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -196,6 +197,23 @@ int lf_format(struct lf_iocache *cache, uint64_t size, const char *label,
 	if (e) {
 		r = fail(err, errlen, desc, "creating the root directory", e);
 		goto out;
+	}
+	/* As mke2fs does: the root directory belongs to whoever formats, so
+	 * a rootless daemon's user can write to its new volume. */
+	if (geteuid() != 0) {
+		struct ext2_inode ri;
+		e = ext2fs_read_inode(fs, EXT2_ROOT_INO, &ri);
+		if (!e) {
+			ri.i_uid = (__u16)geteuid();
+			ext2fs_set_i_uid_high(ri, geteuid() >> 16);
+			ri.i_gid = (__u16)getegid();
+			ext2fs_set_i_gid_high(ri, getegid() >> 16);
+			e = ext2fs_write_inode(fs, EXT2_ROOT_INO, &ri);
+		}
+		if (e) {
+			r = fail(err, errlen, desc, "setting the root owner", e);
+			goto out;
+		}
 	}
 	e = create_lost_and_found(fs);
 	if (e) {

@@ -379,7 +379,7 @@ static int extents_in(ext2_extent_handle_t h, blk64_t from, blk64_t to,
 			}
 			list[n++] = ex;
 		}
-next:
+	next:
 		e = ext2fs_extent_get(h, EXT2_EXTENT_NEXT_LEAF, &ex);
 	}
 	if (e && e != EXT2_ET_EXTENT_NO_NEXT && e != EXT2_ET_NO_CURRENT_NODE) {
@@ -470,8 +470,8 @@ static int punch_blocks(struct lf_vol *v, uint64_t ino,
 		const struct ext2fs_extent *ex = &list[i];
 		blk64_t xend = ex->e_lblk + ex->e_len - 1;
 
-		if (!to_eof && (ex->e_pblk + ex->e_len - 1 != last ||
-				xend > end))
+		if (!to_eof &&
+		    (ex->e_pblk + ex->e_len - 1 != last || xend > end))
 			continue;
 		r = cut_extent_tail(v, h, ino, in, ex,
 				    ex->e_lblk > start ? ex->e_lblk : start);
@@ -715,11 +715,85 @@ static int build_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *de,
 	int len = ext2fs_dirent_name_len(de);
 
 	if (lf_dirindex_add(c->set, c->d, de->name, len, de->inode,
-			    ft_to_mode(ext2fs_dirent_file_type(de)))) {
+			    ft_to_mode(ext2fs_dirent_file_type(de)),
+			    LF_DIRPOS_NONE)) {
 		c->err = -ENOMEM;
 		return DIRENT_ABORT;
 	}
 	return 0;
+}
+
+/* Directory block lblk of dir into buf (checksum verified); -ENOENT for a
+ * hole. Lock held. */
+static int dirblk_read(struct lf_vol *v, uint64_t dir,
+		       struct ext2_inode_large *din, blk64_t lblk,
+		       blk64_t *pblk, char *buf)
+{
+	errcode_t e = ext2fs_bmap2(v->fs, dir, (struct ext2_inode *)din, NULL,
+				   0, lblk, NULL, pblk);
+
+	if (!e && !*pblk)
+		return -ENOENT;
+	if (!e)
+		e = ext2fs_read_dir_block4(v->fs, *pblk, buf, 0, dir);
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
+/* End of the entries in a directory block: the checksum tail follows. */
+static unsigned dirblk_limit(ext2_filsys fs)
+{
+	return fs->blocksize - (ext2fs_has_feature_metadata_csum(fs->super)
+					? sizeof(struct ext2_dir_entry_tail)
+					: 0);
+}
+
+/* Entries we edit in place ourselves: not inline, not hashed by name in a
+ * way we do not keep (casefold, encryption). */
+static bool dir_plain(const struct ext2_inode_large *din)
+{
+	return !(din->i_flags &
+		 (EXT4_INLINE_DATA_FL | EXT4_ENCRYPT_FL | EXT4_CASEFOLD_FL));
+}
+
+/* Index every live entry of dir with its position, block by block. */
+static int build_walk(struct lf_vol *v, uint64_t dir,
+		      struct ext2_inode_large *din, struct build_ctx *c)
+{
+	ext2_filsys fs = v->fs;
+	uint64_t nblk = EXT2_I_SIZE(din) / fs->blocksize;
+	char *buf = malloc(fs->blocksize);
+	int r = buf ? 0 : -ENOMEM;
+
+	for (uint64_t b = 0; b < nblk && !r; b++) {
+		blk64_t pblk = 0;
+		unsigned o = 0;
+
+		r = dirblk_read(v, dir, din, b, &pblk, buf);
+		if (r == -ENOENT) {
+			r = 0;
+			continue;
+		}
+		while (!r && o + 8 <= fs->blocksize) {
+			struct ext2_dir_entry *de = (void *)(buf + o);
+			unsigned rec = 0;
+
+			if (ext2fs_get_rec_len(fs, de, &rec) || rec < 8 ||
+			    o + rec > fs->blocksize) {
+				r = -EIO;
+				break;
+			}
+			if (de->inode &&
+			    lf_dirindex_add(
+				    c->set, c->d, de->name,
+				    ext2fs_dirent_name_len(de), de->inode,
+				    ft_to_mode(ext2fs_dirent_file_type(de)),
+				    b << 32 | o))
+				r = -ENOMEM;
+			o += rec;
+		}
+	}
+	free(buf);
+	return r;
 }
 
 /* The index of dir, built on first use. Lock held. */
@@ -727,18 +801,29 @@ static int dir_index(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
 		     struct lf_dirindex **out)
 {
 	struct build_ctx c = {.set = s->dix};
-	errcode_t e;
+	struct ext2_inode_large din;
+	int r;
 
 	*out = lf_dirindex_get(s->dix, dir);
 	if (*out)
 		return 0;
+	r = lf_fs_iread(v, dir, &din);
+	if (r)
+		return r;
 	c.d = lf_dirindex_create(s->dix, dir);
 	if (!c.d)
 		return -ENOMEM;
-	e = ext2fs_dir_iterate2(v->fs, dir, 0, NULL, build_cb, &c);
-	if (e || c.err) {
+	if (dir_plain(&din)) {
+		r = build_walk(v, dir, &din, &c);
+	} else {
+		errcode_t e =
+			ext2fs_dir_iterate2(v->fs, dir, 0, NULL, build_cb, &c);
+
+		r = e ? lf_errno_from_ext2(e) : c.err;
+	}
+	if (r) {
 		lf_dirindex_drop(s->dix, dir);
-		return e ? lf_errno_from_ext2(e) : c.err;
+		return r;
 	}
 	lf_dirindex_trim(s->dix, dir);
 	*out = c.d;
@@ -763,7 +848,7 @@ static int dir_lookup(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
 	r = dir_index(v, s, dir, &d);
 	if (r)
 		return r;
-	r = lf_dirindex_find(d, name, strlen(name), ino, type);
+	r = lf_dirindex_find(d, name, strlen(name), ino, type, NULL);
 	if (!r && *type == 0) {
 		struct ext2_inode_large in;
 
@@ -775,11 +860,11 @@ static int dir_lookup(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
 }
 
 static void index_add(struct lf_fsops *s, uint64_t dir, const char *name,
-		      uint64_t ino, uint32_t type)
+		      uint64_t ino, uint32_t type, uint64_t pos)
 {
 	struct lf_dirindex *d = lf_dirindex_get(s->dix, dir);
 
-	if (d && lf_dirindex_add(s->dix, d, name, strlen(name), ino, type))
+	if (d && lf_dirindex_add(s->dix, d, name, strlen(name), ino, type, pos))
 		lf_dirindex_drop(s->dix, dir);
 }
 
@@ -791,18 +876,126 @@ static void index_del(struct lf_fsops *s, uint64_t dir, const char *name)
 		lf_dirindex_del(s->dix, d, name, strlen(name));
 }
 
-/* Add an entry, growing the directory when its blocks are full. */
-static int dir_link(struct lf_vol *v, uint64_t dir, const char *name,
-		    uint64_t ino, uint32_t mode)
+/* Put an entry into a free gap of a directory block: the offset, or
+ * -ENOSPC. */
+static int dirblk_insert(ext2_filsys fs, char *buf, const char *name,
+			 size_t len, uint64_t ino, int ft)
+{
+	unsigned limit = dirblk_limit(fs), need = EXT2_DIR_REC_LEN(len);
+
+	for (unsigned o = 0; o < limit;) {
+		struct ext2_dir_entry *de = (void *)(buf + o);
+		unsigned rec = 0, used;
+
+		if (ext2fs_get_rec_len(fs, de, &rec) || rec < 8 ||
+		    o + rec > limit)
+			return -EIO;
+		used = de->inode ? EXT2_DIR_REC_LEN(ext2fs_dirent_name_len(de))
+				 : 0;
+		if (rec >= used + need) {
+			if (used) {
+				ext2fs_set_rec_len(fs, used, de);
+				o += used;
+				de = (void *)(buf + o);
+				ext2fs_set_rec_len(fs, rec - used, de);
+			}
+			de->inode = ino;
+			ext2fs_dirent_set_name_len(de, len);
+			ext2fs_dirent_set_file_type(de, ft);
+			memcpy(de->name, name, len);
+			return o;
+		}
+		o += rec;
+	}
+	return -ENOSPC;
+}
+
+/* Insert into the first block with room, starting at the index's hint
+ * block: without it, every create would scan (and checksum) the whole
+ * directory as ext2fs_link does. -ENOSPC when no block has room. */
+static int fast_link(struct lf_vol *v, struct lf_dirindex *d, uint64_t dir,
+		     const char *name, uint64_t ino, uint32_t mode,
+		     uint64_t *pos)
 {
 	ext2_filsys fs = v->fs;
-	errcode_t e;
+	struct ext2_inode_large din;
+	uint64_t nblk, *hint = lf_dirindex_hint(d);
+	int ft = ext2fs_has_feature_filetype(fs->super) ? mode_to_ft(mode) : 0;
+	char *buf;
+	int r;
 
+	r = lf_fs_iread(v, dir, &din);
+	if (r)
+		return r;
+	if (!dir_plain(&din) || (din.i_flags & EXT2_INDEX_FL))
+		return -EOPNOTSUPP;
+	nblk = EXT2_I_SIZE(&din) / fs->blocksize;
+	if (!nblk)
+		return -EOPNOTSUPP;
+	buf = malloc(fs->blocksize);
+	if (!buf)
+		return -ENOMEM;
+	r = -ENOSPC;
+	for (uint64_t i = 0; i < nblk && r == -ENOSPC; i++) {
+		uint64_t b = ((*hint < nblk ? *hint : nblk - 1) + i) % nblk;
+		blk64_t pblk = 0;
+		errcode_t e;
+		int o;
+
+		r = dirblk_read(v, dir, &din, b, &pblk, buf);
+		if (r == -ENOENT) {
+			r = -ENOSPC;
+			continue;
+		}
+		if (r)
+			break;
+		o = dirblk_insert(fs, buf, name, strlen(name), ino, ft);
+		if (o < 0) {
+			r = o;
+			continue;
+		}
+		e = ext2fs_write_dir_block4(fs, pblk, buf, 0, dir);
+		r = e ? lf_errno_from_ext2(e) : 0;
+		if (!r) {
+			*hint = b;
+			*pos = b << 32 | (unsigned)o;
+		}
+	}
+	free(buf);
+	return r;
+}
+
+/* Add an entry, growing the directory when its blocks are full; *pos gets
+ * where it went (or NONE). */
+static int dir_link(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
+		    const char *name, uint64_t ino, uint32_t mode,
+		    uint64_t *pos)
+{
+	ext2_filsys fs = v->fs;
+	struct lf_dirindex *d = lf_dirindex_get(s->dix, dir);
+	errcode_t e;
+	int r = -EOPNOTSUPP;
+
+	*pos = LF_DIRPOS_NONE;
+	if (d)
+		r = fast_link(v, d, dir, name, ino, mode, pos);
+	if (r == -ENOSPC) {
+		e = ext2fs_expand_dir(fs, dir);
+		if (e)
+			return lf_errno_from_ext2(e);
+		*lf_dirindex_hint(d) = UINT32_MAX; /* the new last block */
+		r = fast_link(v, d, dir, name, ino, mode, pos);
+	}
+	if (r != -EOPNOTSUPP && r != -EIO && r != -EUCLEAN)
+		return r;
+
+	/* Library path: inline or hashed directories, odd blocks. */
+	*pos = LF_DIRPOS_NONE;
 	e = ext2fs_link(fs, dir, name, ino, mode_to_ft(mode));
 	if (e == EXT2_ET_DIR_NO_SPACE) {
 		struct ext2_inode_large din;
-		int r = lf_fs_iread(v, dir, &din);
 
+		r = lf_fs_iread(v, dir, &din);
 		if (r)
 			return r;
 		/* expand_dir appends a block the hash tree does not know:
@@ -820,11 +1013,76 @@ static int dir_link(struct lf_vol *v, uint64_t dir, const char *name,
 	return e ? lf_errno_from_ext2(e) : 0;
 }
 
-static int dir_unlink(struct lf_vol *v, uint64_t dir, const char *name,
-		      uint64_t ino)
+/* Remove the entry at offset `at` of a directory block if it is name→ino:
+ * merged into the entry before it, as ext2fs_unlink does. */
+static int dirblk_remove(ext2_filsys fs, char *buf, unsigned at,
+			 const char *name, size_t len, uint64_t ino)
 {
-	errcode_t e = ext2fs_unlink(v->fs, dir, name, ino, 0);
+	unsigned limit = dirblk_limit(fs), prev = UINT_MAX, prec = 0;
 
+	for (unsigned o = 0; o < limit && o <= at;) {
+		struct ext2_dir_entry *de = (void *)(buf + o);
+		unsigned rec = 0;
+
+		if (ext2fs_get_rec_len(fs, de, &rec) || rec < 8 ||
+		    o + rec > limit)
+			return -EIO;
+		if (o == at) {
+			if (de->inode != ino ||
+			    (size_t)ext2fs_dirent_name_len(de) != len ||
+			    memcmp(de->name, name, len) != 0)
+				return -ENOENT;
+			if (prev == UINT_MAX)
+				de->inode = 0;
+			else
+				ext2fs_set_rec_len(
+					fs, prec + rec,
+					(struct ext2_dir_entry *)(buf + prev));
+			return 0;
+		}
+		prev = o;
+		prec = rec;
+		o += rec;
+	}
+	return -ENOENT;
+}
+
+/* Remove name→ino from dir: straight at the position the index knows, else
+ * by ext2fs_unlink's scan of the whole directory. */
+static int dir_unlink(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
+		      const char *name, uint64_t ino)
+{
+	ext2_filsys fs = v->fs;
+	struct lf_dirindex *d = lf_dirindex_get(s->dix, dir);
+	struct ext2_inode_large din;
+	uint64_t xino, pos = LF_DIRPOS_NONE;
+	uint32_t xtype;
+	char *buf = NULL;
+	errcode_t e;
+	int r;
+
+	if (d &&
+	    !lf_dirindex_find(d, name, strlen(name), &xino, &xtype, &pos) &&
+	    xino == ino && pos != LF_DIRPOS_NONE &&
+	    !lf_fs_iread(v, dir, &din) && dir_plain(&din) &&
+	    (buf = malloc(fs->blocksize))) {
+		blk64_t pblk = 0;
+
+		r = dirblk_read(v, dir, &din, pos >> 32, &pblk, buf);
+		if (!r)
+			r = dirblk_remove(fs, buf, (unsigned)pos, name,
+					  strlen(name), ino);
+		if (!r) {
+			e = ext2fs_write_dir_block4(fs, pblk, buf, 0, dir);
+			free(buf);
+			if (e)
+				return lf_errno_from_ext2(e);
+			*lf_dirindex_hint(d) = pos >> 32;
+			return 0;
+		}
+		free(buf);
+	}
+	e = ext2fs_unlink(fs, dir, name, ino, 0);
 	return e ? lf_errno_from_ext2(e) : 0;
 }
 
@@ -972,6 +1230,7 @@ static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
 	struct timespec t = now_ts();
 	uint64_t xino;
 	uint32_t xtype, gid = o->gid;
+	uint64_t pos;
 	ext2_ino_t ino = 0;
 	bool isdir = LINUX_S_ISDIR(mode), reserved = false;
 	errcode_t e;
@@ -1046,14 +1305,14 @@ static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
 			goto out;
 	}
 
-	r = dir_link(v, parent, name, ino, mode);
+	r = dir_link(v, s, parent, name, ino, mode, &pos);
 	if (r)
 		goto out;
 	reserved = false;
+	index_add(s, parent, name, ino, mode & S_IFMT, pos);
 	r = dir_touch(v, parent, isdir ? 1 : 0);
 	if (r)
 		goto out;
-	index_add(s, parent, name, ino, mode & S_IFMT);
 	if (st)
 		r = stat_ino(v, ino, st);
 out:
@@ -1339,7 +1598,7 @@ int lf_fs_link(struct lf_vol *v, uint64_t ino, uint64_t newparent,
 {
 	struct lf_fsops *s;
 	struct ext2_inode_large in;
-	uint64_t xino;
+	uint64_t xino, pos;
 	uint32_t xtype;
 	int r;
 
@@ -1372,10 +1631,10 @@ int lf_fs_link(struct lf_vol *v, uint64_t ino, uint64_t newparent,
 		r = -EEXIST;
 	if (r != -ENOENT)
 		goto out;
-	r = dir_link(v, newparent, newname, ino, in.i_mode);
+	r = dir_link(v, s, newparent, newname, ino, in.i_mode, &pos);
 	if (r)
 		goto out;
-	index_add(s, newparent, newname, ino, in.i_mode & S_IFMT);
+	index_add(s, newparent, newname, ino, in.i_mode & S_IFMT, pos);
 	r = lf_fs_iread(v, ino, &in);
 	if (r)
 		goto out;
@@ -1444,7 +1703,7 @@ static int remove_entry(struct lf_vol *v, uint64_t parent, const char *name,
 	}
 	if (isdir && (r = dir_is_empty(v, ino)))
 		goto out;
-	r = dir_unlink(v, parent, name, ino);
+	r = dir_unlink(v, s, parent, name, ino);
 	if (r)
 		goto out;
 	index_del(s, parent, name);
@@ -1497,7 +1756,7 @@ static int set_dotdot(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
 	int r = dir_set_entry(v, dir, "..", parent, S_IFDIR);
 
 	if (!r)
-		index_add(s, dir, "..", parent, S_IFDIR);
+		index_add(s, dir, "..", parent, S_IFDIR, LF_DIRPOS_NONE);
 	return r;
 }
 
@@ -1528,7 +1787,7 @@ static int rename_locked(struct lf_vol *v, struct lf_fsops *s, uint64_t p,
 			 unsigned flags, uint64_t *replaced)
 {
 	struct ext2_inode_large npin;
-	uint64_t sino, dino = 0;
+	uint64_t sino, dino = 0, pos = LF_DIRPOS_NONE;
 	uint32_t stype, dtype = 0;
 	bool sdir, ddir = false, moved = p != np;
 	int r;
@@ -1561,8 +1820,8 @@ static int rename_locked(struct lf_vol *v, struct lf_fsops *s, uint64_t p,
 			r = dir_set_entry(v, np, newname, sino, stype);
 		if (r)
 			return r;
-		index_add(s, p, name, dino, dtype);
-		index_add(s, np, newname, sino, stype);
+		index_add(s, p, name, dino, dtype, LF_DIRPOS_NONE);
+		index_add(s, np, newname, sino, stype, LF_DIRPOS_NONE);
 		if (moved && sdir && (r = set_dotdot(v, s, sino, np)))
 			return r;
 		if (moved && ddir && (r = set_dotdot(v, s, dino, p)))
@@ -1596,12 +1855,12 @@ static int rename_locked(struct lf_vol *v, struct lf_fsops *s, uint64_t p,
 			if (r)
 				return r;
 		}
-		r = dir_link(v, np, newname, sino, stype);
+		r = dir_link(v, s, np, newname, sino, stype, &pos);
 		if (r)
 			return r;
 	}
-	index_add(s, np, newname, sino, stype);
-	r = dir_unlink(v, p, name, sino);
+	index_add(s, np, newname, sino, stype, pos);
+	r = dir_unlink(v, s, p, name, sino);
 	if (r)
 		return r;
 	index_del(s, p, name);

@@ -1,7 +1,9 @@
 /* blockmount.c — a block volume presented as one regular file: the mount's
  * root is the file, its bytes are the LUN's bytes. Reads go through the
  * kernel page cache; writes are write-through (no writeback cache), so
- * fsync only has to send SYNCHRONIZE CACHE. */
+ * fsync only has to send SYNCHRONIZE CACHE. The mounts of one bdev form a
+ * group: a write through one drops the written range from the others'
+ * page cache before it is answered. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -157,6 +159,7 @@ static void blk_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	uint64_t devsz = lf_bdev_size(m->bdev),
 		 bs = lf_bdev_block_size(m->bdev);
 	uint64_t len = size;
+	struct lf_op op;
 	int ret;
 
 	if (m->opts.read_only) {
@@ -169,19 +172,26 @@ static void blk_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	}
 	if (len > devsz - (uint64_t)off)
 		len = devsz - (uint64_t)off;
+	lf_op_begin(m, &op, FUSE_ROOT_ID, 0);
 	if ((uint64_t)off % bs == 0 && len % bs == 0) {
-		pthread_rwlock_rdlock(&m->rmw);
+		pthread_rwlock_rdlock(&m->sv->rmw);
 		ret = lf_bdev_pwrite(m->bdev, buf, len, (uint64_t)off);
-		pthread_rwlock_unlock(&m->rmw);
+		pthread_rwlock_unlock(&m->sv->rmw);
 	} else {
-		pthread_rwlock_wrlock(&m->rmw);
+		pthread_rwlock_wrlock(&m->sv->rmw);
 		ret = write_unaligned(m, buf, len, (uint64_t)off);
-		pthread_rwlock_unlock(&m->rmw);
+		pthread_rwlock_unlock(&m->sv->rmw);
 	}
-	if (ret < 0)
+	if (ret < 0) {
 		fuse_reply_err(req, -ret);
-	else
+	} else {
+		struct lf_inval iv = {
+			.ino = FUSE_ROOT_ID, .off = off, .len = (off_t)len};
+
+		lf_op_notify(m, &op, &iv, 1);
 		fuse_reply_write(req, len);
+	}
+	lf_op_end(m, &op);
 }
 
 static void blk_ok(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -227,19 +237,25 @@ static const struct fuse_lowlevel_ops block_ops = {
 	.statfs = blk_statfs,
 };
 
-int lf_mount_block(struct lf_bdev *b, const char *path,
+int lf_mount_block(struct lf_served *sv, const char *path,
 		   const struct lf_mount_opts *o, struct lf_mount **out,
 		   char *err, size_t errlen)
 {
+	struct lf_bdev *b = sv->bdev;
 	struct lf_mount *m;
 	int ret;
 
 	*out = NULL;
+	if (!b) {
+		snprintf(err, errlen, "%s: not a block volume", path);
+		return -EINVAL;
+	}
 	m = lf_mount_alloc(LF_MOUNT_BLOCK, o);
 	if (!m) {
 		snprintf(err, errlen, "%s: out of memory", path);
 		return -ENOMEM;
 	}
+	m->sv = sv; /* constant; membership is sv->mounts */
 	m->bdev = lf_bdev_ref(b);
 	if (lf_bdev_info(b)->read_only)
 		m->opts.read_only = true;
@@ -258,6 +274,7 @@ int lf_mount_block(struct lf_bdev *b, const char *path,
 			     errlen);
 	if (ret < 0)
 		goto out_free;
+	lf_served_link_mount(sv, m);
 	*out = m;
 	return 0;
 

@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,35 +14,6 @@
 #include "iscsi/log.h"
 
 #define MOD "fuse"
-
-/* One invalidation queued for another mount of the same volume. */
-struct inval {
-	struct inval *next;
-	struct lf_mount *m;
-	fuse_ino_t ino; /* inode, or parent of name */
-	off_t off, len; /* inode: off < 0 = attributes only */
-	size_t namelen; /* 0 = inode invalidation */
-	char name[];
-};
-
-/*
- * Locks, in order: sv->lock, then m->ilock. Neither is held while
- * calling into fsops or the kernel.
- */
-struct lf_served {
-	struct lf_vol *vol;
-	pthread_mutex_t lock;
-	pthread_cond_t wake;	    /* queue non-empty or quit */
-	pthread_cond_t idle;	    /* busy changed */
-	struct lf_mount *mounts;    /* protected by lock */
-	int nmounts;		    /* protected by lock */
-	struct inval *head, **tail; /* protected by lock */
-	/* The mount the worker is notifying right now, with lock dropped:
-	 * unlinking that mount waits until it is done. */
-	struct lf_mount *busy; /* protected by lock */
-	bool quit;	       /* protected by lock */
-	pthread_t worker;
-};
 
 static fuse_ino_t to_fuse(uint64_t ino)
 {
@@ -57,176 +27,19 @@ static uint64_t to_disk(fuse_ino_t ino)
 
 /* ---- invalidation of the other mounts ---- */
 
-/* Notifications go from this thread, never from a request handler: a
- * notify on a session can wait on that session's own requests. */
-static void *inval_worker(void *arg)
+static struct lf_inval iv_attr(uint64_t ino)
 {
-	struct lf_served *sv = arg;
-
-	pthread_mutex_lock(&sv->lock);
-	for (;;) {
-		struct inval *it;
-
-		while (!sv->head && !sv->quit)
-			pthread_cond_wait(&sv->wake, &sv->lock);
-		if (!sv->head)
-			break;
-		it = sv->head;
-		sv->head = it->next;
-		if (!sv->head)
-			sv->tail = &sv->head;
-		sv->busy = it->m;
-		pthread_mutex_unlock(&sv->lock);
-
-		if (it->namelen)
-			fuse_lowlevel_notify_inval_entry(it->m->se, it->ino,
-							 it->name, it->namelen);
-		else
-			fuse_lowlevel_notify_inval_inode(it->m->se, it->ino,
-							 it->off, it->len);
-		free(it);
-
-		pthread_mutex_lock(&sv->lock);
-		sv->busy = NULL;
-		pthread_cond_broadcast(&sv->idle);
-	}
-	pthread_mutex_unlock(&sv->lock);
-	return NULL;
+	return (struct lf_inval){.ino = to_fuse(ino), .off = -1};
 }
 
-static void queue_inval(struct lf_mount *src, uint64_t ino, off_t off,
-			off_t len, const char *name)
+static struct lf_inval iv_data(uint64_t ino, off_t off, off_t len)
 {
-	struct lf_served *sv = src->sv;
-	size_t namelen = name ? strlen(name) : 0;
-
-	pthread_mutex_lock(&sv->lock);
-	for (struct lf_mount *m = sv->mounts; m; m = m->next) {
-		struct inval *it;
-
-		if (m == src)
-			continue;
-		it = malloc(sizeof(*it) + namelen + 1);
-		if (!it) {
-			lf_warn(MOD,
-				"%s: out of memory: cache of %s not "
-				"invalidated",
-				src->path, m->path);
-			continue;
-		}
-		it->next = NULL;
-		it->m = m;
-		it->ino = to_fuse(ino);
-		it->off = off;
-		it->len = len;
-		it->namelen = namelen;
-		memcpy(it->name, name ? name : "", namelen + 1);
-		*sv->tail = it;
-		sv->tail = &it->next;
-	}
-	if (sv->head)
-		pthread_cond_signal(&sv->wake);
-	pthread_mutex_unlock(&sv->lock);
+	return (struct lf_inval){.ino = to_fuse(ino), .off = off, .len = len};
 }
 
-static void inval_attr(struct lf_mount *src, uint64_t ino)
+static struct lf_inval iv_entry(fuse_ino_t parent, const char *name)
 {
-	queue_inval(src, ino, -1, 0, NULL);
-}
-
-static void inval_data(struct lf_mount *src, uint64_t ino, off_t off, off_t len)
-{
-	queue_inval(src, ino, off, len, NULL);
-}
-
-static void inval_entry(struct lf_mount *src, uint64_t parent, const char *name)
-{
-	queue_inval(src, parent, 0, 0, name);
-	/* The parent's mtime, size and link count changed too. */
-	inval_data(src, parent, 0, 0);
-}
-
-struct lf_served *lf_served_new(struct lf_vol *v)
-{
-	struct lf_served *sv = calloc(1, sizeof(*sv));
-	sigset_t all, old;
-
-	if (!sv)
-		return NULL;
-	sv->vol = v;
-	sv->tail = &sv->head;
-	pthread_mutex_init(&sv->lock, NULL);
-	pthread_cond_init(&sv->wake, NULL);
-	pthread_cond_init(&sv->idle, NULL);
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	if (pthread_create(&sv->worker, NULL, inval_worker, sv) != 0) {
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
-		pthread_mutex_destroy(&sv->lock);
-		pthread_cond_destroy(&sv->wake);
-		pthread_cond_destroy(&sv->idle);
-		free(sv);
-		return NULL;
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return sv;
-}
-
-void lf_served_free(struct lf_served *sv)
-{
-	if (!sv)
-		return;
-	pthread_mutex_lock(&sv->lock);
-	if (sv->nmounts)
-		lf_err(MOD, "%s: freed with %d mounts left (bug)",
-		       lf_vol_desc(sv->vol), sv->nmounts);
-	sv->quit = true;
-	pthread_cond_signal(&sv->wake);
-	pthread_mutex_unlock(&sv->lock);
-	pthread_join(sv->worker, NULL);
-	pthread_mutex_destroy(&sv->lock);
-	pthread_cond_destroy(&sv->wake);
-	pthread_cond_destroy(&sv->idle);
-	free(sv);
-}
-
-int lf_served_nmounts(struct lf_served *sv)
-{
-	int n;
-
-	pthread_mutex_lock(&sv->lock);
-	n = sv->nmounts;
-	pthread_mutex_unlock(&sv->lock);
-	return n;
-}
-
-void lf_served_unlink_mount(struct lf_served *sv, struct lf_mount *m)
-{
-	struct inval **pp;
-
-	pthread_mutex_lock(&sv->lock);
-	for (struct lf_mount **mp = &sv->mounts; *mp; mp = &(*mp)->next) {
-		if (*mp == m) {
-			*mp = m->next;
-			sv->nmounts--;
-			break;
-		}
-	}
-	sv->tail = &sv->head;
-	for (pp = &sv->head; *pp;) {
-		struct inval *it = *pp;
-
-		if (it->m == m) {
-			*pp = it->next;
-			free(it);
-		} else {
-			pp = &it->next;
-			sv->tail = pp;
-		}
-	}
-	while (sv->busy == m)
-		pthread_cond_wait(&sv->idle, &sv->lock);
-	pthread_mutex_unlock(&sv->lock);
+	return (struct lf_inval){.ino = parent, .name = name};
 }
 
 /* ---- lookup counts ---- */
@@ -504,6 +317,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 {
 	struct lf_mount *m = mnt(req);
 	struct lf_setattr sa = {0};
+	struct lf_op op;
 	unsigned what = 0;
 	struct lf_stat s;
 	struct stat st;
@@ -553,17 +367,19 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		      FUSE_SET_ATTR_KILL_PRIV))
 		what |= LF_SET_KILL_SUID;
 
+	lf_op_begin(m, &op, ino, 0);
 	ret = lf_fs_setattr(m->vol, to_disk(ino), what, &sa, &s);
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
-		return;
+	} else {
+		struct lf_inval iv = (what & LF_SET_SIZE) ? iv_data(s.ino, 0, 0)
+							 : iv_attr(s.ino);
+
+		lf_op_notify(m, &op, &iv, 1);
+		present(m, &s, &st);
+		fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
 	}
-	present(m, &s, &st);
-	fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
-	if (what & LF_SET_SIZE)
-		inval_data(m, s.ino, 0, 0);
-	else
-		inval_attr(m, s.ino);
+	lf_op_end(m, &op);
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -579,16 +395,24 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_readlink(req, buf);
 }
 
-static void created(struct lf_mount *m, fuse_req_t req, int ret,
-		    fuse_ino_t parent, const char *name,
+/* The other mounts' view of the directory changes before the reply. */
+static void created(struct lf_mount *m, fuse_req_t req, struct lf_op *op,
+		    int ret, fuse_ino_t parent, const char *name,
 		    const struct lf_stat *s)
 {
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
-		return;
+	} else {
+		struct lf_inval iv[] = {
+			iv_entry(parent, name),
+			iv_attr(to_disk(parent)),
+			iv_attr(s->ino), /* link count, for link() */
+		};
+
+		lf_op_notify(m, op, iv, 3);
+		reply_entry(m, req, s);
 	}
-	reply_entry(m, req, s);
-	inval_entry(m, to_disk(parent), name);
+	lf_op_end(m, op);
 }
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -597,15 +421,17 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct lf_mount *m = mnt(req);
 	struct lf_owner o;
 	struct lf_stat s;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, parent, 0);
 	ret = new_owner(m, req, &o);
 	if (ret == 0)
 		ret = lf_fs_mknod(m->vol, to_disk(parent), name, mode, rdev, &o,
 				  &s);
-	created(m, req, ret, parent, name, &s);
+	created(m, req, &op, ret, parent, name, &s);
 }
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -614,15 +440,17 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct lf_mount *m = mnt(req);
 	struct lf_owner o;
 	struct lf_stat s;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, parent, 0);
 	ret = new_owner(m, req, &o);
 	if (ret == 0)
 		ret = lf_fs_mkdir(m->vol, to_disk(parent), name,
 				  (mode & 07777) | S_IFDIR, &o, &s);
-	created(m, req, ret, parent, name, &s);
+	created(m, req, &op, ret, parent, name, &s);
 }
 
 static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
@@ -631,15 +459,17 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 	struct lf_mount *m = mnt(req);
 	struct lf_owner o;
 	struct lf_stat s;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, parent, 0);
 	ret = new_owner(m, req, &o);
 	if (ret == 0)
 		ret = lf_fs_symlink(m->vol, to_disk(parent), name, link, &o,
 				    &s);
-	created(m, req, ret, parent, name, &s);
+	created(m, req, &op, ret, parent, name, &s);
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
@@ -647,49 +477,58 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 {
 	struct lf_mount *m = mnt(req);
 	struct lf_stat s;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, newparent, ino);
 	ret = lf_fs_link(m->vol, to_disk(ino), to_disk(newparent), newname, &s);
-	created(m, req, ret, newparent, newname, &s);
-	if (ret == 0)
-		inval_attr(m, s.ino);
+	created(m, req, &op, ret, newparent, newname, &s);
 }
 
-static void removed(struct lf_mount *m, fuse_req_t req, int ret,
-		    fuse_ino_t parent, const char *name, uint64_t ino)
+static void removed(struct lf_mount *m, fuse_req_t req, struct lf_op *op,
+		    int ret, fuse_ino_t parent, const char *name, uint64_t ino)
 {
+	if (ret == 0) {
+		struct lf_inval iv[] = {
+			iv_entry(parent, name),
+			iv_attr(to_disk(parent)),
+			iv_attr(ino),
+		};
+
+		lf_op_notify(m, op, iv, ino ? 3 : 2);
+	}
 	fuse_reply_err(req, ret < 0 ? -ret : 0);
-	if (ret < 0)
-		return;
-	inval_entry(m, to_disk(parent), name);
-	if (ino)
-		inval_attr(m, ino);
+	lf_op_end(m, op);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct lf_mount *m = mnt(req);
 	uint64_t ino = 0;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, parent, 0);
 	ret = lf_fs_unlink(m->vol, to_disk(parent), name, &ino);
-	removed(m, req, ret, parent, name, ino);
+	removed(m, req, &op, ret, parent, name, ino);
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct lf_mount *m = mnt(req);
 	uint64_t ino = 0;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, parent, 0);
 	ret = lf_fs_rmdir(m->vol, to_disk(parent), name, &ino);
-	removed(m, req, ret, parent, name, ino);
+	removed(m, req, &op, ret, parent, name, ino);
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -698,36 +537,57 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	struct lf_mount *m = mnt(req);
 	uint64_t replaced = 0;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, parent, newparent);
 	ret = lf_fs_rename(m->vol, to_disk(parent), name, to_disk(newparent),
 			   newname, flags, &replaced);
-	removed(m, req, ret, parent, name, replaced);
-	if (ret == 0)
-		inval_entry(m, to_disk(newparent), newname);
+	if (ret == 0) {
+		struct lf_inval iv[] = {
+			iv_entry(parent, name),
+			iv_entry(newparent, newname),
+			iv_attr(to_disk(parent)),
+			iv_attr(to_disk(newparent)),
+			iv_attr(replaced),
+		};
+
+		lf_op_notify(m, &op, iv, replaced ? 5 : 4);
+	}
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+	lf_op_end(m, &op);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
 	bool writes = (fi->flags & O_ACCMODE) != O_RDONLY;
+	bool trunc = writes && (fi->flags & O_TRUNC);
+	struct lf_op op;
 	int ret;
 
 	if (writes && refuse_ro(m, req))
 		return;
+	if (trunc)
+		lf_op_begin(m, &op, ino, 0);
 	ret = lf_fs_open(m->vol, to_disk(ino), fi->flags);
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
-		return;
+	} else {
+		struct lf_inval iv = iv_data(to_disk(ino), 0, 0);
+
+		if (trunc)
+			lf_op_notify(m, &op, &iv, 1);
+		/* Other mounts' changes reach this kernel as
+		 * invalidations, so its page cache stays valid across
+		 * opens. */
+		fi->keep_cache = 1;
+		fuse_reply_open(req, fi);
 	}
-	/* Other mounts' changes reach this kernel as invalidations, so its
-	 * page cache stays valid across opens. */
-	fi->keep_cache = 1;
-	fuse_reply_open(req, fi);
-	if (writes && (fi->flags & O_TRUNC))
-		inval_data(m, to_disk(ino), 0, 0);
+	if (trunc)
+		lf_op_end(m, &op);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -752,18 +612,23 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		     size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
+	struct lf_op op;
 	ssize_t n;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, ino, 0);
 	n = lf_fs_write(m->vol, to_disk(ino), buf, size, (uint64_t)off);
 	if (n < 0) {
 		fuse_reply_err(req, (int)-n);
-		return;
+	} else {
+		struct lf_inval iv = iv_data(to_disk(ino), off, (off_t)n);
+
+		if (n > 0)
+			lf_op_notify(m, &op, &iv, 1);
+		fuse_reply_write(req, (size_t)n);
 	}
-	fuse_reply_write(req, (size_t)n);
-	if (n > 0)
-		inval_data(m, to_disk(ino), off, (off_t)n);
+	lf_op_end(m, &op);
 }
 
 static void op_ok(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -939,6 +804,18 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_statfs(req, &st);
 }
 
+/* Attribute-only notifications take no kernel lock: no registration. */
+static void xattr_changed(struct lf_mount *m, fuse_req_t req, fuse_ino_t ino,
+			  int ret)
+{
+	if (ret == 0) {
+		struct lf_inval iv = iv_attr(to_disk(ino));
+
+		lf_op_notify(m, NULL, &iv, 1);
+	}
+	fuse_reply_err(req, ret < 0 ? -ret : 0);
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			const char *value, size_t size, int flags)
 {
@@ -948,9 +825,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	if (refuse_ro(m, req))
 		return;
 	ret = lf_fs_setxattr(m->vol, to_disk(ino), name, value, size, flags);
-	fuse_reply_err(req, ret < 0 ? -ret : 0);
-	if (ret == 0)
-		inval_attr(m, to_disk(ino));
+	xattr_changed(m, req, ino, ret);
 }
 
 static void reply_sized(fuse_req_t req, ssize_t n, const void *buf, size_t size)
@@ -998,9 +873,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	if (refuse_ro(m, req))
 		return;
 	ret = lf_fs_removexattr(m->vol, to_disk(ino), name);
-	fuse_reply_err(req, ret < 0 ? -ret : 0);
-	if (ret == 0)
-		inval_attr(m, to_disk(ino));
+	xattr_changed(m, req, ino, ret);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -1010,10 +883,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 	struct lf_owner o;
 	struct lf_stat s;
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, parent, 0);
 	ret = new_owner(m, req, &o);
 	if (ret == 0)
 		ret = lf_fs_mknod(m->vol, to_disk(parent), name,
@@ -1024,32 +899,45 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 				 fi->flags & ~(O_CREAT | O_EXCL | O_TRUNC));
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
-		return;
+		goto out;
+	}
+	{
+		struct lf_inval iv[] = {iv_entry(parent, name),
+					iv_attr(to_disk(parent))};
+
+		lf_op_notify(m, &op, iv, 2);
 	}
 	fill_entry(m, &s, &e);
 	fi->keep_cache = 1;
 	if (count_lookup(m, s.ino) < 0) {
 		fuse_reply_err(req, ENOMEM);
-		return;
+		goto out;
 	}
 	if (fuse_reply_create(req, &e, fi) != 0)
 		forget_one(m, s.ino, 1);
-	inval_entry(m, to_disk(parent), name);
+out:
+	lf_op_end(m, &op);
 }
 
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 			 off_t length, struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
+	struct lf_op op;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	lf_op_begin(m, &op, ino, 0);
 	ret = lf_fs_fallocate(m->vol, to_disk(ino), mode, (uint64_t)offset,
 			      (uint64_t)length);
+	if (ret == 0) {
+		struct lf_inval iv = iv_data(to_disk(ino), offset, length);
+
+		lf_op_notify(m, &op, &iv, 1);
+	}
 	fuse_reply_err(req, ret < 0 ? -ret : 0);
-	if (ret == 0)
-		inval_data(m, to_disk(ino), 0, 0);
+	lf_op_end(m, &op);
 }
 
 static const struct fuse_lowlevel_ops fs_ops = {
@@ -1095,6 +983,10 @@ int lf_mount_fs(struct lf_served *sv, const char *path,
 	int ret;
 
 	*out = NULL;
+	if (!sv->vol) {
+		snprintf(err, errlen, "%s: not a filesystem volume", path);
+		return -EINVAL;
+	}
 	m = lf_mount_alloc(LF_MOUNT_FS, o);
 	if (!m) {
 		snprintf(err, errlen, "%s: out of memory", path);
@@ -1116,12 +1008,7 @@ int lf_mount_fs(struct lf_served *sv, const char *path,
 		lf_mount_free(m);
 		return ret;
 	}
-	/* Joins the invalidation set only now that m->se is final. */
-	pthread_mutex_lock(&sv->lock);
-	m->next = sv->mounts;
-	sv->mounts = m;
-	sv->nmounts++;
-	pthread_mutex_unlock(&sv->lock);
+	lf_served_link_mount(sv, m);
 	*out = m;
 	return 0;
 }

@@ -108,6 +108,314 @@ static bool is_lunfs_mount(const char *canon)
 	return found;
 }
 
+/* ---- groups: invalidating the other mounts of a volume ---- */
+
+/* A notification the worker delivers later. */
+struct lf_inval_item {
+	struct lf_inval_item *next;
+	struct lf_mount *m;
+	struct lf_inval iv; /* iv.name points at name[] */
+	char name[];
+};
+
+/* At most this many other mounts are notified from the handler itself;
+ * the rest go through the worker. */
+#define LF_SYNC_MOUNTS 32
+#define LF_INVAL_MAX 8
+
+static void deliver(struct lf_mount *m, const struct lf_inval *iv)
+{
+	int ret;
+
+	if (iv->name)
+		ret = fuse_lowlevel_notify_inval_entry(m->se, iv->ino, iv->name,
+						       strlen(iv->name));
+	else
+		ret = fuse_lowlevel_notify_inval_inode(m->se, iv->ino, iv->off,
+						       iv->len);
+	/* ENOENT: that kernel has nothing cached for it. */
+	if (ret < 0 && ret != -ENOENT && ret != -ENOTCONN && ret != -ENODEV)
+		lf_dbg(MOD, "%s: invalidate %lu%s%s: %s", m->path,
+		       (unsigned long)iv->ino, iv->name ? "/" : "",
+		       iv->name ? iv->name : "", strerror(-ret));
+}
+
+static void *inval_worker(void *arg)
+{
+	struct lf_served *sv = arg;
+
+	pthread_mutex_lock(&sv->lock);
+	for (;;) {
+		struct lf_inval_item *it;
+
+		while (!sv->head && !sv->quit)
+			pthread_cond_wait(&sv->wake, &sv->lock);
+		if (!sv->head)
+			break;
+		it = sv->head;
+		sv->head = it->next;
+		if (!sv->head)
+			sv->tail = &sv->head;
+		sv->busy = it->m;
+		pthread_mutex_unlock(&sv->lock);
+
+		deliver(it->m, &it->iv);
+		free(it);
+
+		pthread_mutex_lock(&sv->lock);
+		sv->busy = NULL;
+		pthread_cond_broadcast(&sv->idle);
+	}
+	pthread_mutex_unlock(&sv->lock);
+	return NULL;
+}
+
+/* Caller holds sv->lock. */
+static void defer(struct lf_served *sv, struct lf_mount *m,
+		  const struct lf_inval *iv)
+{
+	size_t namelen = iv->name ? strlen(iv->name) : 0;
+	struct lf_inval_item *it = malloc(sizeof(*it) + namelen + 1);
+
+	if (!it) {
+		lf_warn(MOD, "%s: out of memory: cache not invalidated",
+			m->path);
+		return;
+	}
+	it->next = NULL;
+	it->m = m;
+	it->iv = *iv;
+	memcpy(it->name, iv->name ? iv->name : "", namelen + 1);
+	it->iv.name = iv->name ? it->name : NULL;
+	*sv->tail = it;
+	sv->tail = &it->next;
+	pthread_cond_signal(&sv->wake);
+}
+
+/* Caller holds sv->lock. Could notifying m about iv wait for a request
+ * m's kernel has sent us? Attribute-only invalidation takes no lock; an
+ * entry one takes the directory's i_rwsem, a data one the page locks. */
+static bool may_wait(struct lf_served *sv, struct lf_mount *m,
+		     const struct lf_inval *iv)
+{
+	if (!iv->name && iv->off < 0)
+		return false;
+	for (struct lf_op *op = sv->ops; op; op = op->next)
+		if (op->m == m &&
+		    (op->keys[0] == iv->ino || op->keys[1] == iv->ino))
+			return true;
+	return false;
+}
+
+void lf_op_begin(struct lf_mount *m, struct lf_op *op, fuse_ino_t k1,
+		 fuse_ino_t k2)
+{
+	struct lf_served *sv = m->sv;
+
+	op->m = m;
+	op->keys[0] = k1;
+	op->keys[1] = k2;
+	op->next = NULL;
+	if (!sv)
+		return;
+	pthread_mutex_lock(&sv->lock);
+	op->next = sv->ops;
+	sv->ops = op;
+	pthread_mutex_unlock(&sv->lock);
+}
+
+void lf_op_end(struct lf_mount *m, struct lf_op *op)
+{
+	struct lf_served *sv = m->sv;
+
+	if (!sv)
+		return;
+	pthread_mutex_lock(&sv->lock);
+	for (struct lf_op **pp = &sv->ops; *pp; pp = &(*pp)->next) {
+		if (*pp == op) {
+			*pp = op->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&sv->lock);
+}
+
+/*
+ * Notify every other mount of the group before the caller replies, with
+ * no lock held. Deadlock freedom: a notification is delivered here only
+ * if the target mount has no registered request holding the kernel lock
+ * it needs; requests that do not notify never wait on us. Two handlers
+ * that would wait on each other's mount: the one that checks second sees
+ * the first registered (registration precedes the check) and defers.
+ */
+void lf_op_notify(struct lf_mount *src, const struct lf_op *op,
+		  const struct lf_inval *iv, int n)
+{
+	struct lf_served *sv = src->sv;
+	struct lf_mount *targets[LF_SYNC_MOUNTS];
+	unsigned now[LF_SYNC_MOUNTS]; /* bit i: deliver iv[i] here */
+	int nt = 0;
+
+	(void)op;
+	if (!sv || n <= 0)
+		return;
+	if (n > LF_INVAL_MAX)
+		n = LF_INVAL_MAX;
+	pthread_mutex_lock(&sv->lock);
+	if (sv->nmounts < 2 && (!sv->mounts || sv->mounts == src)) {
+		pthread_mutex_unlock(&sv->lock);
+		return;
+	}
+	for (struct lf_mount *m = sv->mounts; m; m = m->next) {
+		unsigned bits = 0;
+
+		if (m == src)
+			continue;
+		for (int i = 0; i < n; i++) {
+			if (nt < LF_SYNC_MOUNTS && !may_wait(sv, m, &iv[i]))
+				bits |= 1u << i;
+			else
+				defer(sv, m, &iv[i]);
+		}
+		if (!bits)
+			continue;
+		m->pins++;
+		targets[nt] = m;
+		now[nt++] = bits;
+	}
+	pthread_mutex_unlock(&sv->lock);
+
+	for (int t = 0; t < nt; t++)
+		for (int i = 0; i < n; i++)
+			if (now[t] & (1u << i))
+				deliver(targets[t], &iv[i]);
+
+	if (!nt)
+		return;
+	pthread_mutex_lock(&sv->lock);
+	for (int t = 0; t < nt; t++)
+		targets[t]->pins--;
+	pthread_cond_broadcast(&sv->idle);
+	pthread_mutex_unlock(&sv->lock);
+}
+
+struct lf_served *lf_served_alloc(void)
+{
+	struct lf_served *sv = calloc(1, sizeof(*sv));
+	sigset_t all, old;
+	int ret;
+
+	if (!sv)
+		return NULL;
+	sv->tail = &sv->head;
+	pthread_mutex_init(&sv->lock, NULL);
+	pthread_cond_init(&sv->wake, NULL);
+	pthread_cond_init(&sv->idle, NULL);
+	pthread_rwlock_init(&sv->rmw, NULL);
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = pthread_create(&sv->worker, NULL, inval_worker, sv);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret != 0) {
+		pthread_mutex_destroy(&sv->lock);
+		pthread_cond_destroy(&sv->wake);
+		pthread_cond_destroy(&sv->idle);
+		pthread_rwlock_destroy(&sv->rmw);
+		free(sv);
+		return NULL;
+	}
+	return sv;
+}
+
+struct lf_served *lf_served_new(struct lf_vol *v)
+{
+	struct lf_served *sv = lf_served_alloc();
+
+	if (sv)
+		sv->vol = v;
+	return sv;
+}
+
+struct lf_served *lf_served_new_block(struct lf_bdev *b)
+{
+	struct lf_served *sv = lf_served_alloc();
+
+	if (sv)
+		sv->bdev = b;
+	return sv;
+}
+
+void lf_served_free(struct lf_served *sv)
+{
+	if (!sv)
+		return;
+	pthread_mutex_lock(&sv->lock);
+	if (sv->nmounts)
+		lf_err(MOD, "%s: freed with %d mounts left (bug)",
+		       sv->vol ? lf_vol_desc(sv->vol) : lf_bdev_desc(sv->bdev),
+		       sv->nmounts);
+	sv->quit = true;
+	pthread_cond_signal(&sv->wake);
+	pthread_mutex_unlock(&sv->lock);
+	pthread_join(sv->worker, NULL);
+	pthread_mutex_destroy(&sv->lock);
+	pthread_cond_destroy(&sv->wake);
+	pthread_cond_destroy(&sv->idle);
+	pthread_rwlock_destroy(&sv->rmw);
+	free(sv);
+}
+
+int lf_served_nmounts(struct lf_served *sv)
+{
+	int n;
+
+	pthread_mutex_lock(&sv->lock);
+	n = sv->nmounts;
+	pthread_mutex_unlock(&sv->lock);
+	return n;
+}
+
+/* Joins the group only once m->se is final. */
+void lf_served_link_mount(struct lf_served *sv, struct lf_mount *m)
+{
+	pthread_mutex_lock(&sv->lock);
+	m->next = sv->mounts;
+	sv->mounts = m;
+	sv->nmounts++;
+	pthread_mutex_unlock(&sv->lock);
+}
+
+void lf_served_unlink_mount(struct lf_served *sv, struct lf_mount *m)
+{
+	struct lf_inval_item **pp;
+	bool found = false;
+
+	pthread_mutex_lock(&sv->lock);
+	for (struct lf_mount **mp = &sv->mounts; *mp; mp = &(*mp)->next) {
+		if (*mp == m) {
+			*mp = m->next;
+			sv->nmounts--;
+			found = true;
+			break;
+		}
+	}
+	sv->tail = &sv->head;
+	for (pp = &sv->head; *pp;) {
+		struct lf_inval_item *it = *pp;
+
+		if (it->m == m) {
+			*pp = it->next;
+			free(it);
+		} else {
+			pp = &it->next;
+			sv->tail = pp;
+		}
+	}
+	while (found && (sv->busy == m || m->pins > 0))
+		pthread_cond_wait(&sv->idle, &sv->lock);
+	pthread_mutex_unlock(&sv->lock);
+}
+
 struct thread_buf {
 	void *p;
 	size_t cap;
@@ -159,7 +467,6 @@ struct lf_mount *lf_mount_alloc(enum lf_mount_kind kind,
 	m->kind = kind;
 	m->opts = *o;
 	pthread_mutex_init(&m->ilock, NULL);
-	pthread_rwlock_init(&m->rmw, NULL);
 	if (pthread_key_create(&m->bufkey, free_thread_buf) == 0)
 		m->bufkey_ok = true;
 	if (!m->bufkey_ok) {
@@ -178,7 +485,6 @@ void lf_mount_free(struct lf_mount *m)
 	if (m->bufkey_ok)
 		pthread_key_delete(m->bufkey);
 	pthread_mutex_destroy(&m->ilock);
-	pthread_rwlock_destroy(&m->rmw);
 	free(m->icount.ino);
 	free(m->icount.cnt);
 	free(m->path);
@@ -347,7 +653,7 @@ void lf_mount_stop(struct lf_mount *m)
 	if (!m)
 		return;
 	atomic_store(&m->claimed, true);
-	if (m->kind == LF_MOUNT_FS && m->sv)
+	if (m->sv)
 		lf_served_unlink_mount(m->sv, m);
 	if (m->se) {
 		fuse_session_exit(m->se);

@@ -1,14 +1,21 @@
 /* mount.h — FUSE presentation of volumes at paths.
  *
- * A served volume (struct lf_served) wraps one open filesystem volume and
- * tracks every FUSE mount of it, so a change made through one mount
- * invalidates the kernel caches of the others. Each mount runs its own
+ * A served volume (struct lf_served) wraps one open filesystem volume, or
+ * one block device, and tracks every FUSE mount of it, so a change made
+ * through one mount invalidates the kernel caches of the others before
+ * the request that made it is answered: it is visible through the other
+ * mounts at once. (Two mounts changing the same directory or file at the
+ * same moment are the exception: the notification that would wait for
+ * the other mount's request is delivered right after it instead, since
+ * waiting could deadlock.) Each mount runs its own
  * FUSE low-level session on its own threads (fuse_session_loop_mt) and
  * has its own id mapping, read-only flag and fsGroup view.
  *
- * Block volumes are mounted with lf_mount_block(): the mount's root is one
- * regular file whose bytes are the LUN's bytes (PATH must be an existing
- * regular file; a FUSE mount may sit on a file).
+ * Block volumes are mounted with lf_mount_block() on a group made by
+ * lf_served_new_block(): the mount's root is one regular file whose bytes
+ * are the LUN's bytes (PATH must be an existing regular file; a FUSE mount
+ * may sit on a file). Mount a bdev through one group only: mounts in
+ * different groups do not see each other's writes in their page cache.
  *
  * Contract:
  *  - lf_mount_* return 0 or -errno with one line in err[] naming the path.
@@ -48,13 +55,15 @@ struct lf_mount_opts {
 void lf_mount_opts_init(struct lf_mount_opts *o);
 
 struct lf_served *lf_served_new(struct lf_vol *v);
+/* Does not take a reference: b must outlive the group. */
+struct lf_served *lf_served_new_block(struct lf_bdev *b);
 void lf_served_free(struct lf_served *sv);
 int lf_served_nmounts(struct lf_served *sv);
 
 int lf_mount_fs(struct lf_served *sv, const char *path,
 		const struct lf_mount_opts *o, struct lf_mount **out,
 		char *err, size_t errlen);
-int lf_mount_block(struct lf_bdev *b, const char *path,
+int lf_mount_block(struct lf_served *sv, const char *path,
 		   const struct lf_mount_opts *o, struct lf_mount **out,
 		   char *err, size_t errlen);
 void lf_mount_stop(struct lf_mount *m);

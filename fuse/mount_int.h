@@ -25,6 +25,52 @@ struct lf_icount {
 
 enum lf_mount_kind { LF_MOUNT_FS, LF_MOUNT_BLOCK };
 
+/* One cache invalidation for the other mounts of a group. */
+struct lf_inval {
+	fuse_ino_t ino; /* inode, or the directory holding name */
+	off_t off, len; /* data range (len 0 = to the end); off < 0: only
+			 * attributes */
+	const char *name; /* non-NULL: the entry name in directory ino */
+};
+
+/* A modifying request in flight on one mount, with the inodes whose
+ * kernel locks (directory i_rwsem, page locks) that mount's kernel holds
+ * until we reply. Notifying a mount on one of those inodes could wait for
+ * that request, so such a notification is deferred to the worker instead
+ * (see lf_op_notify). */
+struct lf_op {
+	struct lf_op *next;
+	struct lf_mount *m;
+	fuse_ino_t keys[2]; /* 0 = unused */
+};
+
+/*
+ * The mounts of one volume (filesystem) or one bdev (block): one group
+ * whose members invalidate each other's kernel caches.
+ * Locks, in order: lock, then a member's ilock. No lock is held while
+ * calling into fsops, the bdev or the kernel.
+ */
+struct lf_served {
+	struct lf_vol *vol;   /* filesystem groups */
+	struct lf_bdev *bdev; /* block groups (the caller's reference) */
+	pthread_mutex_t lock;
+	pthread_cond_t wake;	 /* deferred queue non-empty, or quit */
+	pthread_cond_t idle;	 /* pins or busy changed */
+	struct lf_mount *mounts; /* protected by lock */
+	int nmounts;		 /* protected by lock */
+	struct lf_op *ops;	 /* protected by lock */
+	struct lf_inval_item *head, **tail; /* deferred; protected by lock */
+	/* The mount the worker is notifying right now, with lock dropped:
+	 * unlinking that mount waits until it is done. */
+	struct lf_mount *busy; /* protected by lock */
+	bool quit;	       /* protected by lock */
+	pthread_t worker;
+	/* Block groups: unaligned writes read-modify-write edge blocks and
+	 * take it for writing, aligned writes for reading, so no update is
+	 * lost across the group's mounts. */
+	pthread_rwlock_t rmw;
+};
+
 struct lf_mount {
 	enum lf_mount_kind kind;
 	char *path; /* canonical */
@@ -41,10 +87,14 @@ struct lf_mount {
 	atomic_bool claimed;
 	atomic_bool loop_done;
 
-	/* LF_MOUNT_FS */
 	struct lf_served *sv;
-	struct lf_vol *vol;
 	struct lf_mount *next; /* in sv->mounts, protected by sv->lock */
+	/* Handlers of other mounts notifying this one with sv->lock
+	 * dropped: unlinking waits for 0. Protected by sv->lock. */
+	int pins;
+
+	/* LF_MOUNT_FS */
+	struct lf_vol *vol;
 	pthread_mutex_t ilock; /* protects icount */
 	struct lf_icount icount;
 
@@ -52,9 +102,6 @@ struct lf_mount {
 	struct lf_bdev *bdev;
 	uint32_t owner_uid, owner_gid;
 	struct timespec mtime;
-	/* Unaligned writes read-modify-write edge blocks: they take it for
-	 * writing, aligned writes for reading, so no update is lost. */
-	pthread_rwlock_t rmw;
 };
 
 /* fuse_common.c */
@@ -67,8 +114,20 @@ void lf_mount_free(struct lf_mount *m);
 void *lf_mount_buf(struct lf_mount *m, size_t size);
 void lf_mount_init_conn(struct fuse_conn_info *conn, bool atomic_trunc);
 
-/* fsmount.c */
+/* Groups (fuse_common.c). A modifying handler calls lf_op_begin() before
+ * it changes anything, lf_op_notify() after, then replies, then
+ * lf_op_end(): the other mounts' caches are invalidated before the reply,
+ * so the change is visible through them at once. */
+struct lf_served *lf_served_alloc(void);
+void lf_served_link_mount(struct lf_served *sv, struct lf_mount *m);
 void lf_served_unlink_mount(struct lf_served *sv, struct lf_mount *m);
+void lf_op_begin(struct lf_mount *m, struct lf_op *op, fuse_ino_t k1,
+		 fuse_ino_t k2);
+void lf_op_notify(struct lf_mount *m, const struct lf_op *op,
+		  const struct lf_inval *iv, int n);
+void lf_op_end(struct lf_mount *m, struct lf_op *op);
+
+/* fsmount.c */
 void lf_mount_drop_counts(struct lf_mount *m);
 
 #endif

@@ -28,17 +28,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MOD "iscsi"
-#define LOGIN_TIMEOUT_S 10	/* per login/discovery PDU */
-#define LOGOUT_WAIT_MS 3000	/* the target may be dead: do not wait more */
-#define RETRY_DELAY_MS 100
+#define MOD		 "iscsi"
+#define LOGIN_TIMEOUT_S	 10   /* per login/discovery PDU */
+#define LOGOUT_WAIT_MS	 3000 /* the target may be dead: do not wait more */
+#define RETRY_DELAY_MS	 100
 #define MAX_TRANSFER_CAP (4u << 20)
+#define FAILOVER_MS	 2000 /* down this long with other portals: try them */
 
 enum sreq_kind { SREQ_READ, SREQ_WRITE, SREQ_FLUSH, SREQ_UNMAP, SREQ_RAW };
 enum raw_cmd { RAW_INQUIRY, RAW_READCAP16, RAW_MODESENSE6 };
 
 struct sreq {
-	struct sreq *next, *prev;	/* queue/free list (next), inflight */
+	struct sreq *next, *prev; /* queue/free list (next), inflight */
 	struct lf_session *s;
 	enum sreq_kind kind;
 	int lun;
@@ -46,20 +47,20 @@ struct sreq {
 	const struct scsi_iovec *iov;
 	int iovcnt;
 	uint64_t lba;
-	uint32_t len;			/* bytes (READ/WRITE/UNMAP) */
+	uint32_t len; /* bytes (READ/WRITE/UNMAP) */
 	struct unmap_list ul;
 	enum raw_cmd raw;
 	int raw_evpd, raw_page;
-	struct scsi_task **raw_out;	/* RAW: the finished task, caller frees */
-	struct scsi_task *task;		/* in flight */
+	struct scsi_task **raw_out; /* RAW: the finished task, caller frees */
+	struct scsi_task *task;	    /* in flight */
 	int64_t deadline_ms, not_before_ms;
 	lf_bdev_done_fn done;
 	void *opaque;
 };
 
 struct lf_session {
-	struct lf_session_params p;	/* holds secrets: wiped on free */
-	struct iscsi_context *ctx;	/* the I/O thread's once it runs */
+	struct lf_session_params p; /* holds secrets: wiped on free */
+	struct iscsi_context *ctx;  /* the I/O thread's once it runs */
 	pthread_t thread;
 	bool thread_started;
 	int efd;
@@ -74,11 +75,13 @@ struct lf_session {
 	char portal[96];
 
 	/* I/O thread only */
-	struct sreq *inflight;		/* doubly linked */
-	struct sreq *retry;		/* waiting for not_before_ms */
-	int64_t down_since_ms;		/* 0 while logged in */
-	bool stopped;			/* shutdown began: no retries */
-	int64_t quiet_until_ms;		/* do not poll the context's fd */
+	struct sreq *inflight;	/* doubly linked */
+	struct sreq *retry;	/* waiting for not_before_ms */
+	int64_t down_since_ms;	/* 0 while logged in */
+	bool stopped;		/* shutdown began: no retries */
+	int64_t quiet_until_ms; /* do not poll the context's fd */
+	int64_t last_login_ms;	/* relogin attempts without ctx */
+	int64_t last_failover_ms; /* portal switch attempts while down */
 };
 
 struct lf_lun {
@@ -223,8 +226,7 @@ static int discover(const struct lf_session_params *p, const char *portal,
 			 portal, p->iqn);
 		return -ENOMEM;
 	}
-	if (iscsi_connect_sync(ctx, portal) ||
-	    iscsi_login_sync(ctx)) {
+	if (iscsi_connect_sync(ctx, portal) || iscsi_login_sync(ctx)) {
 		r = login_error(p, portal, "discovery login",
 				iscsi_get_error(ctx), err, errlen);
 		goto out;
@@ -286,7 +288,9 @@ static int login_portal(struct lf_session *s, const char *portal, char *err,
 	iscsi_set_noautoreconnect(ctx, 0);
 	iscsi_set_timeout(ctx, 0);
 	s->ctx = ctx;
+	pthread_mutex_lock(&s->lock);
 	snprintf(s->portal, sizeof(s->portal), "%s", portal);
+	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
 
@@ -353,7 +357,7 @@ static void finish(struct lf_session *s, struct sreq *r, int err)
 	void *opaque = r->opaque;
 
 	if (r->kind == SREQ_RAW) {
-		*r->raw_out = r->task;	/* NULL on error: caller sees err */
+		*r->raw_out = r->task; /* NULL on error: caller sees err */
 		r->task = NULL;
 	} else if (r->task) {
 		scsi_free_scsi_task(r->task);
@@ -417,7 +421,7 @@ static int task_errno(const struct scsi_task *t, int status)
 	case SCSI_SENSE_UNIT_ATTENTION:
 	case SCSI_SENSE_NOT_READY:
 		return ascq == SCSI_SENSE_ASCQ_MEDIUM_NOT_PRESENT ? -ENOMEDIUM
-								   : 1;
+								  : 1;
 	case SCSI_SENSE_DATA_PROTECTION:
 		/* 27/07: SPACE ALLOCATION FAILED WRITE PROTECT (thin LUN) */
 		return ascq == 0x2707 ? -ENOSPC : -EROFS;
@@ -447,11 +451,12 @@ static void task_cb(struct iscsi_context *ctx, int status, void *data,
 	inflight_del(s, r);
 	e = task_errno(r->task, status);
 	if (e == 1 && !s->stopped && now_ms() < r->deadline_ms) {
-		lf_dbg(MOD, "iscsi://%s/%s/%d: retrying after status 0x%x "
-			    "sense %s/0x%04x",
-			s->portal, s->p.iqn, r->lun, status,
-			scsi_sense_key_str(r->task->sense.key),
-			r->task->sense.ascq);
+		lf_dbg(MOD,
+		       "iscsi://%s/%s/%d: retrying after status 0x%x "
+		       "sense %s/0x%04x",
+		       s->portal, s->p.iqn, r->lun, status,
+		       scsi_sense_key_str(r->task->sense.key),
+		       r->task->sense.ascq);
 		scsi_free_scsi_task(r->task);
 		r->task = NULL;
 		retry_later(s, r,
@@ -469,11 +474,12 @@ static void task_cb(struct iscsi_context *ctx, int status, void *data,
 		return;
 	}
 	if (e)
-		lf_dbg(MOD, "iscsi://%s/%s/%d: command failed: %s (status "
-			    "0x%x, sense %s/0x%04x)",
-			s->portal, s->p.iqn, r->lun, strerror(-e), status,
-			r->task ? scsi_sense_key_str(r->task->sense.key) : "-",
-			r->task ? r->task->sense.ascq : 0);
+		lf_dbg(MOD,
+		       "iscsi://%s/%s/%d: command failed: %s (status "
+		       "0x%x, sense %s/0x%04x)",
+		       s->portal, s->p.iqn, r->lun, strerror(-e), status,
+		       r->task ? scsi_sense_key_str(r->task->sense.key) : "-",
+		       r->task ? r->task->sense.ascq : 0);
 	finish(s, r, e);
 }
 
@@ -496,21 +502,19 @@ static struct scsi_task *start_task(struct lf_session *s, struct sreq *r)
 		return iscsi_synchronizecache16_task(c, r->lun, 0, 0, 0, 0,
 						     task_cb, r);
 	case SREQ_UNMAP:
-		return iscsi_unmap_task(c, r->lun, 0, 0, &r->ul, 1, task_cb,
-					r);
+		return iscsi_unmap_task(c, r->lun, 0, 0, &r->ul, 1, task_cb, r);
 	case SREQ_RAW:
 		switch (r->raw) {
 		case RAW_INQUIRY:
 			return iscsi_inquiry_task(c, r->lun, r->raw_evpd,
 						  r->raw_page, 255, task_cb, r);
 		case RAW_READCAP16:
-			return iscsi_readcapacity16_task(c, r->lun, task_cb,
-							 r);
+			return iscsi_readcapacity16_task(c, r->lun, task_cb, r);
 		case RAW_MODESENSE6:
 			return iscsi_modesense6_task(
 				c, r->lun, 1, SCSI_MODESENSE_PC_CURRENT,
-				SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255,
-				task_cb, r);
+				SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255, task_cb,
+				r);
 		}
 	}
 	return NULL;
@@ -527,6 +531,11 @@ static void dispatch(struct lf_session *s, struct sreq *r)
 		finish(s, r, -EIO);
 		return;
 	}
+	if (!s->ctx) {
+		/* Between contexts of a portal switch: wait for the next. */
+		retry_later(s, r, RETRY_DELAY_MS);
+		return;
+	}
 	/* Linked before the call: the callback may run inside it. */
 	inflight_add(s, r);
 	r->task = start_task(s, r);
@@ -540,7 +549,7 @@ static void dispatch(struct lf_session *s, struct sreq *r)
 
 static void update_state(struct lf_session *s)
 {
-	bool up = iscsi_is_logged_in(s->ctx);
+	bool up = s->ctx && iscsi_is_logged_in(s->ctx);
 	bool was;
 
 	pthread_mutex_lock(&s->lock);
@@ -555,31 +564,136 @@ static void update_state(struct lf_session *s)
 			s->portal, s->p.iqn);
 	} else if (!was && up) {
 		s->down_since_ms = 0;
-		lf_info(MOD, "iscsi://%s/%s: reconnected", s->portal,
-			s->p.iqn);
+		lf_info(MOD, "iscsi://%s/%s: reconnected", s->portal, s->p.iqn);
 	}
 }
 
-/* Once a second: libiscsi's timeouts, and our deadline for commands the
- * target never answers (e.g. while it is gone for good). */
+/* Gives up on a context that has not reconnected in replacement_timeout:
+ * libiscsi keeps the commands of a pending reconnect where cancelling
+ * cannot reach them, but destroying the context completes them. */
+static void drop_context(struct lf_session *s)
+{
+	struct sreq *r;
+
+	lf_warn(MOD,
+		"iscsi://%s/%s: no connection for %d s: failing I/O, "
+		"will keep trying to log in",
+		s->portal, s->p.iqn, s->p.replacement_timeout);
+	s->stopped = true; /* no retries from the callbacks */
+	iscsi_destroy_context(s->ctx);
+	s->ctx = NULL;
+	while ((r = s->inflight)) { /* any the destroy did not report */
+		inflight_del(s, r);
+		finish(s, r, -EIO);
+	}
+	while ((r = s->retry)) {
+		s->retry = r->next;
+		finish(s, r, -EIO);
+	}
+	s->stopped = false;
+}
+
+/* Fresh login after drop_context(), on the I/O thread, portals in turn. */
+static void relogin(struct lf_session *s)
+{
+	char portal[96], e[512];
+
+	for (int i = 0; i < s->p.nportals; i++) {
+		portal_str(&s->p.portals[i], portal, sizeof(portal));
+		if (login_portal(s, portal, e, sizeof(e)) == 0) {
+			update_state(s);
+			return;
+		}
+		lf_dbg(MOD, "%s", e);
+	}
+}
+
+/* libiscsi's reconnect dials only the portal it logged in to: when that
+ * one stays down and the spec names others, log in to the next that
+ * answers and move the commands over. Destroying the old context completes
+ * its commands as cancelled, which task_cb retries on the new one; if no
+ * other portal answers, the old context goes on reconnecting. */
+static void failover(struct lf_session *s)
+{
+	struct iscsi_context *old = s->ctx;
+	struct sreq *r;
+	char cur[96], portal[96], e[512];
+	int start = 0;
+
+	pthread_mutex_lock(&s->lock);
+	snprintf(cur, sizeof(cur), "%s", s->portal);
+	pthread_mutex_unlock(&s->lock);
+	for (int i = 0; i < s->p.nportals; i++) {
+		portal_str(&s->p.portals[i], portal, sizeof(portal));
+		if (!strcmp(portal, cur))
+			start = i + 1;
+	}
+	s->ctx = NULL;
+	for (int k = 0; k < s->p.nportals; k++) {
+		portal_str(&s->p.portals[(start + k) % s->p.nportals], portal,
+			   sizeof(portal));
+		if (!strcmp(portal, cur))
+			continue;
+		if (login_portal(s, portal, e, sizeof(e)) == 0)
+			break;
+		lf_dbg(MOD, "%s", e);
+	}
+	if (!s->ctx) {
+		s->ctx = old;
+		return;
+	}
+	lf_warn(MOD, "iscsi://%s/%s: portal %s is down: moved the session here",
+		portal, s->p.iqn, cur);
+	iscsi_destroy_context(old);
+	while ((r = s->inflight)) { /* any the destroy did not report */
+		inflight_del(s, r);
+		r->task = NULL; /* the old context's: gone with it */
+		retry_later(s, r, 0);
+	}
+	s->quiet_until_ms = 0;
+	update_state(s);
+}
+
+/* Once a second: libiscsi's timeouts, our deadline for commands the
+ * target never answers, and giving up on (or reviving) a dead context. */
 static void tick(struct lf_session *s)
 {
 	int64_t now = now_ms();
 	struct sreq *r, *next;
 
+	if (!s->ctx) {
+		if (now - s->last_login_ms >= 5000) {
+			s->last_login_ms = now;
+			relogin(s);
+		}
+		if (!s->ctx)
+			return;
+	}
 	iscsi_service(s->ctx, 0);
 	update_state(s);
+	if (s->down_since_ms &&
+	    now - s->down_since_ms >=
+		    (int64_t)s->p.replacement_timeout * 1000) {
+		drop_context(s);
+		s->last_login_ms = now;
+		return;
+	}
+	if (s->down_since_ms && s->p.nportals > 1 &&
+	    now - s->down_since_ms >= FAILOVER_MS &&
+	    now - s->last_failover_ms >= FAILOVER_MS) {
+		s->last_failover_ms = now;
+		failover(s);
+	}
 	for (r = s->inflight; r; r = next) {
 		next = r->next;
 		if (now < r->deadline_ms || !r->task)
 			continue;
 		/* Calls task_cb with CANCELLED; past the deadline → -EIO.
 		 * next may have completed too: restart the walk. */
-		int cr = iscsi_scsi_cancel_task(s->ctx, r->task);
-		lf_dbg(MOD, "TMP cancel %d q %d out %d", cr, iscsi_queue_length(s->ctx), iscsi_out_queue_length(s->ctx));
-		if (cr == 0) {
-			lf_warn(MOD, "iscsi://%s/%s: command gave up after "
-				     "%d s",
+		if (iscsi_scsi_cancel_task(s->ctx, r->task) == 0) {
+			lf_warn(MOD,
+				"iscsi://%s/%s: command gave up after "
+				"%d s",
 				s->portal, s->p.iqn, s->p.replacement_timeout);
 			next = s->inflight;
 		}
@@ -627,6 +741,8 @@ static void shutdown_ctx(struct lf_session *s)
 		s->retry = r->next;
 		finish(s, r, -EIO);
 	}
+	if (!s->ctx)
+		return;
 	iscsi_scsi_cancel_all_tasks(s->ctx);
 	/* Only a logged-in context is logged out: logout on one that is
 	 * reconnecting or gave up crashed inside libiscsi (DESIGN.md). */
@@ -655,7 +771,7 @@ static void shutdown_ctx(struct lf_session *s)
 	}
 	iscsi_destroy_context(s->ctx);
 	s->ctx = NULL;
-	while ((r = s->inflight)) {	/* defensive: none should be left */
+	while ((r = s->inflight)) { /* defensive: none should be left */
 		inflight_del(s, r);
 		r->task = NULL;
 		finish(s, r, -EIO);
@@ -699,12 +815,12 @@ static void *io_thread(void *arg)
 		wait = next_tick - now;
 		if (s->retry && wait > RETRY_DELAY_MS)
 			wait = RETRY_DELAY_MS / 2;
-		pfd[1].fd = iscsi_get_fd(s->ctx);
-		pfd[1].events = iscsi_which_events(s->ctx);
+		pfd[1].fd = s->ctx ? iscsi_get_fd(s->ctx) : -1;
+		pfd[1].events = s->ctx ? iscsi_which_events(s->ctx) : 0;
 		if (pfd[1].fd >= 0 && pfd[1].events)
 			nfd = 2;
 		else if (wait > 100)
-			wait = 100;	/* reconnect pending: see iscsi.h */
+			wait = 100; /* reconnect pending: see iscsi.h */
 		if (now < s->quiet_until_ms) {
 			nfd = 1;
 			if (wait > s->quiet_until_ms - now)
@@ -723,8 +839,8 @@ static void *io_thread(void *arg)
 			if (iscsi_service(s->ctx, pfd[1].revents) < 0 ||
 			    (pfd[1].revents & (POLLHUP | POLLERR)))
 				s->quiet_until_ms = now_ms() + 100;
-		} else if (nfd == 1 && n == 0) {
-			iscsi_service(s->ctx, 0);	/* drives reconnect */
+		} else if (nfd == 1 && n == 0 && s->ctx) {
+			iscsi_service(s->ctx, 0); /* drives reconnect */
 		}
 		if (nfd == 2 && pfd[1].revents)
 			update_state(s);
@@ -1075,7 +1191,8 @@ int lf_session_open_lun(struct lf_session *s, int lun, bool read_only,
 	t = run_raw(s, lun, RAW_INQUIRY, 1, SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS,
 		    &e);
 	if (t && task_errno(t, t->status) == 0) {
-		struct scsi_inquiry_block_limits *bl = scsi_datain_unmarshall(t);
+		struct scsi_inquiry_block_limits *bl =
+			scsi_datain_unmarshall(t);
 
 		/* 0 means "not reported" (tgtd): keep our cap. */
 		if (bl && bl->max_xfer_len &&

@@ -7,10 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh --asan
 
+# Leaks inside libiscsi are not ours to fix; everything else must be clean.
+export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+
 echo "== C unit tests"
 ctest --test-dir build --output-on-failure -j2
 echo "== C unit tests (ASan/UBSan)"
-ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j2
+ctest --test-dir build-asan --output-on-failure -j2
 
 echo "== fuzzing: ${LUNFS_FUZZ_SECONDS:-20} s per target (libFuzzer + ASan/UBSan)"
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DLUNFS_FUZZ=ON \

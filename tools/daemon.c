@@ -505,6 +505,8 @@ static int open_bdev(struct lf_daemon *d, const struct lf_spec *spec,
 		return r;
 	}
 	lf_registry_params(spec, sec, d->node_initiator, &p);
+	if (d->o.replacement_timeout > 0)
+		p.replacement_timeout = d->o.replacement_timeout;
 	r = lf_registry_open_lun(d->reg, &p, spec->lun, read_only, out, err,
 				 errlen);
 	explicit_bzero(&p, sizeof(p));
@@ -521,7 +523,8 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 	static atomic_uint seq;
 	struct lf_mount_opts mo;
 	struct lf_mount *m = NULL;
-	char path[PATH_MAX + 64], err[512], buf[4096];
+	struct lf_served *sv = NULL;
+	char path[PATH_MAX + 64], err[512] = "out of memory", buf[4096];
 	int fd, pfd[2], status = 0, r;
 	size_t len = 0;
 	pid_t pid;
@@ -536,7 +539,8 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 	lf_mount_opts_init(&mo);
 	mo.fsgroup = -1;
 	mo.read_only = strcmp(mode, "-n") == 0;
-	r = lf_mount_block(b, path, &mo, &m, err, sizeof(err));
+	sv = lf_served_new_block(b);
+	r = sv ? lf_mount_block(sv, path, &mo, &m, err, sizeof(err)) : -ENOMEM;
 	if (r) {
 		lf_err(MOD, "fsck: %s", err);
 		goto out;
@@ -581,6 +585,7 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 out:
 	if (m)
 		lf_mount_stop(m);
+	lf_served_free(sv);
 	unlink(path);
 	return r;
 }
@@ -672,6 +677,10 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 		}
 		if (lf_vol_formatted(v->vol))
 			lf_info(MOD, "%s: was empty: formatted ext4", key);
+	} else if (!(v->served = lf_served_new_block(v->bdev))) {
+		r = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto fail;
 	}
 	v->nmounts = 1;
 	v->next = d->volumes;
@@ -846,7 +855,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	lf_idmap_format(&mo.uidmap, m->uidmap, sizeof(m->uidmap));
 	lf_idmap_format(&mo.gidmap, m->gidmap, sizeof(m->gidmap));
 	if (block)
-		r = lf_mount_block(v->bdev, path, &mo, &m->m, err, sizeof(err));
+		r = lf_mount_block(v->served, path, &mo, &m->m, err, sizeof(err));
 	else
 		r = lf_mount_fs(v->served, path, &mo, &m->m, err, sizeof(err));
 	if (r)

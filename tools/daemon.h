@@ -23,6 +23,7 @@ struct lf_daemon_opts {
 	const char *state_dir;
 	const char *socket_path;
 	bool allow_other;	/* mounts with allow_other (root default) */
+	int replacement_timeout; /* seconds a session may be down; 0 = 120 */
 	/* Called (from any thread) when a shutdown request arrives. */
 	void (*on_shutdown)(void *ctx);
 	void *ctx;

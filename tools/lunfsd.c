@@ -54,6 +54,11 @@ static void usage(FILE *f)
 		"                    env LUNFS_SOCKET)\n"
 		"  --no-allow-other  mounts are visible to the daemon's user "
 		"only\n"
+		"  --replacement-timeout SECONDS\n"
+		"                    how long I/O waits for a lost session to "
+		"come back\n"
+		"                    before failing with EIO (default 120; env\n"
+		"                    LUNFS_REPLACEMENT_TIMEOUT)\n"
 		"  -h, --help        this help\n\n"
 		"Logs go to stderr. Debug logging: LUNFS_DEBUG=all (or a list "
 		"of modules:\niscsi,fsimage,fuse,daemon).\n");
@@ -76,8 +81,8 @@ static void *serve_conn(void *arg)
 	int r;
 
 	r = lf_ctl_read_all(fd, LF_CTL_MAX, &text);
-	if (r && r != -EMSGSIZE)
-		goto out;
+	if ((r && r != -EMSGSIZE) || (!r && !*text))
+		goto out; /* a liveness probe sends nothing */
 	if (!r)
 		r = lf_request_parse(text, strlen(text), &req, err, sizeof(err));
 	else
@@ -175,12 +180,15 @@ int main(int argc, char **argv)
 		{"state-dir", required_argument, NULL, 's'},
 		{"socket", required_argument, NULL, 'S'},
 		{"no-allow-other", no_argument, NULL, 'n'},
+		{"replacement-timeout", required_argument, NULL, 'R'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	char state[PATH_MAX], sock[PATH_MAX], lockpath[PATH_MAX + 16],
 		pidpath[PATH_MAX + 16];
 	const char *state_opt = NULL, *sock_opt = NULL;
+	const char *rt_opt = getenv("LUNFS_REPLACEMENT_TIMEOUT");
+	int replacement_timeout = 0;
 	bool allow_other = geteuid() == 0 || fuse_user_allow_other();
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct lf_daemon_opts o = {0};
@@ -200,6 +208,9 @@ int main(int argc, char **argv)
 		case 'n':
 			allow_other = false;
 			break;
+		case 'R':
+			rt_opt = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -212,6 +223,21 @@ int main(int argc, char **argv)
 		fprintf(stderr, "lunfsd: unexpected argument '%s'\n", argv[optind]);
 		usage(stderr);
 		return 2;
+	}
+	if (rt_opt && *rt_opt) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(rt_opt, &end, 10);
+		if (errno || *end || v < 1 || v > 86400) {
+			fprintf(stderr,
+				"lunfsd: replacement timeout '%s': expected "
+				"seconds between 1 and 86400\n",
+				rt_opt);
+			return 2;
+		}
+		replacement_timeout = (int)v;
 	}
 	r = lf_ctl_paths(state_opt, sock_opt, state, sizeof(state), sock,
 			 sizeof(sock));
@@ -250,6 +276,7 @@ int main(int argc, char **argv)
 	o.state_dir = state;
 	o.socket_path = sock;
 	o.allow_other = allow_other;
+	o.replacement_timeout = replacement_timeout;
 	o.on_shutdown = on_shutdown;
 	r = lf_daemon_new(&o, &top.d);
 	if (r) {
@@ -277,7 +304,8 @@ int main(int argc, char **argv)
 		lf_err(MOD, "cannot start the accept thread");
 		goto out_sock;
 	}
-	lf_info(MOD, "serving %s (state %s)%s", sock, state,
+	lf_info(MOD, "serving %s (state %s, replacement timeout %d s)%s",
+		sock, state, replacement_timeout ? replacement_timeout : 120,
 		allow_other ? "" : ", mounts without allow_other");
 
 	for (;;) {

@@ -22,6 +22,14 @@
 
 static const struct lf_owner owner = {1000, 1000};
 
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
 static struct lf_vol *open_img(const char *path, uint64_t size, bool fresh)
 {
 	struct lf_vol_opts o = {.allow_format = true};
@@ -508,6 +516,91 @@ static void test_bigdir(struct lf_vol *v)
 	CHECK_EQ(lf_fs_lookup(v, d, "f3", &st), 0);
 }
 
+/* Create and unlink rates in one large directory (printed, and bounded
+ * loosely so a quadratic regression shows). */
+static void test_dir_rates(struct lf_vol *v)
+{
+	uint64_t d = mk(v, LF_ROOT_INO, "rates", S_IFDIR | 0755);
+	char name[32];
+	int bad = 0;
+	double t0, tc, tu;
+	struct lf_stat st;
+
+	t0 = now_s();
+	for (int i = 0; i < NBIG; i++) {
+		snprintf(name, sizeof(name), "file-%06d", i);
+		if (lf_fs_mknod(v, d, name, S_IFREG | 0644, 0, &owner, &st))
+			bad++;
+	}
+	tc = now_s() - t0;
+	t0 = now_s();
+	for (int i = 0; i < NBIG; i++) {
+		/* not in creation order: unlink must not depend on it */
+		snprintf(name, sizeof(name), "file-%06d",
+			 (int)((i * 7919L) % NBIG));
+		if (lf_fs_unlink(v, d, name, NULL))
+			bad++;
+	}
+	tu = now_s() - t0;
+	CHECK_EQ(bad, 0);
+	printf("directory of %d: create %.0f files/s, unlink %.0f files/s\n",
+	       NBIG, NBIG / tc, NBIG / tu);
+	CHECK(NBIG / tc > 2000);
+	CHECK(NBIG / tu > 2000);
+	CHECK_EQ(lf_fs_rmdir(v, LF_ROOT_INO, "rates", NULL), 0);
+}
+
+/* Names of every length filling and refilling directory blocks, up to the
+ * checksum tail; checked by e2fsck, the kernel and a reopen. */
+#define NMIX 600
+
+static void mix_name(char *buf, int i, int gen)
+{
+	int len = 1 + (i * 37 + gen * 101) % 255;
+
+	memset(buf, 'a' + i % 26, len);
+	snprintf(buf, len + 1 < 12 ? len + 1 : 12, "%d_%d", i, gen);
+	if (len >= 12)
+		buf[11] = '.';
+	buf[len] = 0;
+}
+
+static void test_dir_mix(struct lf_vol *v)
+{
+	uint64_t d = mk(v, LF_ROOT_INO, "mix", S_IFDIR | 0755);
+	char name[300];
+	int bad = 0;
+	struct lf_stat st;
+
+	for (int i = 0; i < NMIX; i++) {
+		mix_name(name, i, 0);
+		if (lf_fs_mknod(v, d, name, S_IFREG | 0644, 0, &owner, &st))
+			bad++;
+	}
+	for (int i = 0; i < NMIX; i += 3) {
+		mix_name(name, i, 0);
+		if (lf_fs_unlink(v, d, name, NULL))
+			bad++;
+		mix_name(name, i, 1);
+		if (lf_fs_mknod(v, d, name, S_IFREG | 0644, 0, &owner, &st))
+			bad++;
+	}
+	for (int i = 1; i < NMIX; i += 3) {
+		mix_name(name, i, 0);
+		if (lf_fs_rename(v, d, name, d, i % 2 ? "x" : "y", 0, NULL))
+			bad++;
+	}
+	CHECK_EQ(bad, 0);
+	for (int i = 0; i < NMIX; i++) {
+		mix_name(name, i, i % 3 == 0);
+		if (i % 3 != 1 && lf_fs_lookup(v, d, name, &st))
+			bad++;
+	}
+	CHECK_EQ(bad, 0);
+	CHECK(ino_of(v, d, "x") != 0);
+	CHECK(ino_of(v, d, "y") != 0);
+}
+
 static void test_orphans(struct lf_vol *v)
 {
 	uint64_t f = mk(v, LF_ROOT_INO, "orphan", S_IFREG | 0644);
@@ -591,10 +684,12 @@ static void test_enospc(const char *dir)
 	/* Freeing blocks on the full volume: the file ends on the last
 	 * block of the filesystem, which ext2fs_punch cannot free. */
 	v = open_img(img, 0, false);
-	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	CHECK_EQ(lf_fs_fallocate(v, f,
+				 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				 off - 8192, 8192),
 		 0);
-	CHECK_EQ(lf_fs_fallocate(v, f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	CHECK_EQ(lf_fs_fallocate(v, f,
+				 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				 2 * MIB, MIB),
 		 0);
 	{
@@ -638,17 +733,11 @@ static void test_enospc(const char *dir)
 struct race {
 	struct lf_vol *v;
 	uint64_t a, b;
-	volatile int stop;
-	long reads, writes, truncs, bad, errs;
+	_Atomic uint64_t c; /* created and unlinked each round */
+	_Atomic int stop;
+	long reads, writes, truncs, bad;
+	_Atomic long errs;
 };
-
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec / 1e9;
-}
 
 /* Reads and writes file a, whose bytes are only ever 0x5a or zero. */
 static void *race_io(void *p)
@@ -676,7 +765,14 @@ static void *race_io(void *p)
 			rc->writes++;
 			continue;
 		}
-		n = lf_fs_read(rc->v, rc->a, buf, len, off);
+		if (rand_r(&seed) % 4 == 1 && rc->c) {
+			/* c may be unlinked and freed under us */
+			n = lf_fs_read(rc->v, rc->c, buf, len, off % MIB);
+			if (n == -ESTALE || n == -EINVAL)
+				continue;
+		} else {
+			n = lf_fs_read(rc->v, rc->a, buf, len, off);
+		}
 		if (n < 0) {
 			rc->errs++;
 			continue;
@@ -705,6 +801,18 @@ static void *race_trunc(void *p)
 	while (!rc->stop) {
 		struct lf_setattr sa = {.size = rand_r(&seed) % RACE_SIZE};
 		uint64_t off = rand_r(&seed) % RACE_SIZE;
+		struct lf_stat st;
+
+		if (lf_fs_mknod(rc->v, LF_ROOT_INO, "c", S_IFREG | 0644, 0,
+				&owner, &st) == 0) {
+			memset(c3, 0x5a, MIB);
+			if (lf_fs_write(rc->v, st.ino, c3, MIB, 0) != MIB)
+				rc->errs++;
+			memset(c3, 0xc3, MIB);
+			rc->c = st.ino;
+		} else {
+			rc->errs++;
+		}
 
 		if (lf_fs_setattr(rc->v, rc->a, LF_SET_SIZE, &sa, NULL))
 			rc->errs++;
@@ -723,6 +831,8 @@ static void *race_trunc(void *p)
 			rc->errs++;
 		sa.size = 0;
 		if (lf_fs_setattr(rc->v, rc->b, LF_SET_SIZE, &sa, NULL))
+			rc->errs++;
+		if (lf_fs_unlink(rc->v, LF_ROOT_INO, "c", NULL))
 			rc->errs++;
 		rc->truncs++;
 	}
@@ -776,6 +886,7 @@ static void kernel_check(const char *dir, const char *img, const char *model)
 		 "set -e; cd %s; cmp data %s; test \"$(readlink fast)\" = "
 		 "short/target; x=$(readlink slow); test ${#x} = 2000;"
 		 "test $(ls big | wc -l) = %d; test -p fifo; test -S sock;"
+		 "test $(ls mix | wc -l) = %d; test -f mix/x; test -f mix/y;"
 		 "test \"$(stat -c %%t:%%T null)\" = 1:3;"
 		 "test \"$(stat -c %%u:%%g:%%a attrs)\" = 77:88:755;"
 		 "test \"$(stat -c %%Y attrs)\" = 5000000000;"
@@ -785,7 +896,7 @@ static void kernel_check(const char *dir, const char *img, const char *model)
 		 "assert os.getxattr(\"xa\", \"user.color\") == b\"red\"; "
 		 "assert os.getxattr(\"xa\", \"security.s\") == b\"ss\"; "
 		 "assert len(os.getxattr(\"xa\", \"user.mid\")) == 2000'",
-		 mnt, model, NBIG / 2);
+		 mnt, model, NBIG / 2, NMIX - NMIX / 3 + 2);
 	CHECK_EQ(run(cmd), 0);
 	snprintf(cmd, sizeof(cmd), "umount %s", mnt);
 	CHECK_EQ(run(cmd), 0);
@@ -810,6 +921,8 @@ int main(void)
 	test_rename(v);
 	test_xattr(v);
 	test_bigdir(v);
+	test_dir_rates(v);
+	test_dir_mix(v);
 	test_orphans(v);
 	test_statfs(v);
 	CHECK_EQ(lf_fs_fsync(v, LF_ROOT_INO, false), 0);
@@ -830,8 +943,67 @@ int main(void)
 		CHECK(big != 0);
 		CHECK_EQ(lf_fs_lookup(v, big, "f9999", &st), 0);
 		CHECK_EQ(lf_fs_lookup(v, LF_ROOT_INO, "orphan2", &st), -ENOENT);
+		uint64_t mix = ino_of(v, LF_ROOT_INO, "mix");
+		char name[300];
+		int bad = 0;
+
+		for (int i = 0; i < NMIX; i++) {
+			mix_name(name, i, i % 3 == 0);
+			if (i % 3 != 1 && lf_fs_lookup(v, mix, name, &st))
+				bad++;
+		}
+		CHECK_EQ(bad, 0);
+		/* unlink through positions found by a fresh index build */
+		for (int i = 0; i < NMIX; i += 3) {
+			mix_name(name, i, 1);
+			if (lf_fs_unlink(v, mix, name, NULL))
+				bad++;
+		}
+		CHECK_EQ(bad, 0);
 	}
 	CHECK_EQ(lf_vol_close(v), 0);
+	snprintf(cmd, sizeof(cmd),
+		 "e2fsck -fn %s >%s/fsck2.out 2>&1 || "
+		 "{ cat %s/fsck2.out; exit 1; }",
+		 img, dir, dir);
+	CHECK_EQ(run(cmd), 0);
+
+	/* Hashed (htree) directories, as e2fsck -D or the kernel make them:
+	 * changes go through libext2fs's paths and stay consistent. */
+	snprintf(cmd, sizeof(cmd),
+		 "e2fsck -fyD %s >%s/fsckD.out 2>&1; "
+		 "debugfs -R 'htree big' %s 2>/dev/null | grep -q 'Root node'",
+		 img, dir, img);
+	if (run(cmd) == 0) {
+		struct lf_stat st;
+		char name[32];
+		int bad = 0;
+		uint64_t big;
+
+		v = open_img(img, 0, false);
+		big = ino_of(v, LF_ROOT_INO, "big");
+		for (int i = 3; i < NBIG; i += 4) { /* f1 is gone */
+			snprintf(name, sizeof(name), "f%d", i);
+			if (lf_fs_unlink(v, big, name, NULL))
+				bad++;
+			snprintf(name, sizeof(name), "new%d", i);
+			if (lf_fs_mknod(v, big, name, S_IFREG | 0644, 0, &owner,
+					&st))
+				bad++;
+		}
+		CHECK_EQ(bad, 0);
+		CHECK_EQ(lf_fs_lookup(v, big, "new9999", &st), 0);
+		CHECK_EQ(lf_fs_lookup(v, big, "f9999", &st), -ENOENT);
+		CHECK_EQ(lf_fs_lookup(v, big, "f9997", &st), 0);
+		CHECK_EQ(lf_vol_close(v), 0);
+		snprintf(cmd, sizeof(cmd),
+			 "e2fsck -fn %s >%s/fsck3.out 2>&1 || "
+			 "{ cat %s/fsck3.out; exit 1; }",
+			 img, dir, dir);
+		CHECK_EQ(run(cmd), 0);
+	} else {
+		printf("no hashed directory after e2fsck -D: skipped\n");
+	}
 
 	test_enospc(dir);
 	test_race(dir);

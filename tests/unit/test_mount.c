@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +111,7 @@ static void test_block(void)
 	struct lf_mount_opts o;
 	struct lf_mount *m = NULL, *m2 = NULL;
 	struct lf_bdev *b = NULL;
+	struct lf_served *sv = NULL;
 	struct exit_flag ef = {0};
 	static unsigned char wbuf[300000], rbuf[300000];
 	struct stat st;
@@ -124,6 +126,10 @@ static void test_block(void)
 	CHECK_EQ(lf_bdev_open_file(img, false, &b), 0);
 	if (!b)
 		return;
+	sv = lf_served_new_block(b);
+	CHECK(sv != NULL);
+	if (!sv)
+		goto out;
 
 	lf_mount_opts_init(&o);
 	o.on_exit = on_exit_cb;
@@ -133,19 +139,19 @@ static void test_block(void)
 	char missing[600];
 
 	snprintf(missing, sizeof(missing), "%s/nope", tmpdir);
-	CHECK_EQ(lf_mount_block(b, missing, &o, &m, err, sizeof(err)), -ENOENT);
+	CHECK_EQ(lf_mount_block(sv, missing, &o, &m, err, sizeof(err)), -ENOENT);
 	CHECK(strstr(err, "does not exist") != NULL);
-	CHECK(lf_mount_block(b, dir, &o, &m, err, sizeof(err)) < 0);
+	CHECK(lf_mount_block(sv, dir, &o, &m, err, sizeof(err)) < 0);
 	CHECK(strstr(err, "not a regular file") != NULL);
 	CHECK(m == NULL);
 
-	CHECK_EQ(lf_mount_block(b, file, &o, &m, err, sizeof(err)), 0);
+	CHECK_EQ(lf_mount_block(sv, file, &o, &m, err, sizeof(err)), 0);
 	if (!m) {
 		fprintf(stderr, "mount: %s\n", err);
 		goto out;
 	}
 	CHECK(mounted(file));
-	CHECK_EQ(lf_mount_block(b, file, &o, &m2, err, sizeof(err)), -EBUSY);
+	CHECK_EQ(lf_mount_block(sv, file, &o, &m2, err, sizeof(err)), -EBUSY);
 	CHECK(strstr(err, "already a lunfs mount") != NULL);
 
 	CHECK_EQ(stat(file, &st), 0);
@@ -241,7 +247,7 @@ static void test_block(void)
 
 	/* Read-only block mount. */
 	o.read_only = true;
-	CHECK_EQ(lf_mount_block(b, file, &o, &m, err, sizeof(err)), 0);
+	CHECK_EQ(lf_mount_block(sv, file, &o, &m, err, sizeof(err)), 0);
 	if (m) {
 		CHECK_EQ(stat(file, &st), 0);
 		CHECK_EQ(st.st_mode & 07777, 0440);
@@ -261,7 +267,7 @@ static void test_block(void)
 
 	/* Stopped while a file is open: the connection is cut, not waited
 	 * for forever. */
-	CHECK_EQ(lf_mount_block(b, file, &o, &m, err, sizeof(err)), 0);
+	CHECK_EQ(lf_mount_block(sv, file, &o, &m, err, sizeof(err)), 0);
 	if (m) {
 		fd = open(file, O_RDONLY);
 		CHECK(fd >= 0);
@@ -275,7 +281,7 @@ static void test_block(void)
 	}
 
 	/* Unmounted from outside: on_exit fires, stop still works. */
-	CHECK_EQ(lf_mount_block(b, file, &o, &m, err, sizeof(err)), 0);
+	CHECK_EQ(lf_mount_block(sv, file, &o, &m, err, sizeof(err)), 0);
 	if (m) {
 		char cmd[600];
 
@@ -296,9 +302,92 @@ out:
 	if (m)
 		lf_mount_stop(m);
 	force_unmount(file);
+	if (sv) {
+		CHECK_EQ(lf_served_nmounts(sv), 0);
+		lf_served_free(sv);
+	}
 	lf_bdev_unref(b);
 	unlink(file);
 	rmdir(dir);
+	unlink(img);
+}
+
+/* Two block mounts of one bdev: a write through one is seen through the
+ * other at once, even where the other had the range in its page cache. */
+static void test_block_group(void)
+{
+	char img[512], f1[512], f2[512], err[256] = "";
+	struct lf_mount_opts o;
+	struct lf_mount *m1 = NULL, *m2 = NULL;
+	struct lf_bdev *b = NULL;
+	struct lf_served *sv = NULL;
+	static unsigned char wbuf[1 << 17], rbuf[1 << 17];
+	int fd1 = -1, fd2 = -1, bad = 0;
+
+	snprintf(img, sizeof(img), "%s/group.img", tmpdir);
+	snprintf(f1, sizeof(f1), "%s/group1", tmpdir);
+	snprintf(f2, sizeof(f2), "%s/group2", tmpdir);
+	CHECK_EQ(make_image(img, true), 0);
+	close(open(f1, O_CREAT | O_WRONLY, 0600));
+	close(open(f2, O_CREAT | O_WRONLY, 0600));
+	CHECK_EQ(lf_bdev_open_file(img, false, &b), 0);
+	if (!b)
+		return;
+	sv = lf_served_new_block(b);
+	CHECK(sv != NULL);
+	lf_mount_opts_init(&o);
+	if (sv) {
+		CHECK_EQ(lf_mount_block(sv, f1, &o, &m1, err, sizeof(err)), 0);
+		CHECK_EQ(lf_mount_block(sv, f2, &o, &m2, err, sizeof(err)), 0);
+	}
+	if (!m1 || !m2) {
+		fprintf(stderr, "group mount: %s\n", err);
+		goto out;
+	}
+	CHECK_EQ(lf_served_nmounts(sv), 2);
+	fd1 = open(f1, O_RDWR);
+	fd2 = open(f2, O_RDWR);
+	CHECK(fd1 >= 0 && fd2 >= 0);
+	if (fd1 < 0 || fd2 < 0)
+		goto out;
+	for (unsigned i = 0; i < 200; i++) {
+		off_t off = (off_t)((i * 7919u) % 512) * 4096 + (i % 3) * 100;
+		size_t len = 1000 + (i * 4099u) % (sizeof(wbuf) - 1000);
+		int w = i % 2 ? fd2 : fd1, r = i % 2 ? fd1 : fd2;
+
+		/* The reader caches the range first. */
+		if (pread(r, rbuf, len, off) != (ssize_t)len)
+			bad++;
+		fill(wbuf, len, i * 17 + 3);
+		if (pwrite(w, wbuf, len, off) != (ssize_t)len || fsync(w) < 0)
+			bad++;
+		if (pread(r, rbuf, len, off) != (ssize_t)len ||
+		    memcmp(rbuf, wbuf, len) != 0) {
+			if (!bad)
+				fprintf(stderr, "stale read at %lld+%zu\n",
+					(long long)off, len);
+			bad++;
+		}
+	}
+	CHECK_EQ(bad, 0);
+out:
+	if (fd1 >= 0)
+		close(fd1);
+	if (fd2 >= 0)
+		close(fd2);
+	if (m1)
+		lf_mount_stop(m1);
+	if (m2)
+		lf_mount_stop(m2);
+	force_unmount(f1);
+	force_unmount(f2);
+	if (sv) {
+		CHECK_EQ(lf_served_nmounts(sv), 0);
+		lf_served_free(sv);
+	}
+	lf_bdev_unref(b);
+	unlink(f1);
+	unlink(f2);
 	unlink(img);
 }
 
@@ -385,6 +474,135 @@ static int count_dir(const char *p, const char *want, int *found)
 static void path_of(char *buf, size_t len, const char *dir, const char *name)
 {
 	snprintf(buf, len, "%s/%s", dir, name);
+}
+
+/* Changes through A must be visible through B right after each call
+ * returns: B is looked at before (so it caches) and after every step. */
+static int coherence_steps(const char *da, const char *db, int iters)
+{
+	char pa[700], pb[700], qa[700], qb[700];
+	int bad = 0;
+
+	for (int i = 0; i < iters; i++) {
+		snprintf(pa, sizeof(pa), "%s/st/x%d", da, i);
+		snprintf(pb, sizeof(pb), "%s/st/x%d", db, i);
+		snprintf(qa, sizeof(qa), "%s/st/y%d", da, i % 7);
+		snprintf(qb, sizeof(qb), "%s/st/y%d", db, i % 7);
+		bad += exists(pb);
+		if (write_file(pa, i % 2 ? "odd" : "even") < 0)
+			bad++;
+		bad += !exists(pb);
+		bad += !content_is(pb, i % 2 ? "odd" : "even");
+		/* Rename over an existing entry that B has cached. */
+		(void)exists(qb);
+		if (rename(pa, qa) < 0)
+			bad++;
+		bad += exists(pb);
+		bad += !content_is(qb, i % 2 ? "odd" : "even");
+		if (i % 3 == 0) {
+			if (unlink(qa) < 0)
+				bad++;
+			bad += exists(qb);
+		}
+		if (bad) {
+			fprintf(stderr, "coherence: step %d went wrong\n", i);
+			break;
+		}
+	}
+	return bad;
+}
+
+/* Watches the directory through B all along, so that B's kernel holds
+ * its locks while A's changes are being notified. */
+struct watcher {
+	const char *dir;
+	atomic_bool stop;
+};
+
+static void *watch_dir(void *arg)
+{
+	struct watcher *w = arg;
+	int found;
+
+	while (!atomic_load(&w->stop))
+		count_dir(w->dir, "x0", &found);
+	return NULL;
+}
+
+/* Both mounts change the same directory at once: no deadlock, and once
+ * quiet both agree. */
+struct churner {
+	const char *dir;
+	const char *tag;
+	int iters;
+	int errors;
+};
+
+static void *churn(void *arg)
+{
+	struct churner *c = arg;
+	char p[700], q[700];
+
+	for (int i = 0; i < c->iters; i++) {
+		snprintf(p, sizeof(p), "%s/ch/%s-%d", c->dir, c->tag, i % 13);
+		snprintf(q, sizeof(q), "%s/ch/%s-r%d", c->dir, c->tag, i % 5);
+		if (write_file(p, c->tag) < 0)
+			c->errors++;
+		if (rename(p, q) < 0)
+			c->errors++;
+		if (i % 4 == 0 && unlink(q) < 0)
+			c->errors++;
+		if (i % 17 == 0) {
+			snprintf(p, sizeof(p), "%s/ch/d-%s", c->dir, c->tag);
+			if (mkdir(p, 0755) < 0 || rmdir(p) < 0)
+				c->errors++;
+		}
+	}
+	return NULL;
+}
+
+static void test_coherence(const char *da, const char *db)
+{
+	char p[700], q[700];
+	struct watcher w = {.dir = NULL};
+	struct churner c[4];
+	pthread_t wt, ct[4];
+	int found, na, nb;
+
+	path_of(p, sizeof(p), da, "st");
+	CHECK_EQ(mkdir(p, 0755), 0);
+	path_of(q, sizeof(q), db, "st");
+	CHECK(exists(q));
+	CHECK_EQ(coherence_steps(da, db, 300), 0);
+
+	/* Again while B lists the directory without pause. */
+	w.dir = q;
+	atomic_store(&w.stop, false);
+	CHECK_EQ(pthread_create(&wt, NULL, watch_dir, &w), 0);
+	CHECK_EQ(coherence_steps(da, db, 300), 0);
+	atomic_store(&w.stop, true);
+	pthread_join(wt, NULL);
+
+	path_of(p, sizeof(p), da, "ch");
+	CHECK_EQ(mkdir(p, 0755), 0);
+	for (int i = 0; i < 4; i++) {
+		c[i] = (struct churner){.dir = i % 2 ? db : da,
+					.tag = (const char *[]){"a", "b", "c",
+								"d"}[i],
+					.iters = 200};
+		CHECK_EQ(pthread_create(&ct[i], NULL, churn, &c[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(ct[i], NULL);
+		CHECK_EQ(c[i].errors, 0);
+	}
+	/* Deferred notifications (if any) land right after. */
+	path_of(p, sizeof(p), da, "ch");
+	path_of(q, sizeof(q), db, "ch");
+	CHECK(EVENTUALLY((na = count_dir(p, "a-r0", &found)) ==
+			 count_dir(q, "a-r0", &found)));
+	nb = count_dir(q, "a-r0", &found);
+	CHECK(na == nb && na > 2);
 }
 
 static void test_fs(void)
@@ -571,6 +789,8 @@ static void test_fs(void)
 	CHECK_EQ(count_dir(q, "entry-with-a-longish-name-000", &found), 302);
 	CHECK_EQ(found, 1);
 
+	test_coherence(da, db);
+
 	/* Unlinked while open: the data lives until the last user. */
 	{
 		char buf[16] = "";
@@ -686,8 +906,10 @@ int main(int argc, char **argv)
 		perror("mkdtemp");
 		return 1;
 	}
-	if (argc < 2 || strcmp(argv[1], "fs") != 0)
+	if (argc < 2 || strcmp(argv[1], "fs") != 0) {
 		test_block();
+		test_block_group();
+	}
 	if (argc < 2 || strcmp(argv[1], "block") != 0)
 		test_fs();
 	rmdir(tmpdir);

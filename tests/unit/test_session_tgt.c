@@ -23,11 +23,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define IQN1 "iqn.2026-11.io.lunfs:t1"
-#define IQN2 "iqn.2026-11.io.lunfs:chap"
-#define IQN3 "iqn.2026-11.io.lunfs:acl"
+#define IQN1	  "iqn.2026-11.io.lunfs:t1"
+#define IQN2	  "iqn.2026-11.io.lunfs:chap"
+#define IQN3	  "iqn.2026-11.io.lunfs:acl"
 #define INITIATOR "iqn.2026-11.io.lunfs:test-initiator"
-#define LUN_SIZE (64 << 20)
+#define LUN_SIZE  (64 << 20)
 
 struct tgt {
 	pid_t pid;
@@ -68,10 +68,12 @@ static int tgtadm(const struct tgt *t, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(args, sizeof(args), fmt, ap);
 	va_end(ap);
-	snprintf(cmd, sizeof(cmd), "tgtadm -C %d --lld iscsi %s >/dev/null 2>&1",
-		 t->ctl, args);
+	snprintf(cmd, sizeof(cmd),
+		 "tgtadm -C %d --lld iscsi %s >/dev/null 2>&1", t->ctl, args);
 	return system(cmd);
 }
+
+static pid_t watchdog_pid;
 
 static int tgt_start_once(struct tgt *t)
 {
@@ -93,12 +95,14 @@ static int tgt_start_once(struct tgt *t)
 		int st;
 
 		if (waitpid(t->pid, &st, WNOHANG) == t->pid) {
-			fprintf(stderr, "tgtd exited (status %d): is tgt "
-					"installed?\n",
+			fprintf(stderr,
+				"tgtd exited (status %d): is tgt "
+				"installed?\n",
 				st);
 			t->pid = 0;
 			return -1;
 		}
+		watchdog_pid = t->pid;
 		if (tgtadm(t, "--op show --mode target") == 0) {
 			/* answered by ours, not by another tgtd on t->ctl? */
 			usleep(200000);
@@ -318,7 +322,7 @@ static void test_login_errors(struct tgt *t)
 
 	params_init(&p, t, IQN2);
 	r = lf_session_login(&p, &s, err, sizeof(err));
-	CHECK(r < 0);	/* CHAP required, none given */
+	CHECK(r < 0); /* CHAP required, none given */
 	snprintf(p.chap.user, sizeof(p.chap.user), "u");
 	snprintf(p.chap.secret, sizeof(p.chap.secret), "wrongsecret123");
 	r = lf_session_login(&p, &s, err, sizeof(err));
@@ -468,10 +472,29 @@ static void test_restart(struct tgt *t)
 	t0 = now_s();
 	CHECK_EQ(lf_bdev_pread(g.b, buf, sizeof(buf), 0), -EIO);
 	CHECK(now_s() - t0 < 3);
+
+	/* ... and comes back with a fresh login once the target does */
+	CHECK_EQ(tgt_start(t), 0);
+	CHECK_EQ(tgt_config(t), 0);
+	t0 = now_s();
+	do {
+		usleep(200000);
+		lf_session_get_status(s, &st);
+	} while (!st.connected && now_s() - t0 < 15);
+	CHECK(st.connected);
+	CHECK_EQ(lf_bdev_pread(g.b, buf, sizeof(buf), 0), 0);
 	lf_bdev_unref(g.b);
 	t0 = now_s();
 	lf_session_logout(s);
 	CHECK(now_s() - t0 < 5);
+}
+
+/* A hung test must not leave its tgtd behind. */
+static void watchdog(int sig)
+{
+	if (watchdog_pid > 0)
+		kill(watchdog_pid, SIGKILL);
+	_exit(2);
 }
 
 int main(void)
@@ -495,6 +518,9 @@ int main(void)
 		CHECK(!"tgtd started and configured");
 		goto out;
 	}
+	watchdog_pid = t.pid;
+	signal(SIGALRM, watchdog);
+	alarm(240);
 	snprintf(env, sizeof(env), "%d", t.ctl);
 	setenv("LF_TEST_CTL", env, 1);
 	if (!getenv("LF_TEST_ONLY")) {
