@@ -49,6 +49,9 @@ int lf_errno_from_ext2(errcode_t e)
 		return -EINVAL;
 	case EXT2_ET_EA_BAD_VALUE_SIZE:
 		return -ERANGE;
+	/* An ext2 without the ext_attr feature has no xattrs to give: that
+	 * is "not supported" (getfattr stays quiet), not a damaged volume. */
+	case EXT2_ET_MISSING_EA_FEATURE:
 	case EXT2_ET_UNIMPLEMENTED:
 	case EXT2_ET_OP_NOT_SUPPORTED:
 	case EXT2_ET_UNSUPP_FEATURE:

@@ -231,7 +231,6 @@ static const struct fuse_lowlevel_ops block_ops = {
 	.open = blk_open,
 	.read = blk_read,
 	.write = blk_write,
-	.flush = blk_ok,
 	.release = blk_ok,
 	.fsync = blk_fsync,
 	.statfs = blk_statfs,

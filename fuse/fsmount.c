@@ -93,8 +93,7 @@ static int icount_add(struct lf_icount *ic, uint64_t ino)
 		ic->cnt[i] = 0;
 		ic->used++;
 	}
-	ic->cnt[i]++;
-	return 0;
+	return ic->cnt[i]++ == 0;
 }
 
 /* Returns how much was actually held (never more than n). */
@@ -135,7 +134,9 @@ static uint64_t icount_sub(struct lf_icount *ic, uint64_t ino, uint64_t n)
 	return n;
 }
 
-/* The root is never counted: the kernel holds it for the mount's life. */
+/* The root is never counted: the kernel holds it for the mount's life.
+ * Returns 1 if this mount's kernel did not hold the inode before, 0 if it
+ * did, or -ENOMEM. */
 static int count_lookup(struct lf_mount *m, uint64_t ino)
 {
 	int ret;
@@ -145,7 +146,7 @@ static int count_lookup(struct lf_mount *m, uint64_t ino)
 	pthread_mutex_lock(&m->ilock);
 	ret = icount_add(&m->icount, ino);
 	pthread_mutex_unlock(&m->ilock);
-	if (ret == 0)
+	if (ret >= 0)
 		lf_fs_iget(m->vol, ino);
 	return ret;
 }
@@ -204,14 +205,24 @@ static void present(const struct lf_mount *m, const struct lf_stat *s,
 	}
 }
 
+/*
+ * fresh: the inode is new to this mount's kernel. The kernel takes the
+ * attributes of a new inode as they come, and a notification another
+ * mount sends while this reply is on its way finds no inode to
+ * invalidate: such attributes could stay stale for the whole timeout.
+ * When the volume has other mounts they are therefore given no lifetime;
+ * the getattr that follows is guarded by the kernel's attr_version.
+ */
 static void fill_entry(const struct lf_mount *m, const struct lf_stat *s,
-		       struct fuse_entry_param *e)
+		       int fresh, struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = to_fuse(s->ino);
 	e->generation = s->generation;
 	present(m, s, &e->attr);
 	e->attr_timeout = LF_FUSE_TIMEOUT;
+	if (fresh > 0 && __atomic_load_n(&m->sv->nmounts, __ATOMIC_RELAXED) > 1)
+		e->attr_timeout = 0;
 	e->entry_timeout = LF_FUSE_TIMEOUT;
 }
 
@@ -220,12 +231,13 @@ static void reply_entry(struct lf_mount *m, fuse_req_t req,
 			const struct lf_stat *s)
 {
 	struct fuse_entry_param e;
+	int fresh = count_lookup(m, s->ino);
 
-	fill_entry(m, s, &e);
-	if (count_lookup(m, s->ino) < 0) {
+	if (fresh < 0) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	fill_entry(m, s, fresh, &e);
 	if (fuse_reply_entry(req, &e) != 0)
 		forget_one(m, s->ino, 1);
 }
@@ -373,7 +385,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		fuse_reply_err(req, -ret);
 	} else {
 		struct lf_inval iv = (what & LF_SET_SIZE) ? iv_data(s.ino, 0, 0)
-							 : iv_attr(s.ino);
+							  : iv_attr(s.ino);
 
 		lf_op_notify(m, &op, &iv, 1);
 		present(m, &s, &st);
@@ -404,8 +416,7 @@ static void created(struct lf_mount *m, fuse_req_t req, struct lf_op *op,
 		fuse_reply_err(req, -ret);
 	} else {
 		struct lf_inval iv[] = {
-			iv_entry(parent, name),
-			iv_attr(to_disk(parent)),
+			iv_entry(parent, name), iv_attr(to_disk(parent)),
 			iv_attr(s->ino), /* link count, for link() */
 		};
 
@@ -547,10 +558,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			   newname, flags, &replaced);
 	if (ret == 0) {
 		struct lf_inval iv[] = {
-			iv_entry(parent, name),
-			iv_entry(newparent, newname),
-			iv_attr(to_disk(parent)),
-			iv_attr(to_disk(newparent)),
+			iv_entry(parent, name),	  iv_entry(newparent, newname),
+			iv_attr(to_disk(parent)), iv_attr(to_disk(newparent)),
 			iv_attr(replaced),
 		};
 
@@ -642,13 +651,6 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 	int ret = lf_fs_fsync(mnt(req)->vol, to_disk(ino), datasync != 0);
 
 	fuse_reply_err(req, ret < 0 ? -ret : 0);
-}
-
-static void op_opendir(fuse_req_t req, fuse_ino_t ino,
-		       struct fuse_file_info *fi)
-{
-	fi->fh = 0;
-	fuse_reply_open(req, fi);
 }
 
 /* Entries are gathered under the volume lock (inside lf_fs_readdir) and
@@ -743,14 +745,15 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fuse_entry_param e;
 			struct lf_stat s;
 			bool counted = false;
+			int fresh = -1;
 
 			memset(&e, 0, sizeof(e));
 			/* ino 0: attributes only, no lookup taken (the
 			 * kernel never counts "." and ".."). */
 			if (!is_dot(d->name) &&
 			    lf_fs_getattr(m->vol, d->ino, &s) == 0 &&
-			    count_lookup(m, d->ino) == 0) {
-				fill_entry(m, &s, &e);
+			    (fresh = count_lookup(m, d->ino)) >= 0) {
+				fill_entry(m, &s, fresh, &e);
 				counted = d->ino != LF_ROOT_INO;
 			} else {
 				e.attr.st_ino = to_fuse(d->ino);
@@ -907,12 +910,13 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 		lf_op_notify(m, &op, iv, 2);
 	}
-	fill_entry(m, &s, &e);
 	fi->keep_cache = 1;
-	if (count_lookup(m, s.ino) < 0) {
+	ret = count_lookup(m, s.ino);
+	if (ret < 0) {
 		fuse_reply_err(req, ENOMEM);
 		goto out;
 	}
+	fill_entry(m, &s, ret, &e);
 	if (fuse_reply_create(req, &e, fi) != 0)
 		forget_one(m, s.ino, 1);
 out:
@@ -958,13 +962,13 @@ static const struct fuse_lowlevel_ops fs_ops = {
 	.open = op_open,
 	.read = op_read,
 	.write = op_write,
-	.flush = op_ok,
+	/* No flush: writes are through, nothing to do at close, and its
+	 * absence (ENOSYS) spares the close(2) a round trip. */
 	.release = op_ok,
 	.fsync = op_fsync,
-	.opendir = op_opendir,
+	/* No opendir/releasedir: FUSE_CAP_NO_OPENDIR_SUPPORT. */
 	.readdir = op_readdir,
 	.readdirplus = op_readdirplus,
-	.releasedir = op_ok,
 	.fsyncdir = op_fsyncdir,
 	.statfs = op_statfs,
 	.setxattr = op_setxattr,

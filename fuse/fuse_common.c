@@ -121,7 +121,7 @@ struct lf_inval_item {
 /* At most this many other mounts are notified from the handler itself;
  * the rest go through the worker. */
 #define LF_SYNC_MOUNTS 32
-#define LF_INVAL_MAX 8
+#define LF_INVAL_MAX   8
 
 static void deliver(struct lf_mount *m, const struct lf_inval *iv)
 {
@@ -500,17 +500,24 @@ void lf_mount_init_conn(struct fuse_conn_info *conn, bool atomic_trunc)
 	conn->max_readahead = LF_FUSE_IO_MAX;
 	conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
 				  FUSE_CAP_SPLICE_MOVE);
-	/* The kernel's own write-through path keeps fsync exact, and it
-	 * clears setuid on write itself. */
+	/* No writeback cache: dirty pages would sit in this mount's kernel
+	 * where the volume's other mounts cannot see them (there is no
+	 * notification that makes a kernel write back), and the kernel
+	 * would trust its own size and mtime over the invalidations they
+	 * send. Write-through keeps "visible through the others at once"
+	 * and fsync exact. The kernel clears setuid on write itself. */
 	conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE |
 				  FUSE_CAP_HANDLE_KILLPRIV);
 	if (!atomic_trunc)
 		conn->want &= ~(unsigned)FUSE_CAP_ATOMIC_O_TRUNC;
 	unsigned wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_PARALLEL_DIROPS;
 
+	/* Filesystems: no round trip for opendir/releasedir (ours would
+	 * do nothing); symlink targets never change for an inode. */
 	if (atomic_trunc)
 		wanted |= FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_READDIRPLUS |
-			  FUSE_CAP_READDIRPLUS_AUTO;
+			  FUSE_CAP_READDIRPLUS_AUTO |
+			  FUSE_CAP_NO_OPENDIR_SUPPORT | FUSE_CAP_CACHE_SYMLINKS;
 	conn->want |= wanted & conn->capable;
 }
 
@@ -530,7 +537,8 @@ static void raise_readahead(struct lf_mount *m)
 		lf_dbg(MOD, "%s: cannot open %s: %m", m->path, p);
 		return;
 	}
-	if (write(fd, "1024", 4) != 4)
+	if (write(fd, LF_FUSE_READAHEAD_KB, strlen(LF_FUSE_READAHEAD_KB)) !=
+	    (ssize_t)strlen(LF_FUSE_READAHEAD_KB))
 		lf_dbg(MOD, "%s: cannot raise %s: %m", m->path, p);
 	close(fd);
 }

@@ -46,8 +46,8 @@ struct lf_mount;
 struct lf_mount_opts {
 	struct lf_idmap uidmap, gidmap;
 	bool read_only;
-	int64_t fsgroup;	/* -1 = none */
-	bool allow_other;	/* needs root or user_allow_other */
+	int64_t fsgroup;  /* -1 = none */
+	bool allow_other; /* needs root or user_allow_other */
 	void (*on_exit)(void *ctx, struct lf_mount *m);
 	void *on_exit_ctx;
 };
@@ -61,8 +61,8 @@ void lf_served_free(struct lf_served *sv);
 int lf_served_nmounts(struct lf_served *sv);
 
 int lf_mount_fs(struct lf_served *sv, const char *path,
-		const struct lf_mount_opts *o, struct lf_mount **out,
-		char *err, size_t errlen);
+		const struct lf_mount_opts *o, struct lf_mount **out, char *err,
+		size_t errlen);
 int lf_mount_block(struct lf_served *sv, const char *path,
 		   const struct lf_mount_opts *o, struct lf_mount **out,
 		   char *err, size_t errlen);

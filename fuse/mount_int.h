@@ -14,6 +14,8 @@
 
 #define LF_FUSE_IO_MAX	(1u << 20) /* max_read / max_write */
 #define LF_FUSE_TIMEOUT 3600.0	   /* lunfs is the only writer */
+/* Several max_read requests in flight for one sequential reader. */
+#define LF_FUSE_READAHEAD_KB "4096"
 
 /* Lookup counts the kernel holds on inodes of one mount, so that what it
  * never forgets can be dropped at unmount. Open addressing, linear
@@ -27,9 +29,9 @@ enum lf_mount_kind { LF_MOUNT_FS, LF_MOUNT_BLOCK };
 
 /* One cache invalidation for the other mounts of a group. */
 struct lf_inval {
-	fuse_ino_t ino; /* inode, or the directory holding name */
-	off_t off, len; /* data range (len 0 = to the end); off < 0: only
-			 * attributes */
+	fuse_ino_t ino;	  /* inode, or the directory holding name */
+	off_t off, len;	  /* data range (len 0 = to the end); off < 0: only
+			   * attributes */
 	const char *name; /* non-NULL: the entry name in directory ino */
 };
 

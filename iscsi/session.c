@@ -75,12 +75,12 @@ struct lf_session {
 	char portal[96];
 
 	/* I/O thread only */
-	struct sreq *inflight;	/* doubly linked */
-	struct sreq *retry;	/* waiting for not_before_ms */
-	int64_t down_since_ms;	/* 0 while logged in */
-	bool stopped;		/* shutdown began: no retries */
-	int64_t quiet_until_ms; /* do not poll the context's fd */
-	int64_t last_login_ms;	/* relogin attempts without ctx */
+	struct sreq *inflight;	  /* doubly linked */
+	struct sreq *retry;	  /* waiting for not_before_ms */
+	int64_t down_since_ms;	  /* 0 while logged in */
+	bool stopped;		  /* shutdown began: no retries */
+	int64_t quiet_until_ms;	  /* do not poll the context's fd */
+	int64_t last_login_ms;	  /* relogin attempts without ctx */
 	int64_t last_failover_ms; /* portal switch attempts while down */
 };
 

@@ -276,3 +276,25 @@ def test_daemon_started_with_chap_env_does_not_keep_it(lunfs, targets, lundir):
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         assert PASSWORD.encode() not in f.read()
     lunfs.umount(b)
+
+
+def test_attached_chap_volume_is_not_shared_without_its_secret(lunfs, targets,
+                                                               lundir):
+    """A LUN attached with CHAP is not handed to a second mount that does
+    not present the same credentials (a wrong or missing secret would
+    otherwise skip authentication)."""
+    t = chap_target(targets)
+    b1, b2, b3 = (blockfile(lundir, n) for n in ("b1", "b2", "b3"))
+    env_ok = {"LUNFS_CHAP_USERNAME": USER, "LUNFS_CHAP_PASSWORD": PASSWORD}
+    lunfs.mount(t.url(1, user=USER), b1, "--block", env=env_ok)
+    r = lunfs.run("mount", "--block", t.url(1, user=USER), b2,
+                  env={"LUNFS_CHAP_USERNAME": USER,
+                       "LUNFS_CHAP_PASSWORD": "not-the-secret-123"})
+    H.assert_one_error_line(r, ["credentials", "chap"])
+    assert not H.is_mountpoint(b2)
+    lunfs.mount(t.url(1, user=USER), b3, "--block", env=env_ok)
+    st = lunfs.status()
+    assert len(st["mounts"]) == 2 and st["sessions"][0]["refs"] == 1
+    lunfs.umount(b1)
+    lunfs.umount(b3)
+    assert t.wait_connections(0) == 0

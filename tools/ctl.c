@@ -100,6 +100,11 @@ int lf_ctl_write_all(int fd, const char *buf, size_t len)
 
 int lf_ctl_read_all(int fd, size_t max, char **out)
 {
+	return lf_ctl_read_all_len(fd, max, out, NULL);
+}
+
+int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *lenp)
+{
 	size_t cap = 4096, len = 0;
 	char *buf = malloc(cap);
 
@@ -138,6 +143,8 @@ int lf_ctl_read_all(int fd, size_t max, char **out)
 	}
 	buf[len] = 0;
 	*out = buf;
+	if (lenp)
+		*lenp = len;
 	return 0;
 }
 

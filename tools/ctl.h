@@ -27,8 +27,11 @@ int lf_ctl_mkdirs(const char *path, unsigned mode);
 /* 0 = connected fd in *fd; -errno otherwise. */
 int lf_ctl_connect(const char *sock, int *fd);
 int lf_ctl_write_all(int fd, const char *buf, size_t len);
-/* Reads until EOF; -EMSGSIZE past max. Returns a malloc'ed string. */
+/* Reads until EOF; -EMSGSIZE past max. Returns a malloc'ed string, and
+ * in *len (if not NULL) its length, which is how a caller notices a NUL
+ * inside. */
 int lf_ctl_read_all(int fd, size_t max, char **out);
+int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *len);
 
 /* Sends req and waits for the answer. -errno on transport failure with a
  * message; a daemon-side failure is a normal answer with ok=false. */

@@ -12,7 +12,9 @@
 #include <string.h>
 #include <dirent.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fsimage/volume.h"
@@ -36,6 +38,7 @@ struct volume {
 	struct lf_served *served;
 	int nmounts;
 	char record_path[PATH_MAX];
+	uint64_t cred;		/* salted digest of the CHAP identity */
 };
 
 struct mount {
@@ -64,6 +67,7 @@ struct lf_daemon {
 
 	/* Mounts that ended from outside (fusermount3 -u) are released by
 	 * this thread: the FUSE thread that noticed cannot join itself. */
+	uint64_t salt;		/* for credential digests, random per daemon */
 	pthread_t reaper;
 	pthread_t recoverer;
 	bool recovering;
@@ -107,6 +111,28 @@ static uint64_t fnv1a(const char *s)
 
 	for (; *s; s++)
 		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+/* Who may use an attached volume: a second mount must present the same
+ * CHAP identity as the first, or anyone could skip authentication by
+ * mounting a LUN someone else attached. Salted, so the digest says
+ * nothing about the secret. */
+static uint64_t cred_digest(const struct lf_daemon *d,
+			    const struct lf_secrets *sec)
+{
+	const struct lf_chap *c[2] = {&sec->session, &sec->discovery};
+	uint64_t h = d->salt ^ 1469598103934665603ULL;
+
+	for (int i = 0; i < 2; i++) {
+		const char *f[4] = {c[i]->user, c[i]->secret, c[i]->user_in,
+				    c[i]->secret_in};
+		for (int k = 0; k < 4; k++) {
+			for (const char *p = f[k]; *p; p++)
+				h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+			h = (h ^ 0xff) * 1099511628211ULL;
+		}
+	}
 	return h;
 }
 
@@ -269,6 +295,8 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 	snprintf(d->state_dir, sizeof(d->state_dir), "%s", o->state_dir);
 	d->o.state_dir = d->state_dir;
 	pthread_mutex_init(&d->lock, NULL);
+	if (getrandom(&d->salt, sizeof(d->salt), 0) != sizeof(d->salt))
+		d->salt = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	pthread_cond_init(&d->reap_cond, NULL);
 	lf_session_default_initiator(d->node_initiator,
 				     sizeof(d->node_initiator));
@@ -622,6 +650,13 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 				 key);
 			return -EBUSY;
 		}
+		if (spec->kind == LF_SPEC_ISCSI && v->cred != cred_digest(d, sec)) {
+			snprintf(err, errlen,
+				 "%s is already attached with other CHAP "
+				 "credentials: refusing to share it",
+				 key);
+			return -EACCES;
+		}
 		v->nmounts++;
 		*out = v;
 		return 0;
@@ -636,6 +671,7 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 		 (unsigned long long)fnv1a(key));
 	v->block = block;
 	v->read_only = read_only;
+	v->cred = cred_digest(d, sec);
 	r = open_bdev(d, spec, sec, key, read_only, &v->bdev, err, errlen);
 	if (r)
 		goto fail;

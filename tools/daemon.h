@@ -23,7 +23,8 @@ struct lf_daemon_opts {
 	const char *state_dir;
 	const char *socket_path;
 	bool allow_other;	/* mounts with allow_other (root default) */
-	int replacement_timeout; /* seconds a session may be down; 0 = 120 */
+	/* Seconds I/O waits for a lost session to come back; 0 = 120. */
+	int replacement_timeout;
 	/* Called (from any thread) when a shutdown request arrives. */
 	void (*on_shutdown)(void *ctx);
 	void *ctx;

@@ -78,13 +78,14 @@ static void *serve_conn(void *arg)
 	int fd = (int)(intptr_t)arg;
 	struct json_object *req = NULL, *ans;
 	char *text = NULL, err[512];
+	size_t len = 0;
 	int r;
 
-	r = lf_ctl_read_all(fd, LF_CTL_MAX, &text);
+	r = lf_ctl_read_all_len(fd, LF_CTL_MAX, &text, &len);
 	if ((r && r != -EMSGSIZE) || (!r && !*text))
 		goto out; /* a liveness probe sends nothing */
 	if (!r)
-		r = lf_request_parse(text, strlen(text), &req, err, sizeof(err));
+		r = lf_request_parse(text, len, &req, err, sizeof(err));
 	else
 		snprintf(err, sizeof(err), "request too large");
 	if (r) {
@@ -97,7 +98,7 @@ static void *serve_conn(void *arg)
 		ans = lf_daemon_handle(top.d, req);
 	}
 	if (text)
-		explicit_bzero(text, strlen(text)); /* may hold CHAP secrets */
+		explicit_bzero(text, len); /* may hold CHAP secrets */
 	const char *out = json_object_to_json_string_ext(ans,
 							 JSON_C_TO_STRING_PLAIN);
 	lf_ctl_write_all(fd, out, strlen(out));

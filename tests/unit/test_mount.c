@@ -139,7 +139,8 @@ static void test_block(void)
 	char missing[600];
 
 	snprintf(missing, sizeof(missing), "%s/nope", tmpdir);
-	CHECK_EQ(lf_mount_block(sv, missing, &o, &m, err, sizeof(err)), -ENOENT);
+	CHECK_EQ(lf_mount_block(sv, missing, &o, &m, err, sizeof(err)),
+		 -ENOENT);
 	CHECK(strstr(err, "does not exist") != NULL);
 	CHECK(lf_mount_block(sv, dir, &o, &m, err, sizeof(err)) < 0);
 	CHECK(strstr(err, "not a regular file") != NULL);
@@ -166,7 +167,7 @@ static void test_block(void)
 			 major(st.st_dev), minor(st.st_dev));
 		f = fopen(ra, "r");
 		CHECK(f && fgets(val, sizeof(val), f));
-		CHECK_EQ(atoi(val), 1024);
+		CHECK_EQ(atoi(val), 4096);
 		if (f)
 			fclose(f);
 	}
@@ -481,34 +482,34 @@ static void path_of(char *buf, size_t len, const char *dir, const char *name)
 static int coherence_steps(const char *da, const char *db, int iters)
 {
 	char pa[700], pb[700], qa[700], qb[700];
-	int bad = 0;
+	int bad = 0, where = 0;
 
-	for (int i = 0; i < iters; i++) {
+#define STEP(cond) (bad += !(cond) && !where ? (where = __LINE__, 1) : 0)
+	for (int i = 0; i < iters && !bad; i++) {
+		const char *want = i % 2 ? "odd" : "even";
+
 		snprintf(pa, sizeof(pa), "%s/st/x%d", da, i);
 		snprintf(pb, sizeof(pb), "%s/st/x%d", db, i);
 		snprintf(qa, sizeof(qa), "%s/st/y%d", da, i % 7);
 		snprintf(qb, sizeof(qb), "%s/st/y%d", db, i % 7);
-		bad += exists(pb);
-		if (write_file(pa, i % 2 ? "odd" : "even") < 0)
-			bad++;
-		bad += !exists(pb);
-		bad += !content_is(pb, i % 2 ? "odd" : "even");
-		/* Rename over an existing entry that B has cached. */
+		STEP(!exists(pb));
+		STEP(write_file(pa, want) == 0);
+		STEP(exists(pb));
+		STEP(content_is(pb, want));
+		/* Rename over an entry that B has cached. */
 		(void)exists(qb);
-		if (rename(pa, qa) < 0)
-			bad++;
-		bad += exists(pb);
-		bad += !content_is(qb, i % 2 ? "odd" : "even");
+		STEP(rename(pa, qa) == 0);
+		STEP(!exists(pb));
+		STEP(content_is(qb, want));
 		if (i % 3 == 0) {
-			if (unlink(qa) < 0)
-				bad++;
-			bad += exists(qb);
+			STEP(unlink(qa) == 0);
+			STEP(!exists(qb));
 		}
-		if (bad) {
-			fprintf(stderr, "coherence: step %d went wrong\n", i);
-			break;
-		}
+		if (bad)
+			fprintf(stderr, "coherence: step %d, line %d\n", i,
+				where);
 	}
+#undef STEP
 	return bad;
 }
 
@@ -561,7 +562,8 @@ static void *churn(void *arg)
 	return NULL;
 }
 
-static void test_coherence(const char *da, const char *db)
+/* da and db: mounts of one volume; dd: another one with da's ids. */
+static void test_coherence(const char *da, const char *db, const char *dd)
 {
 	char p[700], q[700];
 	struct watcher w = {.dir = NULL};
@@ -586,10 +588,10 @@ static void test_coherence(const char *da, const char *db)
 	path_of(p, sizeof(p), da, "ch");
 	CHECK_EQ(mkdir(p, 0755), 0);
 	for (int i = 0; i < 4; i++) {
-		c[i] = (struct churner){.dir = i % 2 ? db : da,
-					.tag = (const char *[]){"a", "b", "c",
-								"d"}[i],
-					.iters = 200};
+		c[i] = (struct churner){
+			.dir = i % 2 ? dd : da,
+			.tag = (const char *[]){"a", "b", "c", "d"}[i],
+			.iters = 200};
 		CHECK_EQ(pthread_create(&ct[i], NULL, churn, &c[i]), 0);
 	}
 	for (int i = 0; i < 4; i++) {
@@ -598,7 +600,7 @@ static void test_coherence(const char *da, const char *db)
 	}
 	/* Deferred notifications (if any) land right after. */
 	path_of(p, sizeof(p), da, "ch");
-	path_of(q, sizeof(q), db, "ch");
+	path_of(q, sizeof(q), dd, "ch");
 	CHECK(EVENTUALLY((na = count_dir(p, "a-r0", &found)) ==
 			 count_dir(q, "a-r0", &found)));
 	nb = count_dir(q, "a-r0", &found);
@@ -789,8 +791,6 @@ static void test_fs(void)
 	CHECK_EQ(count_dir(q, "entry-with-a-longish-name-000", &found), 302);
 	CHECK_EQ(found, 1);
 
-	test_coherence(da, db);
-
 	/* Unlinked while open: the data lives until the last user. */
 	{
 		char buf[16] = "";
@@ -849,6 +849,7 @@ static void test_fs(void)
 		CHECK_EQ(stat(dd, &st), 0);
 		CHECK((st.st_mode & (S_ISGID | S_IWGRP)) ==
 		      (S_ISGID | S_IWGRP));
+		test_coherence(da, db, dd);
 	}
 	{
 		struct statvfs sf;
