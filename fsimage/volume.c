@@ -236,8 +236,9 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	if (e) {
 		v->fs = NULL;
 		return say(err, errlen, lf_errno_from_ext2(e),
-			   "%s: cannot open the ext filesystem: %s", desc,
-			   error_message(e));
+			   "%s: cannot open the ext filesystem: %s (damaged? "
+			   "'lunfs fsck SPEC' checks it, --repair fixes it)",
+			   desc, error_message(e));
 	}
 	r = check_state(v, err, errlen);
 	if (r < 0)
@@ -245,8 +246,9 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	e = ext2fs_read_bitmaps(v->fs);
 	if (e)
 		return say(err, errlen, lf_errno_from_ext2(e),
-			   "%s: cannot read the allocation bitmaps: %s", desc,
-			   error_message(e));
+			   "%s: cannot read the allocation bitmaps: %s (damaged? "
+			   "'lunfs fsck SPEC' checks it, --repair fixes it)",
+			   desc, error_message(e));
 	if (v->opts.read_only)
 		return 0;
 

@@ -30,29 +30,29 @@
 #include "iscsi/bdev.h"
 #include "iscsi/log.h"
 
-#define CW_MAX_DEPTH	    32
-#define CW_MAX_DIR_ENTRIES  20000
-#define CW_MAX_ENTRIES	    100000
-#define CW_MAX_FILE_BYTES   (16ull << 20)
-#define CW_MAX_IMAGE_BYTES  (128ull << 20)
-#define CW_CHUNK	    (1u << 20)
-#define CW_WRITE_BYTES	    (64u << 10)
-#define CW_DEFAULT_ALARM_S  30
+#define CW_MAX_DEPTH	   32
+#define CW_MAX_DIR_ENTRIES 20000
+#define CW_MAX_ENTRIES	   100000
+#define CW_MAX_FILE_BYTES  (16ull << 20)
+#define CW_MAX_IMAGE_BYTES (128ull << 20)
+#define CW_CHUNK	   (1u << 20)
+#define CW_WRITE_BYTES	   (64u << 10)
+#define CW_DEFAULT_ALARM_S 30
 /* A walk stops early after this long: slow is not hung, and the whole
  * run must stay within a few minutes under ASan. */
-#define CW_WALK_BUDGET_S    6
-#define CW_NERR		    4 /* EIO, EUCLEAN, ENOENT, other */
+#define CW_WALK_BUDGET_S 6
+#define CW_NERR		 4 /* EIO, EUCLEAN, ENOENT, other */
 
 struct cw_counts {
 	unsigned entries, dirs, files, symlinks, xattrs;
 	unsigned long long bytes;
 	unsigned ok;
 	unsigned err[CW_NERR];
-	int other_errno;	/* the last "other" errno seen */
-	unsigned bad;		/* a return value outside its contract */
-	unsigned odd;		/* within contract, but not what ext4 does */
-	bool capped;		/* a bound (depth, entries, bytes) was hit */
-	bool out_of_time;	/* the walk's time budget ran out */
+	int other_errno;  /* the last "other" errno seen */
+	unsigned bad;	  /* a return value outside its contract */
+	unsigned odd;	  /* within contract, but not what ext4 does */
+	bool capped;	  /* a bound (depth, entries, bytes) was hit */
+	bool out_of_time; /* the walk's time budget ran out */
 };
 
 enum cw_outcome { CW_NOT_RUN, CW_REFUSED, CW_SERVED };
@@ -63,7 +63,7 @@ struct cw_result {
 	int ro_errno, rw_errno;
 	struct cw_counts ro_c, rw_c;
 	unsigned writes_ok, writes_err, readback_bad;
-	unsigned failures;	/* contract violations: fail the image */
+	unsigned failures; /* contract violations: fail the image */
 	char ro_msg[200], rw_msg[200];
 };
 
@@ -179,7 +179,7 @@ struct cw_walk {
 	struct lf_vol *v;
 	struct cw_counts *c;
 	struct cw_visited seen;
-	char *buf;		/* CW_CHUNK */
+	char *buf; /* CW_CHUNK */
 	struct timespec deadline;
 	uint64_t first_subdir;
 	unsigned long long image_bytes;
@@ -217,7 +217,8 @@ static void cw_xattrs(struct cw_walk *w, uint64_t ino)
 		cw_count(w->c, sz);
 		if (sz > 0 && sz <= 1 << 20) {
 			val = malloc(sz);
-			cw_count(w->c, lf_fs_getxattr(w->v, ino, name, val, sz));
+			cw_count(w->c,
+				 lf_fs_getxattr(w->v, ino, name, val, sz));
 			free(val);
 		}
 		o += len + 1;
@@ -329,7 +330,8 @@ static void cw_entry(struct cw_walk *w, uint64_t dir, const struct cw_dirent *d,
 		if (r > (int)sizeof(link) * 16)
 			w->c->bad++;
 		/* A NUL inside the target: ext4 would stop there. */
-		if (r >= 0 && (size_t)r < sizeof(link) && strlen(link) != (size_t)r)
+		if (r >= 0 && (size_t)r < sizeof(link) &&
+		    strlen(link) != (size_t)r)
 			w->c->odd++;
 		break;
 	case S_IFDIR:
@@ -556,18 +558,6 @@ static void cw_run_image(const char *path, const char *label,
 	}
 }
 
-/* An open bug outside this test's reach (fsops.c) is named, skipped and
- * counted, unless LUNFS_CORRUPT_KNOWN is set: then it runs and fails. */
-static bool cw_skip_known(const char *label, const char *why,
-			  struct cw_totals *t)
-{
-	if (!why || getenv("LUNFS_CORRUPT_KNOWN"))
-		return false;
-	printf("%s: SKIPPED, known open bug: %s\n", label, why);
-	t->known++;
-	return true;
-}
-
 /* Images live in tmpfs when there is one: every SYNCHRONIZE CACHE of the
  * file bdev is an fdatasync, and on a disk those dominate the run. */
 static void cw_tmpdir(char *buf, size_t len, const char *what)
@@ -726,12 +716,24 @@ static bool cw_check_image(const char *path, const char *label,
 	return pass;
 }
 
+/* An open bug outside this test's reach (fsops.c) is named, skipped and
+ * counted, unless LUNFS_CORRUPT_KNOWN is set: then it runs and fails. */
+static bool cw_skip_known(const char *label, const char *why,
+			  struct cw_totals *t)
+{
+	if (!why || getenv("LUNFS_CORRUPT_KNOWN"))
+		return false;
+	printf("%s: SKIPPED, known open bug: %s\n", label, why);
+	t->known++;
+	return true;
+}
+
 static void cw_print_totals(const char *what, const struct cw_totals *t)
 {
 	printf("\n%s summary\n", what);
 	printf("  %-28s %u\n", "images", t->images);
-	printf("  %-28s %u refused, %u served\n", "read-only open", t->ro_refused,
-	       t->ro_served);
+	printf("  %-28s %u refused, %u served\n", "read-only open",
+	       t->ro_refused, t->ro_served);
 	printf("  %-28s %u refused, %u served\n", "read-write open",
 	       t->rw_refused, t->rw_served);
 	printf("  %-28s %llu ok, %llu EIO, %llu EUCLEAN, %llu ENOENT, %llu "

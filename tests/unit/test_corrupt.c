@@ -56,8 +56,7 @@ static void images_dir(char *buf, size_t len)
 
 int main(int argc, char **argv)
 {
-	char dir[4096], tmpdir[64], img[4200],
-		cmd[9000];
+	char dir[4096], tmpdir[64], img[4200], cmd[9000];
 	const char *only = argc > 1 ? argv[1] : getenv("LUNFS_CORRUPT_ONLY");
 	struct cw_totals tot = {0};
 	/* On the stack: the forked children exit with it, and LeakSanitizer

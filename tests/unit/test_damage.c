@@ -38,7 +38,7 @@ struct good {
 struct dmg {
 	const char *copy;
 	const struct good *g;
-	ext2_filsys fs;	/* the copy, opened read-only: layout and checksums */
+	ext2_filsys fs; /* the copy, opened read-only: layout and checksums */
 	int fd;		/* the copy, for raw writes */
 	long arg;
 	bool fix_csum;
@@ -117,7 +117,8 @@ static bool make_good(struct good *g)
 	CHECK_EQ(lf_fs_setxattr(v, g->d1, "user.dir", "d", 1, 0), 0);
 	g->bigdir = mk(v, LF_ROOT_INO, "bigdir", S_IFDIR | 0755);
 	for (int i = 0; i < NBIGDIR; i++) {
-		snprintf(name, sizeof(name), "entry-%04d-with-a-longer-name", i);
+		snprintf(name, sizeof(name), "entry-%04d-with-a-longer-name",
+			 i);
 		mk(v, g->bigdir, name, (i % 50 ? S_IFREG : S_IFDIR) | 0644);
 	}
 	r = lf_vol_close(v);
@@ -148,8 +149,8 @@ static uint64_t blk_off(struct dmg *d, blk64_t b)
 
 /* ---- superblock ---- */
 
-static void sb_edit(struct dmg *d, void (*edit)(struct ext2_super_block *,
-						long))
+static void sb_edit(struct dmg *d,
+		    void (*edit)(struct ext2_super_block *, long))
 {
 	struct ext2_super_block sb;
 
@@ -199,7 +200,8 @@ static void gd_write(struct dmg *d, dgrp_t g)
 {
 	if (d->fix_csum)
 		ext2fs_group_desc_csum_set(d->fs, g);
-	raw_write(d, gd_off(d, g), ext2fs_group_desc(d->fs, d->fs->group_desc, g),
+	raw_write(d, gd_off(d, g),
+		  ext2fs_group_desc(d->fs, d->fs->group_desc, g),
 		  EXT2_DESC_SIZE(d->fs->super));
 }
 
@@ -222,14 +224,16 @@ static void gd_inode_bitmap(struct dmg *d)
 
 static void gd_inode_table(struct dmg *d)
 {
-	ext2fs_inode_table_loc_set(d->fs, 0, d->arg ? (blk64_t)d->arg : beyond(d));
+	ext2fs_inode_table_loc_set(d->fs, 0,
+				   d->arg ? (blk64_t)d->arg : beyond(d));
 	gd_write(d, 0);
 }
 
 static void gd_itable_on_sb(struct dmg *d)
 {
 	/* The inode table on top of the group descriptors themselves. */
-	ext2fs_inode_table_loc_set(d->fs, 0, d->fs->super->s_first_data_block + 1);
+	ext2fs_inode_table_loc_set(d->fs, 0,
+				   d->fs->super->s_first_data_block + 1);
 	gd_write(d, 0);
 }
 
@@ -255,8 +259,8 @@ static void gd_free_counts(struct dmg *d)
 static void gd_garbage(struct dmg *d)
 {
 	unsigned seed = (unsigned)d->arg;
-	unsigned char *p = (unsigned char *)ext2fs_group_desc(
-		d->fs, d->fs->group_desc, 0);
+	unsigned char *p =
+		(unsigned char *)ext2fs_group_desc(d->fs, d->fs->group_desc, 0);
 
 	for (unsigned i = 0; i < EXT2_DESC_SIZE(d->fs->super); i++)
 		p[i] = (unsigned char)rand_r(&seed);
@@ -324,19 +328,19 @@ INO_EDIT(in_mode_lnk, in->i_mode = LINUX_S_IFLNK | 0777)
 INO_EDIT(in_size_huge, (in->i_size = 0xfffff000u, in->i_size_high = 0x3fffffff))
 INO_EDIT(in_size_dir_big, (in->i_size = 0, in->i_size_high = 16))
 INO_EDIT(in_size_odd, in->i_size = 4097)
-INO_EDIT(in_blocks_huge, (in->i_blocks = 0xffffffffu,
-			  in->osd2.linux2.l_i_blocks_hi = 0xffff))
+INO_EDIT(in_blocks_huge,
+	 (in->i_blocks = 0xffffffffu, in->osd2.linux2.l_i_blocks_hi = 0xffff))
 INO_EDIT(in_links_zero, in->i_links_count = 0)
 INO_EDIT(in_flags_noextents, in->i_flags &= ~EXT4_EXTENTS_FL)
 INO_EDIT(in_flags_inline, in->i_flags |= EXT4_INLINE_DATA_FL)
 INO_EDIT(in_flags_index, in->i_flags |= EXT2_INDEX_FL)
 INO_EDIT(in_flags_all, in->i_flags = 0xffffffffu)
-INO_EDIT(in_file_acl_beyond, (in->i_file_acl = 0xfffffff0u,
-			      in->osd2.linux2.l_i_file_acl_high = 0))
+INO_EDIT(in_file_acl_beyond,
+	 (in->i_file_acl = 0xfffffff0u, in->osd2.linux2.l_i_file_acl_high = 0))
 INO_EDIT(in_file_acl_sb, in->i_file_acl = 0)
 INO_EDIT(in_extra_isize, in->i_extra_isize = 0xfff0)
-INO_EDIT(in_xattr_magic, ri.bytes[EXT2_GOOD_OLD_INODE_SIZE + in->i_extra_isize] ^=
-			 0xff)
+INO_EDIT(in_xattr_magic,
+	 ri.bytes[EXT2_GOOD_OLD_INODE_SIZE + in->i_extra_isize] ^= 0xff)
 INO_EDIT(in_zero_all, memset((void *)in, 0, sizeof(ri.bytes)))
 
 /* ---- extent trees ---- */
@@ -474,7 +478,8 @@ static void ex_leaf_block(struct dmg *d)
 	case 0:
 		leh->eh_depth = 1;
 		((struct ext3_extent_idx *)ex)->ei_leaf = (__u32)leaf;
-		((struct ext3_extent_idx *)ex)->ei_leaf_hi = (__u16)(leaf >> 32);
+		((struct ext3_extent_idx *)ex)->ei_leaf_hi =
+			(__u16)(leaf >> 32);
 		break;
 	case 1:
 		leh->eh_magic = 0;
@@ -485,7 +490,8 @@ static void ex_leaf_block(struct dmg *d)
 		break;
 	case 3:
 		for (int i = 0; i < leh->eh_entries; i++)
-			ex[i].ee_start = (__u32)ext2fs_inode_table_loc(d->fs, 0);
+			ex[i].ee_start =
+				(__u32)ext2fs_inode_table_loc(d->fs, 0);
 		break;
 	}
 	if (d->fix_csum)
@@ -540,7 +546,9 @@ static void dir_block(struct dmg *d)
 	raw_read(d, blk_off(d, pblk), blk, bs);
 	de = (struct ext2_dir_entry *)blk;
 	/* the third entry: past "." and ".." in block 0 */
-	o = lblk ? 0 : de->rec_len + ((struct ext2_dir_entry *)(blk + de->rec_len))->rec_len;
+	o = lblk ? 0
+		 : de->rec_len + ((struct ext2_dir_entry *)(blk + de->rec_len))
+					 ->rec_len;
 	if (o + 12 > bs)
 		o = 0;
 	third = (struct ext2_dir_entry *)(blk + o);
@@ -559,8 +567,8 @@ static void dir_block(struct dmg *d)
 		break;
 	case 4: /* a directory entry that points back up: a loop */
 		third->inode = (__u32)LF_ROOT_INO;
-		third->name_len = (__u16)(EXT2_FT_DIR << 8 |
-					  (third->name_len & 0xff));
+		third->name_len =
+			(__u16)(EXT2_FT_DIR << 8 | (third->name_len & 0xff));
 		break;
 	case 5:
 		third->rec_len = 3; /* not a multiple of 4 */
@@ -570,7 +578,8 @@ static void dir_block(struct dmg *d)
 		de->rec_len = 0xfffc;
 		break;
 	case 7: /* random bytes over the entries */
-		for (unsigned i = o, seed = (unsigned)d->arg; i < bs - 12 && i < o + 256; i++)
+		for (unsigned i = o, seed = (unsigned)d->arg;
+		     i < bs - 12 && i < o + 256; i++)
 			blk[i] = (unsigned char)rand_r(&seed);
 		break;
 	}
@@ -604,7 +613,8 @@ static void spray(struct dmg *d)
 
 	for (int i = 0; i < 24; i++) {
 		int a = 1 + rand_r(&seed) % 4;
-		uint64_t off = areas[a][0] + (uint64_t)rand_r(&seed) % areas[a][1];
+		uint64_t off =
+			areas[a][0] + (uint64_t)rand_r(&seed) % areas[a][1];
 		unsigned char b = (unsigned char)rand_r(&seed);
 
 		raw_write(d, off, &b, 1);
@@ -616,11 +626,10 @@ struct dcase {
 	void (*fn)(struct dmg *d);
 	long arg;
 	bool fix_csum;
-	const char *known; /* an open bug elsewhere: skipped, see cw_skip_known */
 };
 
 #define BIGDIR_BUG                                                             \
-	"a directory with a huge i_size: lf_fs_readdir() and the directory "  \
+	"a directory with a huge i_size: lf_fs_readdir() and the directory "   \
 	"index build call ext2fs_bmap2 for every logical block up to i_size"
 
 #define BLK_BEYOND 0x10000000 /* far past a 64 MiB device */
@@ -683,8 +692,8 @@ static const struct dcase cases[] = {
 	{"inode-fastlink-mode-dir", in_mode_dir, 5, true},
 	{"inode-slowlink-size-huge", in_size_huge, 4, true},
 	{"inode-big-size-huge", in_size_huge, 0, true},
-	{"inode-d1-size-huge", in_size_huge, 1, true, BIGDIR_BUG},
-	{"inode-bigdir-size-64g", in_size_dir_big, 6, true, BIGDIR_BUG},
+	{"inode-d1-size-huge", in_size_huge, 1, true},
+	{"inode-bigdir-size-64g", in_size_dir_big, 6, true},
 	{"inode-d1-size-odd", in_size_odd, 1, true},
 	{"inode-big-blocks-huge", in_blocks_huge, 0, true},
 	{"inode-small-links-zero", in_links_zero, 3, true},
@@ -756,6 +765,23 @@ static const struct dcase cases[] = {
 	{"spray-8", spray, 8, false},
 };
 
+/* Open bugs in fsimage/fsops.c, reported to its owner: skipped, see
+ * cw_skip_known(). */
+static const struct {
+	const char *name, *why;
+} known[] = {
+	{"inode-d1-size-huge", BIGDIR_BUG},
+	{"inode-bigdir-size-64g", BIGDIR_BUG},
+};
+
+static const char *known_bug(const char *name)
+{
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (!strcmp(known[i].name, name))
+			return known[i].why;
+	return NULL;
+}
+
 static bool copy_file(const char *from, const char *to)
 {
 	char cmd[512];
@@ -767,8 +793,8 @@ static bool copy_file(const char *from, const char *to)
 static bool damage(const struct good *g, const struct dcase *c,
 		   const char *copy)
 {
-	struct dmg d = {.copy = copy, .g = g, .arg = c->arg,
-			.fix_csum = c->fix_csum};
+	struct dmg d = {
+		.copy = copy, .g = g, .arg = c->arg, .fix_csum = c->fix_csum};
 	errcode_t e;
 
 	if (!copy_file(g->path, copy))
@@ -820,7 +846,7 @@ int main(int argc, char **argv)
 
 		if (only && !strstr(c->name, only))
 			continue;
-		if (cw_skip_known(c->name, c->known, &tot))
+		if (cw_skip_known(c->name, known_bug(c->name), &tot))
 			continue;
 		snprintf(copy, sizeof(copy), "%s/%s.img", tmpdir, c->name);
 		if (!damage(&g, c, copy)) {
