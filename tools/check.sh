@@ -31,6 +31,9 @@ for t in spec request hook; do
 	rm -rf "$scratch"
 done
 
+echo "== benchmark, quick mode (checks that every column runs; figures are meaningless)"
+LUNFS_BUILD_DIR="$PWD/build" /usr/bin/python3 tools/bench.py --quick
+
 echo "== scenarios against a private tgtd (ASan/UBSan binaries)"
 export LUNFS_BUILD_DIR="$PWD/build-asan"
 exec /usr/bin/python3 -m pytest -v -p no:cacheprovider tests/ "$@"
