@@ -24,6 +24,8 @@
 #define LF_DIRINDEX_BYTES (64u << 20)
 #define LF_HOLD_BUCKETS	  4096
 #define LF_ILOCK_BUCKETS  256
+/* Longest initialised extent ext4 allows (EXT_INIT_MAX_LEN). */
+#define LF_EXT_INIT_MAX 32768
 
 struct lf_hold {
 	struct lf_hold *next;
@@ -2100,33 +2102,107 @@ int lf_fs_fsync(struct lf_vol *v, uint64_t ino, bool datasync)
 
 /* ---- file data ---- */
 
+/* A piece of a file's block map. */
 struct lf_run {
 	uint64_t lblk, pblk; /* pblk 0: hole (reads as zeros) */
-	uint32_t n;
-	bool fresh; /* newly allocated or was unwritten: no old bytes */
+	uint64_t n;
+	bool uninit; /* allocated but unwritten: reads as zeros */
+	bool fresh;  /* this write allocated or initialised it: no old bytes */
 };
 
-static int run_add(struct lf_run **runs, size_t *nr, size_t *cap, uint64_t lblk,
-		   uint64_t pblk, bool fresh)
-{
-	struct lf_run *l = *nr ? &(*runs)[*nr - 1] : NULL;
+struct lf_runs {
+	struct lf_run *v;
+	size_t n, cap;
+};
 
+static int runs_add(struct lf_runs *rs, uint64_t lblk, uint64_t pblk,
+		    uint64_t n, bool uninit, bool fresh)
+{
+	struct lf_run *l = rs->n ? &rs->v[rs->n - 1] : NULL;
+
+	if (!n)
+		return 0;
 	if (l && l->lblk + l->n == lblk && l->fresh == fresh &&
-	    ((!l->pblk && !pblk) || (l->pblk && l->pblk + l->n == pblk))) {
-		l->n++;
+	    l->uninit == uninit &&
+	    ((!l->pblk && !pblk) ||
+	     (l->pblk && pblk && l->pblk + l->n == pblk))) {
+		l->n += n;
 		return 0;
 	}
-	if (*nr == *cap) {
-		size_t c = *cap ? *cap * 2 : 16;
-		struct lf_run *n = realloc(*runs, c * sizeof(*n));
+	if (rs->n == rs->cap) {
+		size_t c = rs->cap ? rs->cap * 2 : 16;
+		struct lf_run *nv = realloc(rs->v, c * sizeof(*nv));
 
-		if (!n)
+		if (!nv)
 			return -ENOMEM;
-		*runs = n;
-		*cap = c;
+		rs->v = nv;
+		rs->cap = c;
 	}
-	(*runs)[(*nr)++] = (struct lf_run){lblk, pblk, 1, fresh};
+	rs->v[rs->n++] = (struct lf_run){lblk, pblk, n, uninit, fresh};
 	return 0;
+}
+
+/* Append the map of logical blocks [first, last] to rs, holes included,
+ * neighbours merged. Extent-mapped inodes cost one tree walk for the whole
+ * range, not one lookup per block. Lock held. */
+static int map_blocks(struct lf_vol *v, uint64_t ino,
+		      struct ext2_inode_large *in, uint64_t first,
+		      uint64_t last, bool fresh, struct lf_runs *rs)
+{
+	ext2_filsys fs = v->fs;
+	uint64_t pos = first;
+	int r = 0;
+
+	if ((in->i_flags & EXT4_EXTENTS_FL) &&
+	    !(in->i_flags & EXT4_INLINE_DATA_FL)) {
+		struct ext2fs_extent *list = NULL;
+		ext2_extent_handle_t h;
+		size_t n = 0;
+		errcode_t e = ext2fs_extent_open2(fs, ino,
+						  (struct ext2_inode *)in, &h);
+
+		if (e)
+			return lf_errno_from_ext2(e);
+		r = extents_in(h, first, last, &list, &n);
+		ext2fs_extent_free(h);
+		for (size_t i = 0; i < n && !r && pos <= last; i++) {
+			uint64_t s = list[i].e_lblk;
+			uint64_t xe = s + list[i].e_len - 1, to;
+
+			if (xe < pos)
+				continue;
+			if (s > last)
+				break;
+			if (s > pos) {
+				r = runs_add(rs, pos, 0, s - pos, false, fresh);
+				pos = s;
+			}
+			to = xe < last ? xe : last;
+			if (!r)
+				r = runs_add(rs, pos,
+					     list[i].e_pblk + (pos - s),
+					     to - pos + 1,
+					     list[i].e_flags &
+						     EXT2_EXTENT_FLAGS_UNINIT,
+					     fresh);
+			pos = to + 1;
+		}
+		free(list);
+		if (!r && pos <= last)
+			r = runs_add(rs, pos, 0, last - pos + 1, false, fresh);
+		return r;
+	}
+	for (; pos <= last && !r; pos++) {
+		blk64_t pblk = 0;
+		int rf = 0;
+		errcode_t e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)in,
+					   NULL, 0, pos, &rf, &pblk);
+
+		if (e)
+			return lf_errno_from_ext2(e);
+		r = runs_add(rs, pos, pblk, 1, rf & BMAP_RET_UNINIT, fresh);
+	}
+	return r;
 }
 
 /* Read [s, e) of the file, which lies in run ru, into dst: whole blocks
@@ -2171,9 +2247,8 @@ ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 {
 	ext2_filsys fs = v->fs;
 	struct ext2_inode_large in;
-	struct lf_run *runs = NULL;
-	size_t nr = 0, cap = 0;
-	uint64_t bs, isize, end, first, last;
+	struct lf_runs rs = {0};
+	uint64_t bs, isize, end;
 	char *bounce = NULL;
 	struct lf_ilock *l;
 	ssize_t r;
@@ -2200,49 +2275,34 @@ ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 		goto out_unlock;
 	}
 	end = off + size < isize ? off + size : isize;
-	first = off / bs;
-	last = (end - 1) / bs;
-	for (uint64_t b = first; b <= last; b++) {
-		blk64_t pblk = 0;
-		int rf = 0;
-		errcode_t e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
-					   NULL, 0, b, &rf, &pblk);
-
-		if (e) {
-			r = lf_errno_from_ext2(e);
-			goto out_unlock;
-		}
-		if (rf & BMAP_RET_UNINIT)
-			pblk = 0;
-		r = run_add(&runs, &nr, &cap, b, pblk, false);
-		if (r)
-			goto out_unlock;
-	}
+	r = map_blocks(v, ino, &in, off / bs, (end - 1) / bs, false, &rs);
+	if (r)
+		goto out_unlock;
 	lf_vol_unlock(v);
 
-	r = 0;
-	for (size_t i = 0; i < nr && !r; i++) {
-		struct lf_run *ru = &runs[i];
-		uint64_t rs = ru->lblk * bs, re = (ru->lblk + ru->n) * bs;
-		uint64_t s = rs > off ? rs : off, e = re < end ? re : end;
-		char *dst = (char *)buf + (s - off);
+	for (size_t i = 0; i < rs.n && !r; i++) {
+		struct lf_run *ru = &rs.v[i];
+		uint64_t s = ru->lblk * bs, e = (ru->lblk + ru->n) * bs;
+		char *dst;
 
-		if (!ru->pblk) {
+		s = s > off ? s : off;
+		e = e < end ? e : end;
+		dst = (char *)buf + (s - off);
+		if (!ru->pblk || ru->uninit)
 			memset(dst, 0, e - s);
-			continue;
-		}
-		r = read_span(v, ru, s, e, dst, &bounce);
+		else
+			r = read_span(v, ru, s, e, dst, &bounce);
 	}
 	ilock_put(v, l);
 	if (!r)
 		r = end - off;
 	free(bounce);
-	free(runs);
+	free(rs.v);
 	return r;
 out_unlock:
 	lf_vol_unlock(v);
 	ilock_put(v, l);
-	free(runs);
+	free(rs.v);
 	return r;
 }
 
@@ -2286,18 +2346,206 @@ static int write_span(struct lf_vol *v, const struct lf_run *ru, uint64_t s,
 	return r;
 }
 
+/* Mark the unwritten blocks of run u written, adding them to out. An
+ * unwritten extent the run covers whole is flipped in place; the blocks of
+ * one it covers in part go through libext2fs one by one, which splits it.
+ * Lock held. */
+static int init_unwritten(struct lf_vol *v, uint64_t ino,
+			  struct ext2_inode_large *in, const struct lf_run *u,
+			  struct lf_runs *out)
+{
+	ext2_filsys fs = v->fs;
+	uint64_t b = u->lblk, uend = u->lblk + u->n;
+	int r = 0;
+
+	while (b < uend && !r) {
+		blk64_t pblk = u->pblk + (b - u->lblk);
+		struct ext2fs_extent ex;
+		ext2_extent_handle_t h;
+		bool whole = false;
+		errcode_t e;
+
+		/* A fresh handle each time: the block-by-block path below
+		 * changes the tree behind any handle we kept. */
+		e = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)in, &h);
+		if (e)
+			return lf_errno_from_ext2(e);
+		if (!ext2fs_extent_goto(h, b) &&
+		    !ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ex) &&
+		    ex.e_lblk == b && ex.e_len &&
+		    ex.e_lblk + ex.e_len <= uend &&
+		    (ex.e_flags & EXT2_EXTENT_FLAGS_UNINIT)) {
+			whole = true;
+			ex.e_flags &= ~EXT2_EXTENT_FLAGS_UNINIT;
+			e = ext2fs_extent_replace(h, 0, &ex);
+			if (!e)
+				e = ext2fs_extent_fix_parents(h);
+		}
+		ext2fs_extent_free(h);
+		if (e)
+			return lf_errno_from_ext2(e);
+		if (whole) {
+			r = runs_add(out, b, ex.e_pblk, ex.e_len, false, true);
+			b += ex.e_len;
+			continue;
+		}
+		e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)in, NULL,
+				 BMAP_SET, b, NULL, &pblk);
+		if (e)
+			return lf_errno_from_ext2(e);
+		r = runs_add(out, b, pblk, 1, false, true);
+		b++;
+	}
+	return r;
+}
+
+/* Allocate and map logical blocks [s, s+n), a hole, adding them to out:
+ * whole free ranges at a time, each extent grown in place, instead of a
+ * tree walk and a bitmap search per block. On failure *alloc_err says why
+ * and what was mapped before stays. Lock held. */
+static int alloc_hole(struct lf_vol *v, uint64_t ino,
+		      struct ext2_inode_large *in, uint64_t s, uint64_t n,
+		      struct lf_runs *out, int *alloc_err)
+{
+	ext2_filsys fs = v->fs;
+	ext2_extent_handle_t h;
+	blk64_t goal;
+	errcode_t e = 0;
+	int r = 0;
+
+	if (!(in->i_flags & EXT4_EXTENTS_FL) || EXT2FS_CLUSTER_RATIO(fs) > 1) {
+		for (; n && !r; s++, n--) {
+			blk64_t pblk = 0;
+
+			e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)in, NULL,
+					 BMAP_ALLOC, s, NULL, &pblk);
+			if (e || !pblk)
+				break;
+			r = runs_add(out, s, pblk, 1, false, true);
+		}
+		if (!r && n)
+			*alloc_err = e ? lf_errno_from_ext2(e) : -ENOSPC;
+		return r;
+	}
+	e = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)in, &h);
+	if (e)
+		return lf_errno_from_ext2(e);
+	goal = ext2fs_find_inode_goal(fs, ino, (struct ext2_inode *)in, s);
+	while (n && !r && !e) {
+		blk64_t pblk, plen, done = 0;
+		blk64_t want = n < LF_EXT_INIT_MAX ? n : LF_EXT_INIT_MAX;
+
+		/* One free range that holds it all if there is one, else
+		 * the first free piece after the goal. */
+		e = ext2fs_new_range(fs, EXT2_NEWRANGE_MIN_LENGTH, goal, want,
+				     NULL, &pblk, &plen);
+		if (e)
+			e = ext2fs_new_range(fs, 0, goal, want, NULL, &pblk,
+					     &plen);
+		if (e)
+			break;
+		ext2fs_block_alloc_stats_range(fs, pblk, plen, +1);
+		/* libext2fs places the first block (joining a neighbour
+		 * when it can); the rest of the range extends that extent. */
+		while (done < plen) {
+			struct ext2fs_extent ex;
+			blk64_t k;
+
+			e = ext2fs_extent_set_bmap(h, s + done, pblk + done, 0);
+			if (e)
+				break;
+			done++;
+			e = ext2fs_extent_goto(h, s + done - 1);
+			if (!e)
+				e = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT,
+						      &ex);
+			if (e)
+				break;
+			if (ex.e_lblk + ex.e_len != s + done ||
+			    ex.e_pblk + ex.e_len != pblk + done ||
+			    (ex.e_flags & EXT2_EXTENT_FLAGS_UNINIT) ||
+			    ex.e_len >= LF_EXT_INIT_MAX)
+				continue;
+			k = plen - done;
+			if (k > LF_EXT_INIT_MAX - ex.e_len)
+				k = LF_EXT_INIT_MAX - ex.e_len;
+			ex.e_len += k;
+			e = ext2fs_extent_replace(h, 0, &ex);
+			if (!e)
+				e = ext2fs_extent_fix_parents(h);
+			if (e)
+				break;
+			done += k;
+		}
+		if (done < plen)
+			ext2fs_block_alloc_stats_range(fs, pblk + done,
+						       plen - done, -1);
+		if (done) {
+			errcode_t e2 = ext2fs_iblk_add_blocks(
+				fs, (struct ext2_inode *)in, done);
+
+			if (e2 && !e)
+				e = e2;
+			r = runs_add(out, s, pblk, done, false, true);
+		}
+		s += done;
+		n -= done;
+		goal = pblk + done;
+	}
+	ext2fs_extent_free(h);
+	if (!r && n)
+		*alloc_err = e ? lf_errno_from_ext2(e) : -ENOSPC;
+	return r;
+}
+
+/* Give every hole and unwritten piece of map an initialised block. out
+ * gets the resulting map up to where space ran out (*alloc_err then says
+ * why). Writes the inode. Lock held.
+ *
+ * Not ext2fs_fallocate: with FORCE_INIT (1.47.0) it also fills the gap up
+ * to a nearby extent beyond the range it was given, initialised blocks
+ * whose stale bytes nobody writes; and it never joins the extent to its
+ * left, so a file written 1 MiB at a time got an extent per write. */
+static int alloc_runs(struct lf_vol *v, uint64_t ino,
+		      struct ext2_inode_large *in, const struct lf_runs *map,
+		      struct lf_runs *out, int *alloc_err)
+{
+	int r = 0;
+
+	for (size_t i = 0; i < map->n && !r && !*alloc_err; i++) {
+		const struct lf_run *m = &map->v[i];
+
+		if (m->pblk && !m->uninit) {
+			r = runs_add(out, m->lblk, m->pblk, m->n, false, false);
+			continue;
+		}
+		if (m->uninit) {
+			r = init_unwritten(v, ino, in, m, out);
+			if (r < 0 && r != -ENOMEM) {
+				*alloc_err = r;
+				r = 0;
+			}
+			continue;
+		}
+		r = alloc_hole(v, ino, in, m->lblk, m->n, out, alloc_err);
+	}
+	if (!r)
+		r = lf_fs_iwrite(v, ino, in);
+	return r;
+}
+
 ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 		    size_t size, uint64_t off)
 {
 	ext2_filsys fs = v->fs;
 	struct ext2_inode_large in;
-	struct lf_run *runs = NULL;
-	size_t nr = 0, cap = 0;
-	uint64_t bs, end, first, last, done_end;
+	struct lf_runs map = {0}, runs = {0}, *use;
+	uint64_t bs, end, done_end;
 	char *bounce = NULL;
 	struct lf_ilock *l;
+	size_t failed = 0;
 	int alloc_err = 0;
-	bool excl;
+	bool excl, need;
 	ssize_t r;
 
 	if (size == 0)
@@ -2332,65 +2580,71 @@ again:
 		r = -EINVAL;
 		goto out_unlock;
 	}
-	first = off / bs;
-	last = (end - 1) / bs;
-	for (uint64_t b = first; b <= last; b++) {
-		blk64_t pblk = 0;
-		int rf = 0;
-		bool fresh = false;
-		errcode_t e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
-					   NULL, 0, b, &rf, &pblk);
-
-		if (!e && (!pblk || (rf & BMAP_RET_UNINIT)) && !excl) {
-			lf_vol_unlock(v);
-			ilock_put(v, l);
-			nr = 0;
-			excl = true;
-			goto again;
-		}
-		if (!e && !pblk) {
-			e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
-					 NULL, BMAP_ALLOC, b, NULL, &pblk);
-			fresh = true;
-		} else if (!e && (rf & BMAP_RET_UNINIT)) {
-			/* Unwritten extent: mark the block written. */
-			e = ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in,
-					 NULL, BMAP_SET, b, NULL, &pblk);
-			fresh = true;
-		}
-		if (e || !pblk) {
-			alloc_err = e ? lf_errno_from_ext2(e) : -ENOSPC;
-			break;
-		}
-		r = run_add(&runs, &nr, &cap, b, pblk, fresh);
+	map.n = 0;
+	r = map_blocks(v, ino, &in, off / bs, (end - 1) / bs, false, &map);
+	if (r)
+		goto out_unlock;
+	need = false;
+	for (size_t i = 0; i < map.n; i++)
+		need |= !map.v[i].pblk || map.v[i].uninit;
+	if (need && !excl) {
+		lf_vol_unlock(v);
+		ilock_put(v, l);
+		excl = true;
+		goto again;
+	}
+	use = &map;
+	if (need) {
+		r = alloc_runs(v, ino, &in, &map, &runs, &alloc_err);
 		if (r)
 			goto out_unlock;
+		use = &runs;
 	}
 	lf_vol_unlock(v);
-	if (nr == 0) {
+	if (use->n == 0) {
 		r = alloc_err ? alloc_err : -ENOSPC;
 		goto out_put;
 	}
 	/* Short write up to the last block we could allocate. */
-	done_end = (runs[nr - 1].lblk + runs[nr - 1].n) * bs;
+	done_end = (use->v[use->n - 1].lblk + use->v[use->n - 1].n) * bs;
 	if (done_end > end)
 		done_end = end;
 
 	r = 0;
-	for (size_t i = 0; i < nr && !r; i++) {
-		uint64_t rs = runs[i].lblk * bs, re = rs + runs[i].n * bs;
+	for (failed = 0; failed < use->n; failed++) {
+		const struct lf_run *ru = &use->v[failed];
+		uint64_t rs = ru->lblk * bs, re = rs + ru->n * bs;
 		uint64_t s = rs > off ? rs : off,
 			 e = re < done_end ? re : done_end;
 
-		r = write_span(v, &runs[i], s, e, (const char *)buf + (s - off),
+		r = write_span(v, ru, s, e, (const char *)buf + (s - off),
 			       &bounce);
+		if (r)
+			break;
 	}
 
 	lf_vol_lock(v);
 	{
 		int r2 = lf_fs_iread(v, ino, &in);
 
-		if (!r2) {
+		/* Blocks this write allocated but could not fill must not
+		 * show their stale bytes: release them; what came before
+		 * the failed run is a short write. */
+		for (size_t i = failed; r && !r2 && i < use->n; i++) {
+			const struct lf_run *ru = &use->v[i];
+
+			if (ru->fresh)
+				r2 = punch_blocks(v, ino, &in, ru->lblk,
+						  ru->lblk + ru->n - 1);
+		}
+		if (r && failed < use->n) {
+			uint64_t ok = use->v[failed].lblk * bs;
+
+			done_end = ok > off ? ok : off;
+			if (done_end > off)
+				r = 0;
+		}
+		if (!r2 && done_end > off) {
 			if (done_end > EXT2_I_SIZE(&in)) {
 				in.i_size = (uint32_t)done_end;
 				in.i_size_high = (uint32_t)(done_end >> 32);
@@ -2408,7 +2662,8 @@ out_unlock:
 out_put:
 	ilock_put(v, l);
 	free(bounce);
-	free(runs);
+	free(map.v);
+	free(runs.v);
 	return r;
 }
 

@@ -726,6 +726,178 @@ static void test_enospc(const char *dir)
 	free(buf);
 }
 
+/* ---- the block-range allocation path of lf_fs_write ---- */
+
+#define MAP_SIZE (4 * MIB)
+
+/* Extent records debugfs lists for path (-1 if debugfs failed). */
+static int extent_count(const char *img, const char *path)
+{
+	char cmd[1200];
+	FILE *p;
+	int n = -1, c;
+
+	snprintf(cmd, sizeof(cmd),
+		 "debugfs -R 'ex %s' %s 2>/dev/null | grep -c '^ *[0-9]*/ "
+		 "*[0-9]*  *[0-9]*/' ",
+		 path, img);
+	p = popen(cmd, "r");
+	if (p) {
+		if (fscanf(p, "%d", &c) == 1)
+			n = c;
+		pclose(p);
+	}
+	return n;
+}
+
+/* Sparse writes, writes into holes in the middle, appends, overwrites
+ * across extents, writes into preallocated (unwritten) ranges, punches
+ * and truncates, against a model, while another file takes and frees
+ * blocks (0xc3) so that stale bytes would show. */
+static void test_alloc_paths(const char *dir)
+{
+	char img[512], cmd[1100];
+	unsigned char *model = calloc(1, MAP_SIZE), *buf = malloc(MAP_SIZE);
+	unsigned char *c3 = malloc(MIB);
+	unsigned seed = 7;
+	uint64_t a, b, seq, msize = 0;
+	struct lf_vol *v;
+	int bad = 0, nx;
+
+	snprintf(img, sizeof(img), "%s/alloc.img", dir);
+	v = open_img(img, 64 * MIB, true);
+	a = mk(v, LF_ROOT_INO, "a", S_IFREG | 0644);
+	b = mk(v, LF_ROOT_INO, "b", S_IFREG | 0644);
+	memset(c3, 0xc3, MIB);
+	for (int it = 0; it < 3000 && !bad; it++) {
+		int op = rand_r(&seed) % 7;
+		uint64_t off = rand_r(&seed) % MAP_SIZE;
+		size_t len = 1 + rand_r(&seed) % (300 * 1024);
+		ssize_t n;
+
+		if (rand_r(&seed) % 2) {
+			off &= ~4095ULL;
+			len = (len + 4095) & ~4095ULL;
+		}
+		if (off + len > MAP_SIZE)
+			len = MAP_SIZE - off;
+		if (op <= 1) {
+			fill_rand(buf, len, &seed);
+			n = lf_fs_write(v, a, buf, len, off);
+			if (n != (ssize_t)len) {
+				CHECK_EQ(n, (ssize_t)len);
+				bad++;
+			}
+			memcpy(model + off, buf, len);
+			if (off + len > msize)
+				msize = off + len;
+		} else if (op == 2) {
+			struct lf_setattr sa = {.size = off};
+
+			CHECK_EQ(lf_fs_setattr(v, a, LF_SET_SIZE, &sa, NULL),
+				 0);
+			if (off < msize)
+				memset(model + off, 0, msize - off);
+			msize = off;
+		} else if (op == 3) {
+			uint64_t e = off + len < msize ? off + len : msize;
+
+			CHECK_EQ(lf_fs_fallocate(v, a,
+						 FALLOC_FL_PUNCH_HOLE |
+							 FALLOC_FL_KEEP_SIZE,
+						 off, len),
+				 0);
+			if (off < e)
+				memset(model + off, 0, e - off);
+		} else if (op == 4) {
+			/* unwritten extents, past EOF too */
+			CHECK_EQ(lf_fs_fallocate(v, a, FALLOC_FL_KEEP_SIZE, off,
+						 len),
+				 0);
+		} else if (op == 5) {
+			lf_fs_write(v, b, c3, MIB, rand_r(&seed) % 4 * MIB);
+			struct lf_setattr sa = {.size = rand_r(&seed) %
+							MAP_SIZE};
+
+			lf_fs_setattr(v, b, LF_SET_SIZE, &sa, NULL);
+		} else {
+			n = lf_fs_read(v, a, buf, MAP_SIZE, 0);
+			if (n != (ssize_t)msize || memcmp(buf, model, msize)) {
+				fprintf(stderr,
+					"alloc paths: mismatch after "
+					"step %d\n",
+					it);
+				bad++;
+			}
+		}
+	}
+	CHECK_EQ(bad, 0);
+
+	/* Appends 1 MiB at a time make long extents, not one per write. */
+	seq = mk(v, LF_ROOT_INO, "seq", S_IFREG | 0644);
+	memset(c3, 0x3c, MIB);
+	for (int i = 0; i < 24; i++)
+		CHECK_EQ(lf_fs_write(v, seq, c3, MIB, (uint64_t)i * MIB), MIB);
+	CHECK_EQ(lf_vol_close(v), 0);
+	nx = extent_count(img, "/seq");
+	printf("24 MiB appended 1 MiB at a time: %d extents\n", nx);
+	CHECK(nx >= 1 && nx <= 4);
+	snprintf(cmd, sizeof(cmd),
+		 "e2fsck -fn %s >%s/alloc.fsck 2>&1 || "
+		 "{ cat %s/alloc.fsck; exit 1; }",
+		 img, dir, dir);
+	CHECK_EQ(run(cmd), 0);
+	free(model);
+	free(buf);
+	free(c3);
+}
+
+/* A write over holes and allocated blocks on a nearly full volume: a short
+ * write whose bytes all read back, nothing allocated past it, a clean fs. */
+static void test_enospc_mid_range(const char *dir)
+{
+	char img[512], cmd[1100];
+	unsigned char *buf = malloc(8 * MIB), *rd = malloc(8 * MIB);
+	uint64_t f, g, off = 0;
+	unsigned seed = 9;
+	struct lf_stat st;
+	struct lf_vol *v;
+	ssize_t n;
+
+	snprintf(img, sizeof(img), "%s/midfull.img", dir);
+	v = open_img(img, 16 * MIB, true);
+	f = mk(v, LF_ROOT_INO, "sparse", S_IFREG | 0644);
+	g = mk(v, LF_ROOT_INO, "filler", S_IFREG | 0644);
+	fill_rand(buf, 8 * MIB, &seed);
+	/* every other 64 KiB of the first 8 MiB allocated */
+	for (uint64_t o = 0; o < 8 * MIB; o += 128 * 1024)
+		CHECK_EQ(lf_fs_write(v, f, buf + o, 64 * 1024, o), 64 * 1024);
+	while ((n = lf_fs_write(v, g, buf, 256 * 1024, off)) > 0)
+		off += n;
+	CHECK_EQ(n, -ENOSPC);
+	/* give back ~1 MiB so part of the holes can be filled */
+	CHECK_EQ(lf_fs_fallocate(v, g,
+				 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+				 MIB),
+		 0);
+	n = lf_fs_write(v, f, buf, 8 * MIB, 0);
+	CHECK(n > 0 && n < 8 * MIB);
+	if (n > 0) {
+		CHECK_EQ(lf_fs_getattr(v, f, &st), 0);
+		CHECK(st.size >= (uint64_t)n);
+		CHECK_EQ(lf_fs_read(v, f, rd, n, 0), n);
+		CHECK(memcmp(rd, buf, n) == 0);
+	}
+	CHECK_EQ(lf_vol_close(v), 0);
+	snprintf(cmd, sizeof(cmd),
+		 "e2fsck -fn %s >%s/midfull.fsck 2>&1 || "
+		 "{ cat %s/midfull.fsck; exit 1; }",
+		 img, dir, dir);
+	CHECK_EQ(run(cmd), 0);
+	free(buf);
+	free(rd);
+}
+
 /* ---- reads/writes racing truncate, punch and block reuse ---- */
 
 #define RACE_SIZE (4 * MIB)
@@ -1006,6 +1178,8 @@ int main(void)
 	}
 
 	test_enospc(dir);
+	test_alloc_paths(dir);
+	test_enospc_mid_range(dir);
 	test_race(dir);
 
 	if (!check_failed) {
