@@ -757,14 +757,41 @@ static bool dir_plain(const struct ext2_inode_large *din)
 		 (EXT4_INLINE_DATA_FL | EXT4_ENCRYPT_FL | EXT4_CASEFOLD_FL));
 }
 
+/* Blocks a directory's size claims, checked against what it owns: a
+ * damaged i_size must not turn every directory walk into billions of
+ * block-map lookups. Directories may have a few holes, not that many. */
+static int dir_nblocks(ext2_filsys fs, uint64_t dir,
+		       const struct ext2_inode_large *din, uint64_t *nblk)
+{
+	uint64_t n = EXT2_I_SIZE(din) / fs->blocksize;
+	uint64_t owned = ext2fs_get_stat_i_blocks(fs, (struct ext2_inode *)din) *
+			 512 / fs->blocksize;
+
+	if (n > 2 * owned + 16) {
+		lf_err("fsimage", "directory inode %llu: size %llu is far "
+				  "beyond its %llu blocks: damaged",
+		       (unsigned long long)dir,
+		       (unsigned long long)EXT2_I_SIZE(din),
+		       (unsigned long long)owned);
+		return -EIO;
+	}
+	*nblk = n;
+	return 0;
+}
+
 /* Index every live entry of dir with its position, block by block. */
 static int build_walk(struct lf_vol *v, uint64_t dir,
 		      struct ext2_inode_large *din, struct build_ctx *c)
 {
 	ext2_filsys fs = v->fs;
-	uint64_t nblk = EXT2_I_SIZE(din) / fs->blocksize;
-	char *buf = malloc(fs->blocksize);
-	int r = buf ? 0 : -ENOMEM;
+	uint64_t nblk = 0;
+	int r = dir_nblocks(fs, dir, din, &nblk);
+	char *buf;
+
+	if (r)
+		return r;
+	buf = malloc(fs->blocksize);
+	r = buf ? 0 : -ENOMEM;
 
 	for (uint64_t b = 0; b < nblk && !r; b++) {
 		blk64_t pblk = 0;
@@ -931,7 +958,9 @@ static int fast_link(struct lf_vol *v, struct lf_dirindex *d, uint64_t dir,
 		return r;
 	if (!dir_plain(&din) || (din.i_flags & EXT2_INDEX_FL))
 		return -EOPNOTSUPP;
-	nblk = EXT2_I_SIZE(&din) / fs->blocksize;
+	r = dir_nblocks(fs, dir, &din, &nblk);
+	if (r)
+		return r;
 	if (!nblk)
 		return -EOPNOTSUPP;
 	buf = malloc(fs->blocksize);
@@ -1949,7 +1978,9 @@ int lf_fs_readdir(struct lf_vol *v, uint64_t ino, uint64_t off,
 		r = -ENOMEM;
 		goto out;
 	}
-	nblk = EXT2_I_SIZE(&in) / fs->blocksize;
+	r = dir_nblocks(fs, ino, &in, &nblk);
+	if (r)
+		goto out;
 	for (blk = off >> 32; blk < nblk; blk++) {
 		blk64_t pblk = 0;
 		unsigned o = 0;
@@ -2399,6 +2430,43 @@ static int init_unwritten(struct lf_vol *v, uint64_t ino,
 	return r;
 }
 
+/* A free run of `want` blocks at or after goal (wrapping once), else the
+ * first free piece after it. Our own bounded search: in 1.47.0
+ * ext2fs_new_range(EXT2_NEWRANGE_MIN_LENGTH) searches forever when the
+ * only free runs, too short, end at the last block (f_ext_zero_len). */
+static errcode_t find_free_run(ext2_filsys fs, blk64_t goal, blk64_t want,
+			       blk64_t *pblk, blk64_t *plen)
+{
+	blk64_t first = fs->super->s_first_data_block;
+	blk64_t last = ext2fs_blocks_count(fs->super) - 1;
+	int tries = 0;
+
+	for (int pass = 0; pass < 2; pass++) {
+		blk64_t start = pass ? first : goal;
+		blk64_t end = pass ? (goal > first ? goal - 1 : first) : last;
+
+		while (start <= end && tries++ < 512) {
+			blk64_t z, set, stop;
+
+			if (ext2fs_find_first_zero_block_bitmap2(
+				    fs->block_map, start, end, &z))
+				break;
+			stop = z + want - 1 <= end ? z + want - 1 : end;
+			if (ext2fs_find_first_set_block_bitmap2(fs->block_map, z,
+								stop, &set)) {
+				if (stop - z + 1 == want) {
+					*pblk = z;
+					*plen = want;
+					return 0;
+				}
+				break; /* too short, and it ends the range */
+			}
+			start = set + 1;
+		}
+	}
+	return ext2fs_new_range(fs, 0, goal, want, NULL, pblk, plen);
+}
+
 /* Allocate and map logical blocks [s, s+n), a hole, adding them to out:
  * whole free ranges at a time, each extent grown in place, instead of a
  * tree walk and a bitmap search per block. On failure *alloc_err says why
@@ -2432,16 +2500,17 @@ static int alloc_hole(struct lf_vol *v, uint64_t ino,
 		return lf_errno_from_ext2(e);
 	goal = ext2fs_find_inode_goal(fs, ino, (struct ext2_inode *)in, s);
 	while (n && !r && !e) {
+		/* A damaged extent can point the goal off the device, where
+		 * ext2fs_new_range searches forever. */
+		if (goal < fs->super->s_first_data_block ||
+		    goal >= ext2fs_blocks_count(fs->super))
+			goal = fs->super->s_first_data_block;
 		blk64_t pblk, plen, done = 0;
 		blk64_t want = n < LF_EXT_INIT_MAX ? n : LF_EXT_INIT_MAX;
 
 		/* One free range that holds it all if there is one, else
 		 * the first free piece after the goal. */
-		e = ext2fs_new_range(fs, EXT2_NEWRANGE_MIN_LENGTH, goal, want,
-				     NULL, &pblk, &plen);
-		if (e)
-			e = ext2fs_new_range(fs, 0, goal, want, NULL, &pblk,
-					     &plen);
+		e = find_free_run(fs, goal, want, &pblk, &plen);
 		if (e)
 			break;
 		ext2fs_block_alloc_stats_range(fs, pblk, plen, +1);

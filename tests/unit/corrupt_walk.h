@@ -573,7 +573,7 @@ static void cw_tmpdir(char *buf, size_t len, const char *what)
 
 struct cw_totals {
 	unsigned images, ro_refused, ro_served, rw_refused, rw_served;
-	unsigned crashed, hung, failed, slow, known;
+	unsigned crashed, hung, failed, slow;
 	unsigned long long calls_ok, eio, euclean, enoent, other;
 	unsigned writes_ok, writes_err, readback_bad;
 };
@@ -718,15 +718,6 @@ static bool cw_check_image(const char *path, const char *label,
 
 /* An open bug outside this test's reach (fsops.c) is named, skipped and
  * counted, unless LUNFS_CORRUPT_KNOWN is set: then it runs and fails. */
-static bool cw_skip_known(const char *label, const char *why,
-			  struct cw_totals *t)
-{
-	if (!why || getenv("LUNFS_CORRUPT_KNOWN"))
-		return false;
-	printf("%s: SKIPPED, known open bug: %s\n", label, why);
-	t->known++;
-	return true;
-}
 
 static void cw_print_totals(const char *what, const struct cw_totals *t)
 {
@@ -745,8 +736,6 @@ static void cw_print_totals(const char *what, const struct cw_totals *t)
 	       t->readback_bad);
 	printf("  %-28s %u (walk stopped after %d s)\n", "slow images", t->slow,
 	       CW_WALK_BUDGET_S);
-	printf("  %-28s %u (LUNFS_CORRUPT_KNOWN=1 runs them)\n",
-	       "skipped, known open bugs", t->known);
 	printf("  %-28s %u crashed, %u hung, %u failed in all\n", "failures",
 	       t->crashed, t->hung, t->failed);
 }

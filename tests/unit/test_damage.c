@@ -628,9 +628,6 @@ struct dcase {
 	bool fix_csum;
 };
 
-#define BIGDIR_BUG                                                             \
-	"a directory with a huge i_size: lf_fs_readdir() and the directory "   \
-	"index build call ext2fs_bmap2 for every logical block up to i_size"
 
 #define BLK_BEYOND 0x10000000 /* far past a 64 MiB device */
 #define RO_UNKNOWN 0x40000000 /* a ro_compat bit nobody defines */
@@ -765,23 +762,6 @@ static const struct dcase cases[] = {
 	{"spray-8", spray, 8, false},
 };
 
-/* Open bugs in fsimage/fsops.c, reported to its owner: skipped, see
- * cw_skip_known(). */
-static const struct {
-	const char *name, *why;
-} known[] = {
-	{"inode-d1-size-huge", BIGDIR_BUG},
-	{"inode-bigdir-size-64g", BIGDIR_BUG},
-};
-
-static const char *known_bug(const char *name)
-{
-	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-		if (!strcmp(known[i].name, name))
-			return known[i].why;
-	return NULL;
-}
-
 static bool copy_file(const char *from, const char *to)
 {
 	char cmd[512];
@@ -845,8 +825,6 @@ int main(int argc, char **argv)
 		const struct dcase *c = &cases[i];
 
 		if (only && !strstr(c->name, only))
-			continue;
-		if (cw_skip_known(c->name, known_bug(c->name), &tot))
 			continue;
 		snprintf(copy, sizeof(copy), "%s/%s.img", tmpdir, c->name);
 		if (!damage(&g, c, copy)) {
