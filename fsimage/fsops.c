@@ -1287,7 +1287,8 @@ static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
 	if (isdir && (r = dir_nlink_room(v, &pin)))
 		goto out;
 	if (pin.i_mode & S_ISGID) {
-		gid = i_gid(&pin);
+		if (!o->gid_fixed)
+			gid = i_gid(&pin);
 		if (isdir)
 			mode |= S_ISGID;
 	}
@@ -1613,6 +1614,8 @@ int lf_fs_setattr(struct lf_vol *v, uint64_t ino, unsigned what,
 		TSET(fs, &in, ctime, &t);
 	if (what)
 		r = lf_fs_iwrite(v, ino, &in);
+	if (!r && (what & LF_SET_MODE) && !LINUX_S_ISLNK(in.i_mode))
+		r = lf_fs_acl_chmod_locked(v, ino, in.i_mode);
 	if (!r && st)
 		fill_stat(v, ino, &in, st);
 out:

@@ -73,6 +73,9 @@ struct lf_setattr {
 /* Owner of a new inode, as DISK ids. */
 struct lf_owner {
 	uint32_t uid, gid;
+	/* gid wins over a setgid parent's group (an fsGroup view presents
+	 * every directory as setgid with that group). */
+	bool gid_fixed;
 };
 
 int lf_fs_getattr(struct lf_vol *v, uint64_t ino, struct lf_stat *st);

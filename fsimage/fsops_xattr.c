@@ -99,12 +99,129 @@ static int touch_ctime(struct lf_vol *v, uint64_t ino)
 	return lf_fs_iwrite(v, ino, &in);
 }
 
+/* POSIX ACLs in the Linux xattr form (version 2, entries of tag, perm,
+ * id, little endian). The kernel keeps an inode's mode and its access ACL
+ * in step (posix_acl_update_mode, posix_acl_chmod); so do we, or the
+ * kernel's ext4 would see modes that differ from what we served. */
+#define ACL_VERSION 2
+enum { ACL_USER_OBJ = 1, ACL_USER = 2, ACL_GROUP_OBJ = 4, ACL_GROUP = 8,
+       ACL_MASK = 0x10, ACL_OTHER = 0x20 };
+#define ACL_ACCESS_NAME "system.posix_acl_access"
+
+static uint16_t le16_at(const unsigned char *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+/* Mode bits an access ACL implies; *equiv if the ACL says no more than
+ * the mode does (then it is not stored, as the kernel does). */
+static int acl_mode(const void *value, size_t size, unsigned *perm,
+		    bool *equiv)
+{
+	const unsigned char *p = value;
+	unsigned mode = 0, seen = 0;
+
+	if (size < 4 || (size - 4) % 8 ||
+	    (uint32_t)(p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24) !=
+		    ACL_VERSION)
+		return -EINVAL;
+	*equiv = true;
+	for (size_t o = 4; o < size; o += 8) {
+		unsigned tag = le16_at(p + o), bits = le16_at(p + o + 2) & 7;
+
+		switch (tag) {
+		case ACL_USER_OBJ:
+			mode |= bits << 6;
+			break;
+		case ACL_GROUP_OBJ:
+			if (!(seen & ACL_MASK))
+				mode |= bits << 3;
+			break;
+		case ACL_OTHER:
+			mode |= bits;
+			break;
+		case ACL_MASK:
+			mode = (mode & ~070u) | bits << 3;
+			*equiv = false;
+			break;
+		case ACL_USER:
+		case ACL_GROUP:
+			*equiv = false;
+			break;
+		default:
+			return -EINVAL;
+		}
+		seen |= tag;
+	}
+	if ((seen & (ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_OTHER)) !=
+	    (ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_OTHER))
+		return -EINVAL;
+	*perm = mode;
+	return 0;
+}
+
+static int set_perm_bits(struct lf_vol *v, uint64_t ino, unsigned perm)
+{
+	struct ext2_inode_large in;
+	int r = lf_fs_iread(v, ino, &in);
+
+	if (r)
+		return r;
+	in.i_mode = (in.i_mode & ~0777u) | perm;
+	lf_fs_set_ctime_now(v, &in);
+	return lf_fs_iwrite(v, ino, &in);
+}
+
+int lf_fs_acl_chmod_locked(struct lf_vol *v, uint64_t ino, unsigned mode)
+{
+	struct ext2_xattr_handle *h = NULL;
+	unsigned char *acl = NULL;
+	size_t len = 0;
+	bool has_mask = false;
+	errcode_t e;
+	int r;
+
+	r = xopen(v, ino, &h);
+	if (r)
+		return r == -EOPNOTSUPP ? 0 : r;
+	e = ext2fs_xattr_get(h, ACL_ACCESS_NAME, (void **)&acl, &len);
+	if (e) {
+		ext2fs_xattrs_close(&h);
+		return e == EXT2_ET_EA_KEY_NOT_FOUND ? 0 : lf_errno_from_ext2(e);
+	}
+	for (size_t o = 4; o + 8 <= len; o += 8)
+		has_mask |= le16_at(acl + o) == ACL_MASK;
+	for (size_t o = 4; o + 8 <= len; o += 8) {
+		unsigned tag = le16_at(acl + o), bits = 0;
+		bool set = true;
+
+		if (tag == ACL_USER_OBJ)
+			bits = (mode >> 6) & 7;
+		else if (tag == ACL_OTHER)
+			bits = mode & 7;
+		else if (tag == ACL_MASK || (tag == ACL_GROUP_OBJ && !has_mask))
+			bits = (mode >> 3) & 7;
+		else
+			set = false;
+		if (set) {
+			acl[o + 2] = (unsigned char)bits;
+			acl[o + 3] = 0;
+		}
+	}
+	e = ext2fs_xattr_set(h, ACL_ACCESS_NAME, acl, len);
+	ext2fs_free_mem(&acl);
+	ext2fs_xattrs_close(&h);
+	return e ? lf_errno_from_ext2(e) : 0;
+}
+
 int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 		   const void *value, size_t size, int flags)
 {
 	struct ext2_xattr_handle *h = NULL;
 	void *old = NULL;
 	size_t olen = 0;
+	unsigned perm = 0;
+	bool is_acl = false, equiv = false;
 	errcode_t e;
 	int r;
 
@@ -117,10 +234,26 @@ int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 		return -EINVAL;
 	if (lf_vol_read_only(v))
 		return -EROFS;
+	if (strcmp(name, ACL_ACCESS_NAME) == 0) {
+		r = acl_mode(value, size, &perm, &equiv);
+		if (r)
+			return r;
+		is_acl = true;
+	}
 	lf_vol_lock(v);
 	r = xopen(v, ino, &h);
 	if (r)
 		goto out;
+	if (is_acl && equiv) {
+		/* Nothing beyond the mode: store the mode, drop the ACL. */
+		e = ext2fs_xattr_remove(h, name);
+		r = e && e != EXT2_ET_EA_KEY_NOT_FOUND ? lf_errno_from_ext2(e)
+						       : 0;
+		ext2fs_xattrs_close(&h);
+		if (!r)
+			r = set_perm_bits(v, ino, perm);
+		goto out;
+	}
 	e = ext2fs_xattr_get(h, name, &old, &olen);
 	ext2fs_free_mem(&old);
 	if (e && e != EXT2_ET_EA_KEY_NOT_FOUND) {
@@ -141,7 +274,7 @@ int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 	}
 	ext2fs_xattrs_close(&h);
 	if (!r)
-		r = touch_ctime(v, ino);
+		r = is_acl ? set_perm_bits(v, ino, perm) : touch_ctime(v, ino);
 out:
 	lf_vol_unlock(v);
 	return r;

@@ -243,6 +243,23 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	r = check_state(v, err, errlen);
 	if (r < 0)
 		return r;
+	/* What the kernel checks at mount and libext2fs does not: the
+	 * geometry fits the device, the group descriptors make sense. */
+	if (ext2fs_blocks_count(v->fs->super) >
+	    lf_bdev_size(v->bdev) / v->fs->blocksize)
+		return say(err, errlen, -EIO,
+			   "%s: the filesystem claims %llu blocks but the "
+			   "device holds %llu: damaged, or the LUN shrank",
+			   desc,
+			   (unsigned long long)ext2fs_blocks_count(v->fs->super),
+			   (unsigned long long)(lf_bdev_size(v->bdev) /
+						v->fs->blocksize));
+	e = ext2fs_check_desc(v->fs);
+	if (e)
+		return say(err, errlen, -EIO,
+			   "%s: the group descriptors are damaged: %s ('lunfs "
+			   "fsck SPEC' checks it, --repair fixes it)",
+			   desc, error_message(e));
 	e = ext2fs_read_bitmaps(v->fs);
 	if (e)
 		return say(err, errlen, lf_errno_from_ext2(e),

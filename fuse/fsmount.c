@@ -195,13 +195,12 @@ static void present(const struct lf_mount *m, const struct lf_stat *s,
 	/* fsGroup as a view: what SetVolumeOwnership would have written. */
 	if (m->opts.fsgroup >= 0) {
 		st->st_gid = (gid_t)m->opts.fsgroup;
-		if (!S_ISLNK(s->mode)) {
-			st->st_mode |= S_IRGRP;
-			if (!m->opts.read_only)
-				st->st_mode |= S_IWGRP;
-		}
+		/* The plugin: mode |= 0660 (0440 read-only), directories
+		 * also |= 0110 and setgid; symlinks keep their mode. */
+		if (!S_ISLNK(s->mode))
+			st->st_mode |= m->opts.read_only ? 0440 : 0660;
 		if (S_ISDIR(s->mode))
-			st->st_mode |= S_IXGRP | S_ISGID;
+			st->st_mode |= 0110 | S_ISGID;
 	}
 }
 
@@ -249,10 +248,13 @@ static int new_owner(const struct lf_mount *m, fuse_req_t req,
 
 	if (!lf_idmap_to_disk(&m->opts.uidmap, ctx->uid, &o->uid))
 		return -EOVERFLOW;
+	o->gid_fixed = false;
 	if (m->opts.fsgroup >= 0 &&
 	    lf_idmap_to_disk(&m->opts.gidmap, (uint32_t)m->opts.fsgroup,
-			     &o->gid))
+			     &o->gid)) {
+		o->gid_fixed = true;
 		return 0;
+	}
 	if (!lf_idmap_to_disk(&m->opts.gidmap, ctx->gid, &o->gid))
 		return -EOVERFLOW;
 	return 0;

@@ -510,7 +510,9 @@ void lf_mount_init_conn(struct fuse_conn_info *conn, bool atomic_trunc)
 				  FUSE_CAP_HANDLE_KILLPRIV);
 	if (!atomic_trunc)
 		conn->want &= ~(unsigned)FUSE_CAP_ATOMIC_O_TRUNC;
-	unsigned wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_PARALLEL_DIROPS;
+	/* ASYNC_DIO: O_DIRECT aio (fio, databases) keeps its queue depth. */
+	unsigned wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_PARALLEL_DIROPS |
+			  FUSE_CAP_ASYNC_DIO;
 
 	/* Filesystems: no round trip for opendir/releasedir (ours would
 	 * do nothing); symlink targets never change for an inode. */

@@ -245,7 +245,7 @@ class Tgtd:
     def start(self):
         errors = []
         for _ in range(5):
-            control = random.randint(2000, 60000)
+            control = random.randint(2000, 32767)  # tgtd -C caps at 32767
             if os.path.exists(f"/var/run/tgtd/socket.{control}") or \
                os.path.exists(f"/var/run/tgtd/socket.{control}.lock"):
                 continue

@@ -677,6 +677,7 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 		goto fail;
 	if (!block) {
 		struct lf_vol_opts vo = {
+			.cache_bytes = d->o.cache_bytes,
 			.read_only = read_only,
 			.allow_format = !read_only,
 		};

@@ -25,6 +25,8 @@ struct lf_daemon_opts {
 	bool allow_other;	/* mounts with allow_other (root default) */
 	/* Seconds I/O waits for a lost session to come back; 0 = 120. */
 	int replacement_timeout;
+	/* Metadata cache of each open filesystem volume; 0 = 64 MiB. */
+	size_t cache_bytes;
 	/* Called (from any thread) when a shutdown request arrives. */
 	void (*on_shutdown)(void *ctx);
 	void *ctx;

@@ -256,9 +256,18 @@ static int cmd_umount(const struct lf_client *c, int argc, char **argv)
 	}
 	if (argc != 2)
 		usage_error(umount_usage, "umount needs PATH");
+	/* The daemon wants an absolute path. A dead mount point may not
+	 * resolve: then make it absolute by hand. */
+	char path[PATH_MAX], cwd[PATH_MAX];
+	if (!realpath(argv[1], path)) {
+		if (argv[1][0] == '/' || !getcwd(cwd, sizeof(cwd)))
+			snprintf(path, sizeof(path), "%s", argv[1]);
+		else
+			snprintf(path, sizeof(path), "%s/%s", cwd, argv[1]);
+	}
 	req = json_object_new_object();
 	json_object_object_add(req, "op", json_object_new_string("umount"));
-	json_object_object_add(req, "path", json_object_new_string(argv[1]));
+	json_object_object_add(req, "path", json_object_new_string(path));
 	json_object_put(call(c, req, false));
 	return 0;
 }

@@ -59,6 +59,9 @@ static void usage(FILE *f)
 		"come back\n"
 		"                    before failing with EIO (default 120; env\n"
 		"                    LUNFS_REPLACEMENT_TIMEOUT)\n"
+		"  --cache-size MIB  metadata cache of each open filesystem "
+		"volume\n"
+		"                    (default 64; env LUNFS_CACHE_MB)\n"
 		"  -h, --help        this help\n\n"
 		"Logs go to stderr. Debug logging: LUNFS_DEBUG=all (or a list "
 		"of modules:\niscsi,fsimage,fuse,daemon).\n");
@@ -182,6 +185,7 @@ int main(int argc, char **argv)
 		{"socket", required_argument, NULL, 'S'},
 		{"no-allow-other", no_argument, NULL, 'n'},
 		{"replacement-timeout", required_argument, NULL, 'R'},
+		{"cache-size", required_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -189,6 +193,7 @@ int main(int argc, char **argv)
 		pidpath[PATH_MAX + 16];
 	const char *state_opt = NULL, *sock_opt = NULL;
 	const char *rt_opt = getenv("LUNFS_REPLACEMENT_TIMEOUT");
+	const char *cache_opt = getenv("LUNFS_CACHE_MB");
 	int replacement_timeout = 0;
 	bool allow_other = geteuid() == 0 || fuse_user_allow_other();
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -211,6 +216,9 @@ int main(int argc, char **argv)
 			break;
 		case 'R':
 			rt_opt = optarg;
+			break;
+		case 'C':
+			cache_opt = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -239,6 +247,21 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		replacement_timeout = (int)v;
+	}
+	if (cache_opt && *cache_opt) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(cache_opt, &end, 10);
+		if (errno || *end || v < 1 || v > 65536) {
+			fprintf(stderr,
+				"lunfsd: cache size '%s': expected MiB between "
+				"1 and 65536\n",
+				cache_opt);
+			return 2;
+		}
+		o.cache_bytes = (size_t)v << 20;
 	}
 	r = lf_ctl_paths(state_opt, sock_opt, state, sizeof(state), sock,
 			 sizeof(sock));

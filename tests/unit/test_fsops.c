@@ -20,7 +20,7 @@
 #define MIB  (1024 * 1024)
 #define NBIG 10000
 
-static const struct lf_owner owner = {1000, 1000};
+static const struct lf_owner owner = {1000, 1000, false};
 
 static double now_s(void)
 {
