@@ -54,6 +54,19 @@ struct lf_iocache {
 	uint8_t *zbuf;
 	bool need_flush;
 	struct lf_iocache_stats st;
+	/* Entries come from slabs (one aligned block of buffers each):
+	 * a posix_memalign per 4 KiB buffer cost a second page of resident
+	 * memory per entry. Freed entries wait on `spare` for reuse. */
+	struct slab *slabs;
+	struct ent *spare;
+};
+
+#define SLAB_ENTS 64
+
+struct slab {
+	struct slab *next;
+	uint8_t *data;
+	struct ent ents[SLAB_ENTS];
 };
 
 struct lf_chan {
@@ -121,8 +134,9 @@ static void hash_remove(struct lf_iocache *c, struct ent *e)
 
 static void ent_free(struct lf_iocache *c, struct ent *e)
 {
-	free(e->data);
-	free(e);
+	e->dirty = false;
+	e->hnext = c->spare;
+	c->spare = e;
 	c->nents--;
 }
 
@@ -253,14 +267,30 @@ static int get_free_ent(struct lf_iocache *c, struct ent **out)
 	struct ent *e;
 	int r;
 
-	if (c->nents < c->max_ents) {
-		e = calloc(1, sizeof(*e));
-		if (!e)
+	if (!c->spare && c->nents < c->max_ents) {
+		struct slab *sl = calloc(1, sizeof(*sl));
+
+		if (!sl)
 			return -ENOMEM;
-		if (posix_memalign((void **)&e->data, 4096, c->unit)) {
-			free(e);
+		if (posix_memalign((void **)&sl->data, 4096,
+				   (size_t)SLAB_ENTS * c->unit)) {
+			free(sl);
 			return -ENOMEM;
 		}
+		for (int i = SLAB_ENTS - 1; i >= 0; i--) {
+			sl->ents[i].data = sl->data + (size_t)i * c->unit;
+			sl->ents[i].hnext = c->spare;
+			c->spare = &sl->ents[i];
+		}
+		sl->next = c->slabs;
+		c->slabs = sl;
+	}
+	if (c->spare && c->nents < c->max_ents) {
+		e = c->spare;
+		c->spare = e->hnext;
+		e->hnext = NULL;
+		e->dirty = false;
+		e->key = 0;
 		e->prev = e->next = e;
 		c->nents++;
 		*out = e;
@@ -649,6 +679,12 @@ void lf_iocache_free(struct lf_iocache *c)
 	for (e = c->lru.next; e != &c->lru; e = next) {
 		next = e->next;
 		ent_free(c, e);
+	}
+	while (c->slabs) {
+		struct slab *sl = c->slabs;
+		c->slabs = sl->next;
+		free(sl->data);
+		free(sl);
 	}
 	pthread_mutex_destroy(&c->mu);
 	free(c->buckets);

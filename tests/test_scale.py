@@ -18,8 +18,6 @@ import os
 import subprocess
 import time
 
-import pytest
-
 import lunfs_harness as H
 
 MiB = H.MiB
@@ -42,11 +40,9 @@ FS_VOL_MAX = 2 * MiB        # a fresh volume: its cache holds little yet
 EXTRA_MOUNT_MAX = 512 * KiB
 PER_INODE_MAX = 768         # bytes per inode created or looked up
 SLACK = 4 * MiB             # malloc arenas, thread stacks touched once
-# Resident bytes a full metadata cache costs per configured byte. Each 4 KiB
-# cache buffer is posix_memalign'ed on its own, and glibc leaves about one
-# page of unusable gap per such allocation: a full cache costs ~2x its size.
-# Lower this to ~1.25 once the buffers come from page-aligned slabs.
-CACHE_RSS_FACTOR = 2.25
+# Resident bytes a full metadata cache costs per configured byte: buffers
+# come from page-aligned slabs of 64, plus the entries' bookkeeping.
+CACHE_RSS_FACTOR = 1.25
 
 
 def sanitized_build():
@@ -279,7 +275,7 @@ def test_memory_budget(lunfs, targets, lundir):
     check = not sanitized_build()
     proc = start_daemon(lunfs, "--cache-size", str(SMALL_CACHE_MIB))
     pid = proc.pid
-    other = None
+    other = proc2 = None
     try:
         base = proc_mem(pid)[0]
         report(f"budget: base (daemon started, nothing open) {mib(base)}")
@@ -349,6 +345,7 @@ def test_memory_budget(lunfs, targets, lundir):
         report(f"budget[cache 64 MiB]: the same work: RSS "
                f"+{mib(grow_default)} (VmHWM +{mib(big[1] - idle2)})")
         stop_daemon(other, proc2)
+        proc2 = None
 
         bound = (CACHE_RSS_FACTOR * SMALL_CACHE_MIB * MiB +
                  PER_INODE_MAX * inodes + SLACK)
@@ -372,4 +369,6 @@ def test_memory_budget(lunfs, targets, lundir):
     finally:
         if other is not None:
             other.teardown([])
+        if proc2 is not None:
+            proc2.wait(timeout=20)
         stop_daemon(lunfs, proc)
