@@ -16,14 +16,15 @@ import lunfs_harness as H
 IMAGES = os.path.normpath(os.path.join(H.REPO, "..", "shared", "corrupt-images"))
 
 # Refused: a bitmap checksum, an impossible descriptor size, a corrupt
-# superblock. (Volumes that only need journal replay or an fsck are
+# superblock, a group descriptor whose inode table is missing (the kernel
+# refuses that one too). (Volumes that only need journal replay or an fsck are
 # repaired by the daemon before a read-write mount: see the last test.)
-REFUSED = ["f_bad_bbitmap", "f_desc_size_zero", "f_first_meta_bg_too_big"]
+REFUSED = ["f_bad_bbitmap", "f_desc_size_zero", "f_first_meta_bg_too_big",
+           "f_misstable"]
 # Served with EIO somewhere: bad symlinks, directory blocks with bad
-# checksums, an extent leaf that points nowhere, a bad xattr block, a
-# missing inode table.
+# checksums, an extent leaf that points nowhere, a bad xattr block.
 SERVED = ["f_badsymlinks", "f_dir_bad_csum", "f_extent_leaf_bad_extent",
-          "f_ea_bad_csum", "f_misstable",
+          "f_ea_bad_csum",
           # needs journal replay: the daemon repairs it, then serves it
           "f_clear_orphan_file"]
 
