@@ -62,6 +62,7 @@ struct lf_iocache {
 };
 
 #define SLAB_ENTS 64
+#define LF_IOCACHE_SMALL_WRITE (16u << 10)
 
 struct slab {
 	struct slab *next;
@@ -773,6 +774,20 @@ int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 	if (c->read_only)
 		return -EROFS;
 	pthread_mutex_lock(&c->mu);
+	/* Small whole-unit writes (a new 4 KiB file) become dirty cache
+	 * blocks, written back with the metadata in large merged commands
+	 * (at fsync, sync, eviction or the flusher's tick) instead of one
+	 * synchronous SCSI command each. Cached copies stay the newest bytes,
+	 * so reads are coherent; fsync writes the cache back first. */
+	if (len <= LF_IOCACHE_SMALL_WRITE && aligned(c, off, len) &&
+	    c->ndirty < c->max_ents / 4) {
+		r = cache_write(c, buf, len, off);
+		if (!r)
+			mark_written(c, off, len);
+		c->need_flush = true;
+		pthread_mutex_unlock(&c->mu);
+		return r;
+	}
 	update_locked(c, buf, len, off);
 	mark_written(c, off, len);
 	c->need_flush = true;

@@ -237,7 +237,7 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 		v->fs = NULL;
 		return say(err, errlen, lf_errno_from_ext2(e),
 			   "%s: cannot open the ext filesystem: %s (damaged? "
-			   "'lunfs fsck SPEC' checks it, --repair fixes it)",
+			   "'lunfs fsck --check SPEC' checks it, --repair fixes it)",
 			   desc, error_message(e));
 	}
 	r = check_state(v, err, errlen);
@@ -264,7 +264,7 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	if (e)
 		return say(err, errlen, lf_errno_from_ext2(e),
 			   "%s: cannot read the allocation bitmaps: %s (damaged? "
-			   "'lunfs fsck SPEC' checks it, --repair fixes it)",
+			   "'lunfs fsck --check SPEC' checks it, --repair fixes it)",
 			   desc, error_message(e));
 	if (v->opts.read_only)
 		return 0;

@@ -951,11 +951,19 @@ static struct json_object *op_fsck(struct lf_daemon *d,
 	struct lf_spec spec;
 	struct lf_bdev *b = NULL;
 	struct json_object *j, *ans;
-	bool repair = jbool(req, "repair");
+	const char *mode = jstr(req, "mode") ? jstr(req, "mode") : "preen";
+	const char *flag = !strcmp(mode, "repair") ? "-y"
+			   : !strcmp(mode, "check") ? "-n"
+			   : !strcmp(mode, "preen") ? "-p"
+						    : NULL;
+	bool repair = flag && strcmp(flag, "-n");
 	char err[1024] = "", key[600], out[512];
 	int r, rc;
 
 	memset(&sec, 0, sizeof(sec));
+	if (!flag)
+		return answer_err(EINVAL, "fsck: mode must be check, preen or "
+					  "repair");
 	if (!json_object_object_get_ex(req, "spec", &j))
 		return answer_err(EINVAL, "fsck: no spec");
 	r = lf_spec_parse_json(json_object_to_json_string(j), &spec, err,
@@ -987,7 +995,7 @@ static struct json_object *op_fsck(struct lf_daemon *d,
 		pthread_mutex_unlock(&d->lock);
 		return answer_err(r, "%s", err);
 	}
-	rc = run_e2fsck(d, b, repair ? "-y" : "-n", out, sizeof(out));
+	rc = run_e2fsck(d, b, flag, out, sizeof(out));
 	lf_bdev_unref(b);
 	pthread_mutex_unlock(&d->lock);
 	if (rc < 0)

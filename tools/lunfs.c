@@ -425,24 +425,27 @@ static int cmd_hook(const struct lf_client *c, int argc, char **argv)
 }
 
 static const char fsck_usage[] =
-	"Usage: lunfs fsck [--repair] [--chap-secret-file F] SPEC\n"
-	"Check the filesystem of a volume that is not mounted, with e2fsck "
-	"reading the\nLUN through lunfs. --repair replays the journal and "
-	"fixes what e2fsck finds\n(e2fsck -fy); without it nothing is "
-	"written (e2fsck -fn). Exit status is\ne2fsck's: 0 clean, 1 errors "
-	"fixed, 4 errors left, 8 operational error.\n";
+	"Usage: lunfs fsck [--check | --repair] [--chap-secret-file F] SPEC\n"
+	"Check and recover the filesystem of a volume that is not mounted, "
+	"with e2fsck\nreading the LUN through lunfs. By default it does what "
+	"attaching an unclean\nvolume does: replay the journal and fix what "
+	"is safe to fix (e2fsck -fp).\n  --check    write nothing, only "
+	"report (e2fsck -fn)\n  --repair   fix everything e2fsck finds, "
+	"answering yes (e2fsck -fy)\nExit status is e2fsck's: 0 clean, 1 "
+	"errors fixed, 4 errors left (try --repair),\n8 operational error.\n";
 
 static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{"repair", no_argument, NULL, 'y'},
+		{"check", no_argument, NULL, 'n'},
 		{"chap-secret-file", required_argument, NULL, 'c'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	struct json_object *req = NULL, *ans, *e;
 	const char *secret_file = NULL;
-	bool repair = false;
+	const char *mode = "preen";
 	struct lf_spec spec;
 	char err[1024];
 	int opt, rc;
@@ -452,9 +455,11 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 		return 0;
 	}
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "+hy", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "+hyn", longopts, NULL)) != -1) {
 		if (opt == 'y')
-			repair = true;
+			mode = "repair";
+		else if (opt == 'n')
+			mode = "check";
 		else if (opt == 'c')
 			secret_file = optarg;
 		else {
@@ -473,7 +478,7 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 	if (lf_client_mount_request(&mr, &req, err, sizeof(err)))
 		die(1, "%s", err);
 	json_object_object_add(req, "op", json_object_new_string("fsck"));
-	json_object_object_add(req, "repair", json_object_new_boolean(repair));
+	json_object_object_add(req, "mode", json_object_new_string(mode));
 	ans = call(c, req, true);
 	rc = json_object_object_get_ex(ans, "exit", &e) ? json_object_get_int(e)
 							 : 8;

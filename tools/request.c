@@ -37,7 +37,7 @@ static const struct key release_keys[] = {{"container", K_ID},
 static const char *const release_required[] = {"container", NULL};
 static const struct key fsck_keys[] = {
 	{"spec", K_SPEC},    {"secrets", K_SECRETS}, {"secret_file", K_PATH},
-	{"repair", K_BOOL},  {"path", K_STR},	     {"block", K_BOOL},
+	{"mode", K_STR},     {"path", K_STR},	     {"block", K_BOOL},
 	{"read_only", K_BOOL}, {"uidmap", K_IDMAP},  {"gidmap", K_IDMAP},
 	{NULL, K_STR},
 };
