@@ -554,7 +554,7 @@ static void *mount_thread(void *arg)
 	if (cfg) {
 		fuse_loop_cfg_set_clone_fd(cfg, 0);
 		fuse_loop_cfg_set_idle_threads(cfg, 8);
-		fuse_loop_cfg_set_max_threads(cfg, 16);
+		fuse_loop_cfg_set_max_threads(cfg, 32);
 	}
 	ret = fuse_session_loop_mt(m->se, cfg);
 	if (cfg)
