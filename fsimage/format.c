@@ -211,7 +211,8 @@ int lf_format(struct lf_iocache *cache, uint64_t size, const char *label,
 			e = ext2fs_write_inode(fs, EXT2_ROOT_INO, &ri);
 		}
 		if (e) {
-			r = fail(err, errlen, desc, "setting the root owner", e);
+			r = fail(err, errlen, desc, "setting the root owner",
+				 e);
 			goto out;
 		}
 	}

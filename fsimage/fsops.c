@@ -764,12 +764,14 @@ static int dir_nblocks(ext2_filsys fs, uint64_t dir,
 		       const struct ext2_inode_large *din, uint64_t *nblk)
 {
 	uint64_t n = EXT2_I_SIZE(din) / fs->blocksize;
-	uint64_t owned = ext2fs_get_stat_i_blocks(fs, (struct ext2_inode *)din) *
-			 512 / fs->blocksize;
+	uint64_t owned =
+		ext2fs_get_stat_i_blocks(fs, (struct ext2_inode *)din) * 512 /
+		fs->blocksize;
 
 	if (n > 2 * owned + 16) {
-		lf_err("fsimage", "directory inode %llu: size %llu is far "
-				  "beyond its %llu blocks: damaged",
+		lf_err("fsimage",
+		       "directory inode %llu: size %llu is far "
+		       "beyond its %llu blocks: damaged",
 		       (unsigned long long)dir,
 		       (unsigned long long)EXT2_I_SIZE(din),
 		       (unsigned long long)owned);
@@ -1794,7 +1796,7 @@ static int set_dotdot(struct lf_vol *v, struct lf_fsops *s, uint64_t dir,
 	return r;
 }
 
-static int touch_ctime(struct lf_vol *v, uint64_t ino)
+int lf_fs_touch_ctime(struct lf_vol *v, uint64_t ino)
 {
 	struct ext2_inode_large in;
 	int r = lf_fs_iread(v, ino, &in);
@@ -1860,9 +1862,9 @@ static int rename_locked(struct lf_vol *v, struct lf_fsops *s, uint64_t p,
 			return r;
 		if (moved && ddir && (r = set_dotdot(v, s, dino, p)))
 			return r;
-		r = touch_ctime(v, sino);
+		r = lf_fs_touch_ctime(v, sino);
 		if (!r)
-			r = touch_ctime(v, dino);
+			r = lf_fs_touch_ctime(v, dino);
 		if (!r) {
 			int d = moved ? (int)sdir - (int)ddir : 0;
 
@@ -1900,7 +1902,7 @@ static int rename_locked(struct lf_vol *v, struct lf_fsops *s, uint64_t p,
 	index_del(s, p, name);
 	if (sdir && moved && (r = set_dotdot(v, s, sino, np)))
 		return r;
-	r = touch_ctime(v, sino);
+	r = lf_fs_touch_ctime(v, sino);
 	if (r)
 		return r;
 	{
@@ -2455,8 +2457,8 @@ static errcode_t find_free_run(ext2_filsys fs, blk64_t goal, blk64_t want,
 				    fs->block_map, start, end, &z))
 				break;
 			stop = z + want - 1 <= end ? z + want - 1 : end;
-			if (ext2fs_find_first_set_block_bitmap2(fs->block_map, z,
-								stop, &set)) {
+			if (ext2fs_find_first_set_block_bitmap2(
+				    fs->block_map, z, stop, &set)) {
 				if (stop - z + 1 == want) {
 					*pblk = z;
 					*plen = want;

@@ -37,12 +37,12 @@
 
 struct lf_stat {
 	uint64_t ino;
-	uint32_t mode;		/* S_IFMT | permission bits */
+	uint32_t mode; /* S_IFMT | permission bits */
 	uint32_t nlink;
-	uint32_t uid, gid;	/* DISK ids */
+	uint32_t uid, gid; /* DISK ids */
 	uint64_t rdev;
 	uint64_t size;
-	uint64_t blocks;	/* 512-byte units */
+	uint64_t blocks; /* 512-byte units */
 	struct timespec atime, mtime, ctime, btime;
 	uint32_t generation;
 };
@@ -64,7 +64,7 @@ enum {
 };
 
 struct lf_setattr {
-	uint32_t mode;		/* permission bits only; type is kept */
+	uint32_t mode; /* permission bits only; type is kept */
 	uint32_t uid, gid;
 	uint64_t size;
 	struct timespec atime, mtime, ctime;
@@ -148,8 +148,7 @@ ssize_t lf_fs_getxattr(struct lf_vol *v, uint64_t ino, const char *name,
 		       void *buf, size_t size);
 int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 		   const void *value, size_t size, int flags);
-ssize_t lf_fs_listxattr(struct lf_vol *v, uint64_t ino, char *buf,
-			size_t size);
+ssize_t lf_fs_listxattr(struct lf_vol *v, uint64_t ino, char *buf, size_t size);
 int lf_fs_removexattr(struct lf_vol *v, uint64_t ino, const char *name);
 
 void lf_fs_iget(struct lf_vol *v, uint64_t ino);

@@ -9,6 +9,8 @@
 int lf_fs_iread(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in);
 int lf_fs_iwrite(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in);
 void lf_fs_set_ctime_now(struct lf_vol *v, struct ext2_inode_large *in);
+/* ctime = now, written back. Lock held. */
+int lf_fs_touch_ctime(struct lf_vol *v, uint64_t ino);
 /* chmod of an inode with an access ACL rewrites the ACL's owner, group
  * (mask) and other entries as the kernel does. Lock held. */
 int lf_fs_acl_chmod_locked(struct lf_vol *v, uint64_t ino, unsigned mode);

@@ -88,24 +88,19 @@ out:
 	return r;
 }
 
-static int touch_ctime(struct lf_vol *v, uint64_t ino)
-{
-	struct ext2_inode_large in;
-	int r = lf_fs_iread(v, ino, &in);
-
-	if (r)
-		return r;
-	lf_fs_set_ctime_now(v, &in);
-	return lf_fs_iwrite(v, ino, &in);
-}
-
 /* POSIX ACLs in the Linux xattr form (version 2, entries of tag, perm,
  * id, little endian). The kernel keeps an inode's mode and its access ACL
  * in step (posix_acl_update_mode, posix_acl_chmod); so do we, or the
  * kernel's ext4 would see modes that differ from what we served. */
 #define ACL_VERSION 2
-enum { ACL_USER_OBJ = 1, ACL_USER = 2, ACL_GROUP_OBJ = 4, ACL_GROUP = 8,
-       ACL_MASK = 0x10, ACL_OTHER = 0x20 };
+enum {
+	ACL_USER_OBJ = 1,
+	ACL_USER = 2,
+	ACL_GROUP_OBJ = 4,
+	ACL_GROUP = 8,
+	ACL_MASK = 0x10,
+	ACL_OTHER = 0x20
+};
 #define ACL_ACCESS_NAME "system.posix_acl_access"
 
 static uint16_t le16_at(const unsigned char *p)
@@ -115,8 +110,7 @@ static uint16_t le16_at(const unsigned char *p)
 
 /* Mode bits an access ACL implies; *equiv if the ACL says no more than
  * the mode does (then it is not stored, as the kernel does). */
-static int acl_mode(const void *value, size_t size, unsigned *perm,
-		    bool *equiv)
+static int acl_mode(const void *value, size_t size, unsigned *perm, bool *equiv)
 {
 	const unsigned char *p = value;
 	unsigned mode = 0, seen = 0;
@@ -187,7 +181,8 @@ int lf_fs_acl_chmod_locked(struct lf_vol *v, uint64_t ino, unsigned mode)
 	e = ext2fs_xattr_get(h, ACL_ACCESS_NAME, (void **)&acl, &len);
 	if (e) {
 		ext2fs_xattrs_close(&h);
-		return e == EXT2_ET_EA_KEY_NOT_FOUND ? 0 : lf_errno_from_ext2(e);
+		return e == EXT2_ET_EA_KEY_NOT_FOUND ? 0
+						     : lf_errno_from_ext2(e);
 	}
 	for (size_t o = 4; o + 8 <= len; o += 8)
 		has_mask |= le16_at(acl + o) == ACL_MASK;
@@ -274,7 +269,8 @@ int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 	}
 	ext2fs_xattrs_close(&h);
 	if (!r)
-		r = is_acl ? set_perm_bits(v, ino, perm) : touch_ctime(v, ino);
+		r = is_acl ? set_perm_bits(v, ino, perm)
+			   : lf_fs_touch_ctime(v, ino);
 out:
 	lf_vol_unlock(v);
 	return r;
@@ -349,7 +345,7 @@ int lf_fs_removexattr(struct lf_vol *v, uint64_t ino, const char *name)
 		r = lf_errno_from_ext2(e);
 	ext2fs_xattrs_close(&h);
 	if (!r)
-		r = touch_ctime(v, ino);
+		r = lf_fs_touch_ctime(v, ino);
 out:
 	lf_vol_unlock(v);
 	return r;

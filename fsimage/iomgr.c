@@ -61,7 +61,7 @@ struct lf_iocache {
 	struct ent *spare;
 };
 
-#define SLAB_ENTS 64
+#define SLAB_ENTS	       64
 #define LF_IOCACHE_SMALL_WRITE (16u << 10)
 
 struct slab {

@@ -237,7 +237,8 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 		v->fs = NULL;
 		return say(err, errlen, lf_errno_from_ext2(e),
 			   "%s: cannot open the ext filesystem: %s (damaged? "
-			   "'lunfs fsck --check SPEC' checks it, --repair fixes it)",
+			   "'lunfs fsck --check SPEC' checks it, --repair "
+			   "fixes it)",
 			   desc, error_message(e));
 	}
 	r = check_state(v, err, errlen);
@@ -247,13 +248,14 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	 * geometry fits the device, the group descriptors make sense. */
 	if (ext2fs_blocks_count(v->fs->super) >
 	    lf_bdev_size(v->bdev) / v->fs->blocksize)
-		return say(err, errlen, -EIO,
-			   "%s: the filesystem claims %llu blocks but the "
-			   "device holds %llu: damaged, or the LUN shrank",
-			   desc,
-			   (unsigned long long)ext2fs_blocks_count(v->fs->super),
-			   (unsigned long long)(lf_bdev_size(v->bdev) /
-						v->fs->blocksize));
+		return say(
+			err, errlen, -EIO,
+			"%s: the filesystem claims %llu blocks but the "
+			"device holds %llu: damaged, or the LUN shrank",
+			desc,
+			(unsigned long long)ext2fs_blocks_count(v->fs->super),
+			(unsigned long long)(lf_bdev_size(v->bdev) /
+					     v->fs->blocksize));
 	e = ext2fs_check_desc(v->fs);
 	if (e)
 		return say(err, errlen, -EIO,
@@ -262,10 +264,12 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 			   desc, error_message(e));
 	e = ext2fs_read_bitmaps(v->fs);
 	if (e)
-		return say(err, errlen, lf_errno_from_ext2(e),
-			   "%s: cannot read the allocation bitmaps: %s (damaged? "
-			   "'lunfs fsck --check SPEC' checks it, --repair fixes it)",
-			   desc, error_message(e));
+		return say(
+			err, errlen, lf_errno_from_ext2(e),
+			"%s: cannot read the allocation bitmaps: %s (damaged? "
+			"'lunfs fsck --check SPEC' checks it, --repair fixes "
+			"it)",
+			desc, error_message(e));
 	if (v->opts.read_only)
 		return 0;
 

@@ -34,11 +34,11 @@
 struct lf_vol;
 
 struct lf_vol_opts {
-	size_t cache_bytes;		/* metadata cache; 0 = default 64 MiB */
-	unsigned flush_interval_ms;	/* 0 = default 5000 */
+	size_t cache_bytes;	    /* metadata cache; 0 = default 64 MiB */
+	unsigned flush_interval_ms; /* 0 = default 5000 */
 	bool read_only;
-	bool allow_format;		/* format an all-zero device */
-	bool repair;			/* run recovery/fsck instead of refusing */
+	bool allow_format; /* format an all-zero device */
+	bool repair;	   /* run recovery/fsck instead of refusing */
 };
 
 /* Takes a bdev reference of its own. err gets one line on failure. */
@@ -50,7 +50,7 @@ int lf_vol_close(struct lf_vol *v);
 int lf_vol_sync(struct lf_vol *v);
 
 bool lf_vol_read_only(const struct lf_vol *v);
-bool lf_vol_formatted(const struct lf_vol *v);	/* formatted by this open */
+bool lf_vol_formatted(const struct lf_vol *v); /* formatted by this open */
 struct lf_bdev *lf_vol_bdev(const struct lf_vol *v);
 const char *lf_vol_desc(const struct lf_vol *v);
 

@@ -30,9 +30,9 @@ struct lf_vol {
 	struct lf_bdev *bdev;
 	struct lf_vol_opts opts;
 	bool formatted;
-	struct lf_iocache *cache;	/* owned by iomgr.c */
+	struct lf_iocache *cache; /* owned by iomgr.c */
 
-	void *fsops;			/* owned by fsops.c */
+	void *fsops; /* owned by fsops.c */
 	void (*fsops_fini)(struct lf_vol *v);
 
 	/* flusher thread (volume.c) */

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LF_IDMAP_MAX 32
+#define LF_IDMAP_MAX   32
 #define LF_OVERFLOW_ID 65534u
 
 struct lf_idrange {
@@ -24,7 +24,7 @@ struct lf_idrange {
 
 struct lf_idmap {
 	struct lf_idrange r[LF_IDMAP_MAX];
-	int n;			/* 0 = identity */
+	int n; /* 0 = identity */
 };
 
 void lf_idmap_init(struct lf_idmap *m);

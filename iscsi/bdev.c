@@ -240,8 +240,7 @@ int lf_bdev_pread(struct lf_bdev *b, void *buf, size_t len, uint64_t off)
 	return lf_bdev_preadv(b, &iov, 1, off);
 }
 
-int lf_bdev_pwrite(struct lf_bdev *b, const void *buf, size_t len,
-		   uint64_t off)
+int lf_bdev_pwrite(struct lf_bdev *b, const void *buf, size_t len, uint64_t off)
 {
 	struct iovec iov = {(void *)buf, len};
 
@@ -264,9 +263,9 @@ struct file_bdev {
 	int fd;
 };
 
-static int file_submit(void *impl, enum lf_bdev_op op,
-		       const struct iovec *iov, int iovcnt, uint64_t off,
-		       uint64_t len, lf_bdev_done_fn done, void *opaque)
+static int file_submit(void *impl, enum lf_bdev_op op, const struct iovec *iov,
+		       int iovcnt, uint64_t off, uint64_t len,
+		       lf_bdev_done_fn done, void *opaque)
 {
 	struct file_bdev *f = impl;
 	struct iovec local[64];
@@ -275,9 +274,10 @@ static int file_submit(void *impl, enum lf_bdev_op op,
 	switch (op) {
 	case LF_BDEV_READ:
 	case LF_BDEV_WRITE: {
-		/* preadv may return short; walk a private copy of the iovecs. */
-		struct iovec *v = iovcnt <= 64 ? local
-					       : malloc(sizeof(*v) * iovcnt);
+		/* preadv may return short; walk a private copy of the iovecs.
+		 */
+		struct iovec *v =
+			iovcnt <= 64 ? local : malloc(sizeof(*v) * iovcnt);
 		int vi = 0;
 		if (!v) {
 			r = -ENOMEM;

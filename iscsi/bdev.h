@@ -46,14 +46,14 @@ struct lf_bdev_ops {
 };
 
 struct lf_bdev_info {
-	uint64_t size;		/* bytes */
-	uint32_t block_size;	/* logical block size, bytes */
+	uint64_t size;	     /* bytes */
+	uint32_t block_size; /* logical block size, bytes */
 	uint32_t phys_block_size;
-	uint32_t max_transfer;	/* bytes per command, already capped */
+	uint32_t max_transfer; /* bytes per command, already capped */
 	bool can_unmap;
-	bool unmap_zeroes;	/* LBPRZ: unmapped blocks read back as zeros */
+	bool unmap_zeroes; /* LBPRZ: unmapped blocks read back as zeros */
 	bool read_only;
-	char desc[160];		/* for messages: "iscsi://127.0.0.1:3260/iqn…/1" */
+	char desc[160]; /* for messages: "iscsi://127.0.0.1:3260/iqn…/1" */
 };
 
 struct lf_bdev *lf_bdev_new(const struct lf_bdev_ops *ops, void *impl,

@@ -27,7 +27,7 @@ bool lf_log_debug_enabled(const char *module);
 void lf_log(enum lf_log_level level, const char *module, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-#define lf_err(mod, ...) lf_log(LF_LOG_ERR, mod, __VA_ARGS__)
+#define lf_err(mod, ...)  lf_log(LF_LOG_ERR, mod, __VA_ARGS__)
 #define lf_warn(mod, ...) lf_log(LF_LOG_WARN, mod, __VA_ARGS__)
 #define lf_info(mod, ...) lf_log(LF_LOG_INFO, mod, __VA_ARGS__)
 #define lf_dbg(mod, ...)                                                       \

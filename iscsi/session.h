@@ -30,14 +30,14 @@
 struct lf_session;
 
 struct lf_session_params {
-	char initiator[LF_NAME_MAX];	/* always set (node default filled in) */
+	char initiator[LF_NAME_MAX]; /* always set (node default filled in) */
 	char iqn[LF_NAME_MAX];
 	struct lf_portal portals[LF_MAX_PORTALS]; /* resolved */
 	int nportals;
-	bool discovery;			/* SendTargets before login */
-	struct lf_chap chap;		/* session CHAP; user "" = none */
+	bool discovery;	     /* SendTargets before login */
+	struct lf_chap chap; /* session CHAP; user "" = none */
 	struct lf_chap discovery_chap;
-	int replacement_timeout;	/* seconds; default 120 */
+	int replacement_timeout; /* seconds; default 120 */
 };
 
 int lf_session_login(const struct lf_session_params *params,
@@ -58,7 +58,7 @@ int lf_session_open_lun(struct lf_session *s, int lun, bool read_only,
 struct lf_session_status {
 	char iqn[LF_NAME_MAX];
 	char initiator[LF_NAME_MAX];
-	char portal[96];		/* "127.0.0.1:3260", current connection */
+	char portal[96]; /* "127.0.0.1:3260", current connection */
 	bool connected;
 	unsigned reconnects;
 };

@@ -30,48 +30,48 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LF_MAX_PORTALS 8
+#define LF_MAX_PORTALS	8
 #define LF_DEFAULT_PORT 3260
-#define LF_NAME_MAX 224	/* iSCSI names are at most 223 bytes */
-#define LF_HOST_MAX 256
-#define LF_SECRET_MAX 256
+#define LF_NAME_MAX	224 /* iSCSI names are at most 223 bytes */
+#define LF_HOST_MAX	256
+#define LF_SECRET_MAX	256
 
 enum lf_spec_kind { LF_SPEC_ISCSI, LF_SPEC_FILE };
 enum lf_volume_mode { LF_MODE_FILESYSTEM, LF_MODE_BLOCK };
 
 struct lf_portal {
-	char host[LF_HOST_MAX];	/* as written: name, IPv4 or IPv6 (no []) */
+	char host[LF_HOST_MAX]; /* as written: name, IPv4 or IPv6 (no []) */
 	uint16_t port;
-	char addr[64];		/* numeric address after lf_spec_resolve(), else "" */
+	char addr[64]; /* numeric address after lf_spec_resolve(), else "" */
 };
 
 struct lf_spec {
 	enum lf_spec_kind kind;
-	char path[4096];			/* LF_SPEC_FILE only */
+	char path[4096]; /* LF_SPEC_FILE only */
 	char iqn[LF_NAME_MAX];
 	int lun;
 	struct lf_portal portals[LF_MAX_PORTALS]; /* [0] = targetPortal */
 	int nportals;
-	char iface[64];				/* iscsiInterface; "default" */
-	char fs_type[16];			/* "ext4" (default), "ext3", "ext2" */
+	char iface[64];	  /* iscsiInterface; "default" */
+	char fs_type[16]; /* "ext4" (default), "ext3", "ext2" */
 	bool read_only;
 	bool chap_discovery;
 	bool chap_session;
-	char initiator_name[LF_NAME_MAX];	/* "" = the node's default */
+	char initiator_name[LF_NAME_MAX]; /* "" = the node's default */
 	enum lf_volume_mode mode;
-	char url_user[LF_SECRET_MAX];		/* "user@" of a URL, "" if none */
+	char url_user[LF_SECRET_MAX]; /* "user@" of a URL, "" if none */
 };
 
 struct lf_chap {
-	char user[LF_SECRET_MAX];	/* "" = no CHAP */
+	char user[LF_SECRET_MAX]; /* "" = no CHAP */
 	char secret[LF_SECRET_MAX];
-	char user_in[LF_SECRET_MAX];	/* mutual CHAP: the target's name */
+	char user_in[LF_SECRET_MAX]; /* mutual CHAP: the target's name */
 	char secret_in[LF_SECRET_MAX];
 };
 
 struct lf_secrets {
-	struct lf_chap session;		/* node.session.auth.* */
-	struct lf_chap discovery;	/* discovery.sendtargets.auth.* */
+	struct lf_chap session;	  /* node.session.auth.* */
+	struct lf_chap discovery; /* discovery.sendtargets.auth.* */
 };
 
 void lf_spec_init(struct lf_spec *spec);

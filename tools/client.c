@@ -67,8 +67,7 @@ static void log_tail(const char *log, char *buf, size_t len)
 	fclose(f);
 }
 
-int lf_client_start_daemon(const struct lf_client *c, char *err,
-			   size_t errlen)
+int lf_client_start_daemon(const struct lf_client *c, char *err, size_t errlen)
 {
 	char daemon[PATH_MAX], log[PATH_MAX + 16], tail[512];
 	pid_t pid;
@@ -167,8 +166,9 @@ int lf_client_call(const struct lf_client *c, struct json_object *req,
 	if (json_object_object_get_ex(a, "error", &e))
 		snprintf(err, errlen, "%s", json_object_get_string(e));
 	else
-		snprintf(err, errlen, "lunfsd refused the request without a "
-				      "reason");
+		snprintf(err, errlen,
+			 "lunfsd refused the request without a "
+			 "reason");
 	json_object_put(a);
 	return r;
 }
@@ -222,7 +222,8 @@ int lf_client_mount_request(struct lf_mount_req *m, struct json_object **out,
 		secj = lf_secrets_to_json(&sec);
 		if (!secj)
 			goto out;
-		json_object_object_add(req, "secrets", json_tokener_parse(secj));
+		json_object_object_add(req, "secrets",
+				       json_tokener_parse(secj));
 	}
 	/* The file's name (never its content) lets a restarted daemon log
 	 * in again. */

@@ -23,8 +23,7 @@ int lf_client_init(struct lf_client *c, const char *state_opt,
 /* True if a daemon answers on the socket. */
 bool lf_client_daemon_running(const struct lf_client *c);
 /* Starts lunfsd detached (log in STATE/lunfsd.log) and waits for it. */
-int lf_client_start_daemon(const struct lf_client *c, char *err,
-			   size_t errlen);
+int lf_client_start_daemon(const struct lf_client *c, char *err, size_t errlen);
 /* Takes ownership of req. On success *ans is the ok answer. */
 int lf_client_call(const struct lf_client *c, struct json_object *req,
 		   bool autostart, struct json_object **ans, char *err,
@@ -40,8 +39,8 @@ struct lf_mount_req {
 	const char *path;
 	bool block, read_only;
 	struct json_object *uidmap, *gidmap;
-	long long fsgroup;		/* -1 = none */
-	const char *container;		/* OCI container id, or NULL */
+	long long fsgroup;     /* -1 = none */
+	const char *container; /* OCI container id, or NULL */
 };
 int lf_client_mount_request(struct lf_mount_req *m, struct json_object **req,
 			    char *err, size_t errlen);

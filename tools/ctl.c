@@ -151,8 +151,8 @@ int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *lenp)
 int lf_ctl_call(const char *sock, struct json_object *req,
 		struct json_object **resp, char *err, size_t errlen)
 {
-	const char *text = json_object_to_json_string_ext(req,
-							  JSON_C_TO_STRING_PLAIN);
+	const char *text =
+		json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
 	char *answer = NULL;
 	int fd = -1, r;
 
@@ -177,8 +177,9 @@ int lf_ctl_call(const char *sock, struct json_object *req,
 	if (!*resp || !json_object_is_type(*resp, json_type_object)) {
 		json_object_put(*resp);
 		*resp = NULL;
-		snprintf(err, errlen, "lunfsd at %s sent a malformed answer "
-				      "(did it crash? see its log)",
+		snprintf(err, errlen,
+			 "lunfsd at %s sent a malformed answer "
+			 "(did it crash? see its log)",
 			 sock);
 		return -EPROTO;
 	}

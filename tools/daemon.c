@@ -30,15 +30,15 @@
 
 struct volume {
 	struct volume *next;
-	char key[600];		/* canonical URL: one open volume per LUN */
+	char key[600]; /* canonical URL: one open volume per LUN */
 	bool block;
-	bool read_only;		/* how the volume itself was opened */
+	bool read_only; /* how the volume itself was opened */
 	struct lf_bdev *bdev;
-	struct lf_vol *vol;	/* filesystem volumes */
+	struct lf_vol *vol; /* filesystem volumes */
 	struct lf_served *served;
 	int nmounts;
 	char record_path[PATH_MAX];
-	uint64_t cred;		/* salted digest of the CHAP identity */
+	uint64_t cred; /* salted digest of the CHAP identity */
 };
 
 struct mount {
@@ -47,10 +47,10 @@ struct mount {
 	struct volume *v;
 	struct lf_mount *m;
 	bool read_only;
-	bool gone;		/* unmounted from outside; reaper cleans up */
+	bool gone; /* unmounted from outside; reaper cleans up */
 	char uidmap[256], gidmap[256];
 	long long fsgroup;
-	char container[129];	/* OCI container id, "" if none */
+	char container[129]; /* OCI container id, "" if none */
 	/* The mount request without its secrets: what the attach record
 	 * keeps so a restarted daemon can serve this mount again. */
 	struct json_object *record;
@@ -67,7 +67,7 @@ struct lf_daemon {
 
 	/* Mounts that ended from outside (fusermount3 -u) are released by
 	 * this thread: the FUSE thread that noticed cannot join itself. */
-	uint64_t salt;		/* for credential digests, random per daemon */
+	uint64_t salt; /* for credential digests, random per daemon */
 	pthread_t reaper;
 	pthread_t recoverer;
 	bool recovering;
@@ -92,7 +92,8 @@ static struct json_object *answer_err(int err, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	json_object_object_add(a, "ok", json_object_new_boolean(0));
-	json_object_object_add(a, "errno", json_object_new_int(err < 0 ? -err : err));
+	json_object_object_add(a, "errno",
+			       json_object_new_int(err < 0 ? -err : err));
 	json_object_object_add(a, "error", json_object_new_string(msg));
 	return a;
 }
@@ -179,8 +180,9 @@ static void record_update(struct lf_daemon *d, struct volume *v)
 	mounts = json_object_new_array();
 	json_object_object_add(rec, "version", json_object_new_int(1));
 	json_object_object_add(rec, "volume", json_object_new_string(v->key));
-	json_object_object_add(rec, "mode", json_object_new_string(
-		v->block ? "Block" : "Filesystem"));
+	json_object_object_add(
+		rec, "mode",
+		json_object_new_string(v->block ? "Block" : "Filesystem"));
 	for (struct mount *m = d->mounts; m; m = m->next) {
 		if (m->v != v || !m->record)
 			continue;
@@ -320,7 +322,8 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 		free(d);
 		return -EAGAIN;
 	}
-	d->recovering = pthread_create(&d->recoverer, NULL, recover_main, d) == 0;
+	d->recovering =
+		pthread_create(&d->recoverer, NULL, recover_main, d) == 0;
 	*out = d;
 	return 0;
 }
@@ -378,15 +381,17 @@ static void recover_record(struct lf_daemon *d, const char *file)
 				free(sj);
 			}
 		}
-		json_object_object_add(req, "op", json_object_new_string("mount"));
+		json_object_object_add(req, "op",
+				       json_object_new_string("mount"));
 		ans = lf_daemon_handle(d, req);
 		json_object_object_del(req, "secrets");
 		if (json_object_object_get_ex(ans, "ok", &e) &&
 		    json_object_get_boolean(e))
 			lf_info(MOD, "%s: re-attached after a restart", path);
 		else
-			lf_err(MOD, "%s: could not re-attach after a restart: "
-				    "%s (released)",
+			lf_err(MOD,
+			       "%s: could not re-attach after a restart: "
+			       "%s (released)",
 			       path, jstr(ans, "error"));
 		json_object_put(ans);
 	}
@@ -607,7 +612,8 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 	}
 	while (len && buf[len - 1] == '\n')
 		buf[--len] = 0;
-	snprintf(out, outlen, "%s", strrchr(buf, '\n') ? strrchr(buf, '\n') + 1 : buf);
+	snprintf(out, outlen, "%s",
+		 strrchr(buf, '\n') ? strrchr(buf, '\n') + 1 : buf);
 	lf_info(MOD, "e2fsck -f %s on %s:\n%s", mode, lf_bdev_desc(b), buf);
 	r = WIFEXITED(status) ? WEXITSTATUS(status) : 8;
 out:
@@ -650,7 +656,8 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 				 key);
 			return -EBUSY;
 		}
-		if (spec->kind == LF_SPEC_ISCSI && v->cred != cred_digest(d, sec)) {
+		if (spec->kind == LF_SPEC_ISCSI &&
+		    v->cred != cred_digest(d, sec)) {
 			snprintf(err, errlen,
 				 "%s is already attached with other CHAP "
 				 "credentials: refusing to share it",
@@ -687,17 +694,19 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 			 * we, with e2fsck's own replay and preen. */
 			char fsck_out[512];
 			int rc;
-			lf_warn(MOD, "%s: %s: replaying and checking with "
-				     "e2fsck -p",
+			lf_warn(MOD,
+				"%s: %s: replaying and checking with "
+				"e2fsck -p",
 				key, err);
 			rc = run_e2fsck(d, v->bdev, "-p", fsck_out,
-				       sizeof(fsck_out));
+					sizeof(fsck_out));
 			if (rc < 0 || rc > 2) {
 				snprintf(err, errlen,
 					 "%s was not unmounted cleanly and "
 					 "automatic repair failed (e2fsck -p: "
 					 "%s): run 'lunfs fsck --repair SPEC'",
-					 key, rc < 0 ? strerror(-rc) : fsck_out);
+					 key,
+					 rc < 0 ? strerror(-rc) : fsck_out);
 				r = -EUCLEAN;
 				goto fail;
 			}
@@ -771,8 +780,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 		r = lf_spec_check_name(p, "initiator name", err, sizeof(err));
 		if (r)
 			goto out_err;
-		snprintf(spec.initiator_name, sizeof(spec.initiator_name),
-			 "%s", p);
+		snprintf(spec.initiator_name, sizeof(spec.initiator_name), "%s",
+			 p);
 	}
 	if ((p = jstr(req, "container")) && !lf_request_valid_container_id(p)) {
 		r = -EINVAL;
@@ -884,7 +893,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	m->record = json_object_new_object();
 	json_object_object_foreach(req, k, val)
 	{
-		if (strcmp(k, "secrets") && strcmp(k, "op") && strcmp(k, "path"))
+		if (strcmp(k, "secrets") && strcmp(k, "op") &&
+		    strcmp(k, "path"))
 			json_object_object_add(m->record, k,
 					       json_object_get(val));
 	}
@@ -892,7 +902,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	lf_idmap_format(&mo.uidmap, m->uidmap, sizeof(m->uidmap));
 	lf_idmap_format(&mo.gidmap, m->gidmap, sizeof(m->gidmap));
 	if (block)
-		r = lf_mount_block(v->served, path, &mo, &m->m, err, sizeof(err));
+		r = lf_mount_block(v->served, path, &mo, &m->m, err,
+				   sizeof(err));
 	else
 		r = lf_mount_fs(v->served, path, &mo, &m->m, err, sizeof(err));
 	if (r)
@@ -944,15 +955,14 @@ static struct json_object *op_umount(struct lf_daemon *d,
 
 /* e2fsck on a volume that is not being served: check (-n) or repair (-y,
  * journal replay included). */
-static struct json_object *op_fsck(struct lf_daemon *d,
-				   struct json_object *req)
+static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 {
 	struct lf_secrets sec;
 	struct lf_spec spec;
 	struct lf_bdev *b = NULL;
 	struct json_object *j, *ans;
 	const char *mode = jstr(req, "mode") ? jstr(req, "mode") : "preen";
-	const char *flag = !strcmp(mode, "repair") ? "-y"
+	const char *flag = !strcmp(mode, "repair")  ? "-y"
 			   : !strcmp(mode, "check") ? "-n"
 			   : !strcmp(mode, "preen") ? "-p"
 						    : NULL;
@@ -1059,24 +1069,31 @@ static struct json_object *op_status(struct lf_daemon *d)
 	lf_registry_foreach(d->reg, add_session, sessions);
 	for (struct volume *v = d->volumes; v; v = v->next) {
 		struct json_object *o = json_object_new_object();
-		json_object_object_add(o, "spec", json_object_new_string(v->key));
-		json_object_object_add(o, "mode", json_object_new_string(
-			v->block ? "block" : "filesystem"));
+		json_object_object_add(o, "spec",
+				       json_object_new_string(v->key));
+		json_object_object_add(
+			o, "mode",
+			json_object_new_string(v->block ? "block"
+							: "filesystem"));
 		json_object_object_add(o, "read_only",
 				       json_object_new_boolean(v->read_only));
 		json_object_object_add(o, "mounts",
 				       json_object_new_int(v->nmounts));
-		json_object_object_add(o, "size", json_object_new_int64(
-			(int64_t)lf_bdev_size(v->bdev)));
+		json_object_object_add(
+			o, "size",
+			json_object_new_int64((int64_t)lf_bdev_size(v->bdev)));
 		json_object_array_add(vols, o);
 	}
 	for (struct mount *m = d->mounts; m; m = m->next) {
 		struct json_object *o = json_object_new_object();
-		json_object_object_add(o, "path", json_object_new_string(m->path));
+		json_object_object_add(o, "path",
+				       json_object_new_string(m->path));
 		json_object_object_add(o, "spec",
 				       json_object_new_string(m->v->key));
-		json_object_object_add(o, "mode", json_object_new_string(
-			m->v->block ? "block" : "filesystem"));
+		json_object_object_add(
+			o, "mode",
+			json_object_new_string(m->v->block ? "block"
+							   : "filesystem"));
 		json_object_object_add(o, "read_only",
 				       json_object_new_boolean(m->read_only));
 		json_object_object_add(o, "uidmap",
@@ -1084,11 +1101,13 @@ static struct json_object *op_status(struct lf_daemon *d)
 		json_object_object_add(o, "gidmap",
 				       json_object_new_string(m->gidmap));
 		if (m->fsgroup >= 0)
-			json_object_object_add(o, "fsgroup",
-					       json_object_new_int64(m->fsgroup));
+			json_object_object_add(
+				o, "fsgroup",
+				json_object_new_int64(m->fsgroup));
 		if (m->container[0])
-			json_object_object_add(o, "container",
-					       json_object_new_string(m->container));
+			json_object_object_add(
+				o, "container",
+				json_object_new_string(m->container));
 		json_object_array_add(mounts, o);
 	}
 	pthread_mutex_unlock(&d->lock);

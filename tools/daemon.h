@@ -22,7 +22,7 @@ struct lf_daemon;
 struct lf_daemon_opts {
 	const char *state_dir;
 	const char *socket_path;
-	bool allow_other;	/* mounts with allow_other (root default) */
+	bool allow_other; /* mounts with allow_other (root default) */
 	/* Seconds I/O waits for a lost session to come back; 0 = 120. */
 	int replacement_timeout;
 	/* Metadata cache of each open filesystem volume; 0 = 64 MiB. */

@@ -18,7 +18,6 @@
 #include "tools/ctl.h"
 #include "tools/hook.h"
 
-
 static void die(int code, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3), noreturn));
 
@@ -120,7 +119,8 @@ static bool want_help(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--") == 0)
 			break;
-		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+		if (strcmp(argv[i], "-h") == 0 ||
+		    strcmp(argv[i], "--help") == 0)
 			return true;
 	}
 	return false;
@@ -323,7 +323,8 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 			die(1, "%s", err);
 	}
 	if (lf_ctl_connect(c->sock, &fd)) {
-		/* No daemon: nothing is attached. Say so without starting one. */
+		/* No daemon: nothing is attached. Say so without starting one.
+		 */
 		if (as_json)
 			puts("{\"sessions\":[],\"volumes\":[],\"mounts\":[],"
 			     "\"daemon\":false}");
@@ -338,7 +339,8 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 	ans = call(c, req, false);
 	json_object_object_del(ans, "ok");
 	if (as_json) {
-		puts(json_object_to_json_string_ext(ans, JSON_C_TO_STRING_PRETTY));
+		puts(json_object_to_json_string_ext(ans,
+						    JSON_C_TO_STRING_PRETTY));
 		json_object_put(ans);
 		return 0;
 	}
@@ -472,7 +474,9 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 	if (lf_spec_load(argv[optind], &spec, err, sizeof(err)))
 		die(1, "%s", err);
 	struct lf_mount_req mr = {
-		.spec = &spec, .secret_file = secret_file, .path = "",
+		.spec = &spec,
+		.secret_file = secret_file,
+		.path = "",
 		.fsgroup = -1,
 	};
 	if (lf_client_mount_request(&mr, &req, err, sizeof(err)))
@@ -481,11 +485,15 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 	json_object_object_add(req, "mode", json_object_new_string(mode));
 	ans = call(c, req, true);
 	rc = json_object_object_get_ex(ans, "exit", &e) ? json_object_get_int(e)
-							 : 8;
+							: 8;
 	if (json_object_object_get_ex(ans, "summary", &e))
 		printf("%s\n", json_object_get_string(e));
 	printf("e2fsck exit status %d (%s); full output in %s/lunfsd.log\n", rc,
-	       rc == 0 ? "clean" : rc == 1 ? "errors fixed" : rc < 4 ? "fixed, see log" : "errors left", c->state);
+	       rc == 0	 ? "clean"
+	       : rc == 1 ? "errors fixed"
+	       : rc < 4	 ? "fixed, see log"
+			 : "errors left",
+	       c->state);
 	json_object_put(ans);
 	return rc;
 }
@@ -537,8 +545,8 @@ int main(int argc, char **argv)
 	if (lf_client_init(&c, state_opt, sock_opt))
 		die(1, "state directory or socket path too long");
 	if (strcmp(argv[i], "help") == 0) {
-		for (size_t k = 0; i + 1 < argc && k < sizeof(commands) /
-						       sizeof(commands[0]);
+		for (size_t k = 0;
+		     i + 1 < argc && k < sizeof(commands) / sizeof(commands[0]);
 		     k++)
 			if (strcmp(argv[i + 1], commands[k].name) == 0) {
 				fputs(commands[k].usage, stdout);

@@ -29,13 +29,15 @@
 static struct {
 	struct lf_daemon *d;
 	int listen_fd;
-	int wake[2];		/* shutdown request → main loop */
+	int wake[2]; /* shutdown request → main loop */
 	pthread_mutex_t lock;
 	pthread_cond_t idle;
-	int active;		/* connections being served */
+	int active; /* connections being served */
 	bool stopping;
-} top = {.listen_fd = -1, .wake = {-1, -1},
-	 .lock = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER};
+} top = {.listen_fd = -1,
+	 .wake = {-1, -1},
+	 .lock = PTHREAD_MUTEX_INITIALIZER,
+	 .idle = PTHREAD_COND_INITIALIZER};
 
 static void usage(FILE *f)
 {
@@ -57,7 +59,8 @@ static void usage(FILE *f)
 		"  --replacement-timeout SECONDS\n"
 		"                    how long I/O waits for a lost session to "
 		"come back\n"
-		"                    before failing with EIO (default 120; env\n"
+		"                    before failing with EIO (default 120; "
+		"env\n"
 		"                    LUNFS_REPLACEMENT_TIMEOUT)\n"
 		"  --cache-size MIB  metadata cache of each open filesystem "
 		"volume\n"
@@ -96,14 +99,15 @@ static void *serve_conn(void *arg)
 		ans = json_object_new_object();
 		json_object_object_add(ans, "ok", json_object_new_boolean(0));
 		json_object_object_add(ans, "errno", json_object_new_int(-r));
-		json_object_object_add(ans, "error", json_object_new_string(err));
+		json_object_object_add(ans, "error",
+				       json_object_new_string(err));
 	} else {
 		ans = lf_daemon_handle(top.d, req);
 	}
 	if (text)
 		explicit_bzero(text, len); /* may hold CHAP secrets */
-	const char *out = json_object_to_json_string_ext(ans,
-							 JSON_C_TO_STRING_PLAIN);
+	const char *out =
+		json_object_to_json_string_ext(ans, JSON_C_TO_STRING_PLAIN);
 	lf_ctl_write_all(fd, out, strlen(out));
 	json_object_put(ans);
 out:
@@ -151,7 +155,8 @@ static void *accept_main(void *arg)
 		pthread_mutex_unlock(&top.lock);
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		if (pthread_create(&t, &attr, serve_conn, (void *)(intptr_t)fd)) {
+		if (pthread_create(&t, &attr, serve_conn,
+				   (void *)(intptr_t)fd)) {
 			lf_err(MOD, "cannot start a connection thread");
 			close(fd);
 			pthread_mutex_lock(&top.lock);
@@ -229,7 +234,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "lunfsd: unexpected argument '%s'\n", argv[optind]);
+		fprintf(stderr, "lunfsd: unexpected argument '%s'\n",
+			argv[optind]);
 		usage(stderr);
 		return 2;
 	}
@@ -328,12 +334,13 @@ int main(int argc, char **argv)
 		lf_err(MOD, "cannot start the accept thread");
 		goto out_sock;
 	}
-	lf_info(MOD, "serving %s (state %s, replacement timeout %d s)%s",
-		sock, state, replacement_timeout ? replacement_timeout : 120,
+	lf_info(MOD, "serving %s (state %s, replacement timeout %d s)%s", sock,
+		state, replacement_timeout ? replacement_timeout : 120,
 		allow_other ? "" : ", mounts without allow_other");
 
 	for (;;) {
-		struct pollfd pfd[2] = {{sfd, POLLIN, 0}, {top.wake[0], POLLIN, 0}};
+		struct pollfd pfd[2] = {{sfd, POLLIN, 0},
+					{top.wake[0], POLLIN, 0}};
 		if (poll(pfd, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;

@@ -23,22 +23,21 @@ struct opdef {
 };
 
 static const struct key mount_keys[] = {
-	{"spec", K_SPEC},	{"secrets", K_SECRETS}, {"secret_file", K_PATH},
-	{"path", K_PATH},	{"block", K_BOOL},	{"read_only", K_BOOL},
-	{"uidmap", K_IDMAP},	{"gidmap", K_IDMAP},	{"fsgroup", K_GID},
-	{"container", K_ID},	{"destination", K_PATH},
-	{"initiator_name", K_STR}, {NULL, K_STR},
+	{"spec", K_SPEC},    {"secrets", K_SECRETS},  {"secret_file", K_PATH},
+	{"path", K_PATH},    {"block", K_BOOL},	      {"read_only", K_BOOL},
+	{"uidmap", K_IDMAP}, {"gidmap", K_IDMAP},     {"fsgroup", K_GID},
+	{"container", K_ID}, {"destination", K_PATH}, {"initiator_name", K_STR},
+	{NULL, K_STR},
 };
 static const char *const mount_required[] = {"spec", "path", NULL};
 static const struct key umount_keys[] = {{"path", K_PATH}, {NULL, K_STR}};
 static const char *const umount_required[] = {"path", NULL};
-static const struct key release_keys[] = {{"container", K_ID},
-					  {NULL, K_STR}};
+static const struct key release_keys[] = {{"container", K_ID}, {NULL, K_STR}};
 static const char *const release_required[] = {"container", NULL};
 static const struct key fsck_keys[] = {
-	{"spec", K_SPEC},    {"secrets", K_SECRETS}, {"secret_file", K_PATH},
-	{"mode", K_STR},     {"path", K_STR},	     {"block", K_BOOL},
-	{"read_only", K_BOOL}, {"uidmap", K_IDMAP},  {"gidmap", K_IDMAP},
+	{"spec", K_SPEC},      {"secrets", K_SECRETS}, {"secret_file", K_PATH},
+	{"mode", K_STR},       {"path", K_STR},	       {"block", K_BOOL},
+	{"read_only", K_BOOL}, {"uidmap", K_IDMAP},    {"gidmap", K_IDMAP},
 	{NULL, K_STR},
 };
 static const char *const fsck_required[] = {"spec", NULL};
@@ -83,8 +82,8 @@ static int check_value(const struct key *k, struct json_object *v, char *err,
 		if (!json_object_is_type(v, json_type_string) ||
 		    json_object_get_string_len(v) >= PATH_MAX || s[0] != '/' ||
 		    strlen(s) != (size_t)json_object_get_string_len(v)) {
-			snprintf(err, errlen,
-				 "\"%s\" must be an absolute path", k->name);
+			snprintf(err, errlen, "\"%s\" must be an absolute path",
+				 k->name);
 			return -EINVAL;
 		}
 		return 0;
@@ -113,7 +112,8 @@ static int check_value(const struct key *k, struct json_object *v, char *err,
 				goto bad_type;
 			if (lf_idmap_add(&m, json_object_get_string(e), e2,
 					 sizeof(e2))) {
-				snprintf(err, errlen, "\"%s\": %s", k->name, e2);
+				snprintf(err, errlen, "\"%s\": %s", k->name,
+					 e2);
 				return -EINVAL;
 			}
 		}

@@ -27,7 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			struct lf_spec again;
 			lf_spec_url(&spec, url, sizeof(url));
 			/* What we print must parse back to the same spec. */
-			if (j && lf_spec_parse_json(j, &again, err, sizeof(err)))
+			if (j &&
+			    lf_spec_parse_json(j, &again, err, sizeof(err)))
 				abort();
 			free(j);
 		}
@@ -36,7 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (lf_spec_parse_json(text, &spec, err, sizeof(err)) == 0) {
 			char *j = lf_spec_to_json(&spec);
 			struct lf_spec again;
-			if (j && lf_spec_parse_json(j, &again, err, sizeof(err)))
+			if (j &&
+			    lf_spec_parse_json(j, &again, err, sizeof(err)))
 				abort();
 			free(j);
 		}

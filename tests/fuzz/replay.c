@@ -27,7 +27,8 @@ int main(int argc, char **argv)
 			uint8_t *buf;
 			if (de->d_name[0] == '.')
 				continue;
-			snprintf(path, sizeof(path), "%s/%s", argv[i], de->d_name);
+			snprintf(path, sizeof(path), "%s/%s", argv[i],
+				 de->d_name);
 			f = fopen(path, "rb");
 			if (!f)
 				continue;

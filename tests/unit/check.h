@@ -27,7 +27,8 @@ static int check_passed, check_failed;
 			check_passed++;                                        \
 		} else {                                                       \
 			check_failed++;                                        \
-			fprintf(stderr, "%s:%d: FAILED: %s == %s (%lld != %lld)\n", \
+			fprintf(stderr,                                        \
+				"%s:%d: FAILED: %s == %s (%lld != %lld)\n",    \
 				__FILE__, __LINE__, #a, #b, a_, b_);           \
 		}                                                              \
 	} while (0)
@@ -39,9 +40,11 @@ static int check_passed, check_failed;
 			check_passed++;                                        \
 		} else {                                                       \
 			check_failed++;                                        \
-			fprintf(stderr, "%s:%d: FAILED: %s == %s (\"%s\" != \"%s\")\n", \
-				__FILE__, __LINE__, #a, #b, a_ ? a_ : "(null)", \
-				b_ ? b_ : "(null)");                           \
+			fprintf(stderr,                                        \
+				"%s:%d: FAILED: %s == %s (\"%s\" != "          \
+				"\"%s\")\n",                                   \
+				__FILE__, __LINE__, #a, #b,                    \
+				a_ ? a_ : "(null)", b_ ? b_ : "(null)");       \
 		}                                                              \
 	} while (0)
 

@@ -628,7 +628,6 @@ struct dcase {
 	bool fix_csum;
 };
 
-
 #define BLK_BEYOND 0x10000000 /* far past a 64 MiB device */
 #define RO_UNKNOWN 0x40000000 /* a ro_compat bit nobody defines */
 #define IN_UNKNOWN 0x40000000 /* an incompat bit nobody defines */
