@@ -316,7 +316,7 @@ class Bench:
                                      "glibc.malloc.trim_threshold=1073741824:"
                                      "glibc.malloc.top_pad=67108864")
         for _ in range(5):
-            control = random.randint(2000, 60000)
+            control = random.randint(2000, 32767)  # tgtd -C caps at 32767
             if os.path.exists(f"/var/run/tgtd/socket.{control}"):
                 continue
             port = free_port()

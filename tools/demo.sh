@@ -8,7 +8,7 @@ tools/setup.sh
 
 LUNFS="$PWD/build/tools/lunfs"
 work=$(mktemp -d /tmp/lunfs-demo.XXXXXX)
-ctl=$(( (RANDOM % 50000) + 2000 ))
+ctl=$(( (RANDOM % 30000) + 2000 ))  # tgtd -C caps at 32767
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 iqn=iqn.2026-11.io.lunfs.demo:disk
 state="$work/state"
