@@ -2278,6 +2278,20 @@ static int read_span(struct lf_vol *v, const struct lf_run *ru, uint64_t s,
 	return r;
 }
 
+/* The inode of a file whose data is being read or changed: a directory is
+ * EISDIR, any other non-regular inode nonreg. Lock held. */
+static int iread_regular(struct lf_vol *v, uint64_t ino,
+			 struct ext2_inode_large *in, int nonreg)
+{
+	int r = lf_fs_iread(v, ino, in);
+
+	if (r)
+		return r;
+	if (LINUX_S_ISDIR(in->i_mode))
+		return -EISDIR;
+	return LINUX_S_ISREG(in->i_mode) ? 0 : nonreg;
+}
+
 ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 		   uint64_t off)
 {
@@ -2294,17 +2308,9 @@ ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 		return -ENOMEM;
 	lf_vol_lock(v);
 	bs = fs->blocksize;
-	r = lf_fs_iread(v, ino, &in);
+	r = iread_regular(v, ino, &in, -EINVAL);
 	if (r)
 		goto out_unlock;
-	if (LINUX_S_ISDIR(in.i_mode)) {
-		r = -EISDIR;
-		goto out_unlock;
-	}
-	if (!LINUX_S_ISREG(in.i_mode)) {
-		r = -EINVAL;
-		goto out_unlock;
-	}
 	isize = EXT2_I_SIZE(&in);
 	if (off >= isize || size == 0) {
 		r = 0;
@@ -2643,17 +2649,9 @@ again:
 	if (!l)
 		return -ENOMEM;
 	lf_vol_lock(v);
-	r = lf_fs_iread(v, ino, &in);
+	r = iread_regular(v, ino, &in, -EINVAL);
 	if (r)
 		goto out_unlock;
-	if (LINUX_S_ISDIR(in.i_mode)) {
-		r = -EISDIR;
-		goto out_unlock;
-	}
-	if (!LINUX_S_ISREG(in.i_mode)) {
-		r = -EINVAL;
-		goto out_unlock;
-	}
 	map.n = 0;
 	r = map_blocks(v, ino, &in, off / bs, (end - 1) / bs, false, &map);
 	if (r)
@@ -2780,17 +2778,9 @@ int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 		return -ENOMEM;
 	lf_vol_lock(v);
 	bs = fs->blocksize;
-	r = lf_fs_iread(v, ino, &in);
+	r = iread_regular(v, ino, &in, -ENODEV);
 	if (r)
 		goto out;
-	if (LINUX_S_ISDIR(in.i_mode)) {
-		r = -EISDIR;
-		goto out;
-	}
-	if (!LINUX_S_ISREG(in.i_mode)) {
-		r = -ENODEV;
-		goto out;
-	}
 	if (!(in.i_flags & EXT4_EXTENTS_FL)) {
 		r = -EOPNOTSUPP;
 		goto out;

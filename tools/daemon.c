@@ -383,6 +383,13 @@ static void recover_record(struct lf_daemon *d, const char *file)
 		}
 		json_object_object_add(req, "op",
 				       json_object_new_string("mount"));
+		/* A record is input like any request: checked the same way. */
+		if (lf_request_check(req, err, sizeof(err))) {
+			json_object_object_del(req, "secrets");
+			lf_err(MOD, "%s: bad attach record: %s (released)",
+			       path, err);
+			continue;
+		}
 		ans = lf_daemon_handle(d, req);
 		json_object_object_del(req, "secrets");
 		if (json_object_object_get_ex(ans, "ok", &e) &&
@@ -783,13 +790,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 		snprintf(spec.initiator_name, sizeof(spec.initiator_name), "%s",
 			 p);
 	}
-	if ((p = jstr(req, "container")) && !lf_request_valid_container_id(p)) {
-		r = -EINVAL;
-		snprintf(err, sizeof(err),
-			 "invalid container id (letters, digits, '_', '.', "
-			 "'-'; at most 128)");
-		goto out_err;
-	}
+	/* Types and bounds (container id, fsgroup, paths) were checked by
+	 * lf_request_check() before any request gets here. */
 	block = jbool(req, "block") || spec.mode == LF_MODE_BLOCK;
 	ro = jbool(req, "read_only") || spec.read_only;
 	r = parse_idmaps(req, "uidmap", &mo.uidmap, err, sizeof(err));
@@ -798,17 +800,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	if (r)
 		goto out_err;
 	mo.fsgroup = -1;
-	if (json_object_object_get_ex(req, "fsgroup", &j)) {
-		int64_t g = json_object_get_int64(j);
-		if (!json_object_is_type(j, json_type_int) || g < 0 ||
-		    g > 0xfffffffeLL) {
-			r = -EINVAL;
-			snprintf(err, sizeof(err),
-				 "fsgroup must be a group id (0-4294967294)");
-			goto out_err;
-		}
-		mo.fsgroup = g;
-	}
+	if (json_object_object_get_ex(req, "fsgroup", &j))
+		mo.fsgroup = json_object_get_int64(j);
 	mo.read_only = ro;
 	mo.allow_other = d->o.allow_other;
 	mo.on_exit = on_mount_exit;

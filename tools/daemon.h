@@ -33,7 +33,9 @@ struct lf_daemon_opts {
 };
 
 int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out);
-/* Handles one request; returns the answer (caller puts it). */
+/* Handles one request that passed lf_request_check() (request.h): types
+ * and bounds are not checked again here. Returns the answer (caller puts
+ * it). */
 struct json_object *lf_daemon_handle(struct lf_daemon *d,
 				     struct json_object *req);
 /* Unmounts everything, closes every volume, logs out, frees. */
