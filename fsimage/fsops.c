@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -24,6 +25,7 @@
 #define LF_DIRINDEX_BYTES (64u << 20)
 #define LF_HOLD_BUCKETS	  4096
 #define LF_ILOCK_BUCKETS  256
+#define LF_AIO_BUCKETS	  1024
 /* Longest initialised extent ext4 allows (EXT_INIT_MAX_LEN). */
 #define LF_EXT_INIT_MAX 32768
 
@@ -53,6 +55,16 @@ struct lf_fsops {
 	struct lf_hold *holds[LF_HOLD_BUCKETS];
 	struct lf_ilock *ilocks[LF_ILOCK_BUCKETS];
 	uint64_t overhead; /* blocks statfs does not count; 0 = unknown */
+	/* Asynchronous reads in flight, by inode hash: whatever frees an
+	 * inode's blocks (truncate, punch, the last unlink) first waits for
+	 * its bucket to drain, so a read started before never returns
+	 * blocks reused meanwhile. Completions only decrement and, when
+	 * someone waits, broadcast: they run on the device's I/O thread,
+	 * which must never wait for the volume lock. */
+	unsigned aio[LF_AIO_BUCKETS];
+	unsigned aio_waiters;
+	pthread_mutex_t aio_mu;
+	pthread_cond_t aio_cv;
 };
 
 static void fsops_fini(struct lf_vol *v);
@@ -72,6 +84,8 @@ static struct lf_fsops *fsops_state(struct lf_vol *v)
 		free(s);
 		return NULL;
 	}
+	pthread_mutex_init(&s->aio_mu, NULL);
+	pthread_cond_init(&s->aio_cv, NULL);
 	v->fsops = s;
 	v->fsops_fini = fsops_fini;
 	if (!v->fs->inode_map || !v->fs->block_map) {
@@ -487,6 +501,42 @@ static int punch_blocks(struct lf_vol *v, uint64_t ino,
 }
 
 /* Release everything the inode owns and mark it free. Lock held. */
+static unsigned *aio_slot(struct lf_fsops *s, uint64_t ino)
+{
+	return &s->aio[ino % LF_AIO_BUCKETS];
+}
+
+static void aio_get(struct lf_fsops *s, uint64_t ino)
+{
+	__atomic_add_fetch(aio_slot(s, ino), 1, __ATOMIC_SEQ_CST);
+}
+
+static void aio_put(struct lf_fsops *s, uint64_t ino)
+{
+	if (__atomic_sub_fetch(aio_slot(s, ino), 1, __ATOMIC_SEQ_CST) == 0 &&
+	    __atomic_load_n(&s->aio_waiters, __ATOMIC_SEQ_CST)) {
+		pthread_mutex_lock(&s->aio_mu);
+		pthread_cond_broadcast(&s->aio_cv);
+		pthread_mutex_unlock(&s->aio_mu);
+	}
+}
+
+/* Wait until no asynchronous read of ino's bucket is in flight. Safe with
+ * the volume lock held: completions never take it. */
+static void aio_drain(struct lf_fsops *s, uint64_t ino)
+{
+	unsigned *n = aio_slot(s, ino);
+
+	if (!__atomic_load_n(n, __ATOMIC_SEQ_CST))
+		return;
+	pthread_mutex_lock(&s->aio_mu);
+	__atomic_add_fetch(&s->aio_waiters, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(n, __ATOMIC_SEQ_CST))
+		pthread_cond_wait(&s->aio_cv, &s->aio_mu);
+	__atomic_sub_fetch(&s->aio_waiters, 1, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&s->aio_mu);
+}
+
 static int free_inode(struct lf_vol *v, uint64_t ino)
 {
 	ext2_filsys fs = v->fs;
@@ -494,6 +544,9 @@ static int free_inode(struct lf_vol *v, uint64_t ino)
 	struct timespec t = now_ts();
 	errcode_t e;
 	int r;
+
+	if (v->fsops)
+		aio_drain(v->fsops, ino);
 
 	r = lf_fs_iread(v, ino, &in);
 	if (r)
@@ -588,10 +641,12 @@ static struct lf_ilock *ilock_get(struct lf_vol *v, uint64_t ino, bool excl)
 out:
 	lf_vol_unlock(v);
 	if (l) {
-		if (excl)
+		if (excl) {
 			pthread_rwlock_wrlock(&l->rw);
-		else
+			aio_drain(s, ino);
+		} else {
 			pthread_rwlock_rdlock(&l->rw);
+		}
 	}
 	return l;
 }
@@ -675,6 +730,8 @@ static void fsops_fini(struct lf_vol *v)
 
 	if (!s)
 		return;
+	for (uint64_t i = 0; i < LF_AIO_BUCKETS; i++)
+		aio_drain(s, i);
 	for (size_t i = 0; i < LF_HOLD_BUCKETS; i++) {
 		struct lf_hold *h = s->holds[i], *n;
 
@@ -697,6 +754,8 @@ static void fsops_fini(struct lf_vol *v)
 		}
 	}
 	lf_dirindex_set_free(s->dix);
+	pthread_cond_destroy(&s->aio_cv);
+	pthread_mutex_destroy(&s->aio_mu);
 	free(s);
 	v->fsops = NULL;
 	v->fsops_fini = NULL;
@@ -2346,6 +2405,164 @@ out_unlock:
 	ilock_put(v, l);
 	free(rs.v);
 	return r;
+}
+
+struct aread;
+
+struct aread_part {
+	struct aread *a;
+	struct iovec iov;
+	uint64_t off; /* on the device */
+};
+
+struct aread {
+	struct lf_vol *v;
+	struct lf_fsops *s;
+	uint64_t ino;
+	ssize_t n;
+	int err; /* the first part's error */
+	unsigned pending;
+	lf_fs_read_done_fn done;
+	void *opaque;
+	struct aread_part parts[];
+};
+
+static void aread_unref(struct aread *a)
+{
+	lf_fs_read_done_fn done = a->done;
+	void *opaque = a->opaque;
+	ssize_t r;
+
+	if (__atomic_sub_fetch(&a->pending, 1, __ATOMIC_ACQ_REL))
+		return;
+	r = a->err ? a->err : a->n;
+	aio_put(a->s, a->ino);
+	free(a);
+	done(opaque, r);
+}
+
+/* On the device's I/O thread: no locks but the cache's own. */
+static void aread_part_done(void *opaque, int err)
+{
+	struct aread_part *p = opaque;
+	struct aread *a = p->a;
+	int none = 0;
+
+	if (err) {
+		lf_err(MOD,
+		       "%s: inode %" PRIu64 ": read of %zu bytes at %" PRIu64
+		       " failed: %s",
+		       lf_vol_desc(a->v), a->ino, p->iov.iov_len, p->off,
+		       strerror(-err));
+		__atomic_compare_exchange_n(&a->err, &none, err, false,
+					    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+	}
+	aread_unref(a);
+}
+
+/* Like lf_fs_read, but the device commands are only started here: the
+ * caller's thread goes back to work at once and the reply leaves from the
+ * completion, without a hand-off back to a waiting thread. */
+void lf_fs_read_async(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
+		      uint64_t off, lf_fs_read_done_fn done, void *opaque)
+{
+	ext2_filsys fs = v->fs;
+	struct ext2_inode_large in;
+	struct lf_runs rs = {0};
+	struct aread *a = NULL;
+	struct lf_ilock *l;
+	uint64_t bs, isize, end, rend;
+	size_t nio = 0;
+	ssize_t r;
+
+	l = ilock_get(v, ino, false);
+	if (!l) {
+		done(opaque, -ENOMEM);
+		return;
+	}
+	lf_vol_lock(v);
+	bs = fs->blocksize;
+	r = iread_regular(v, ino, &in, -EINVAL);
+	if (r)
+		goto out_unlock;
+	isize = EXT2_I_SIZE(&in);
+	if (off >= isize || size == 0) {
+		r = 0;
+		goto out_unlock;
+	}
+	end = off + size < isize ? off + size : isize;
+	rend = (end + bs - 1) / bs * bs;
+	if (off % bs || rend - off > size) {
+		/* Not whole blocks: the synchronous path has the bounce
+		 * buffers for that. */
+		lf_vol_unlock(v);
+		ilock_put(v, l);
+		done(opaque, lf_fs_read(v, ino, buf, size, off));
+		return;
+	}
+	r = map_blocks(v, ino, &in, off / bs, (end - 1) / bs, false, &rs);
+	if (r)
+		goto out_unlock;
+	lf_vol_unlock(v);
+
+	for (size_t i = 0; i < rs.n; i++)
+		if (rs.v[i].pblk && !rs.v[i].uninit)
+			nio++;
+	if (nio) {
+		a = malloc(sizeof(*a) + nio * sizeof(a->parts[0]));
+		if (!a) {
+			r = -ENOMEM;
+			goto out;
+		}
+		*a = (struct aread){.v = v,
+				    .s = v->fsops,
+				    .ino = ino,
+				    .n = (ssize_t)(end - off),
+				    .pending = (unsigned)nio + 1,
+				    .done = done,
+				    .opaque = opaque};
+	}
+	nio = 0;
+	for (size_t i = 0; i < rs.n; i++) {
+		struct lf_run *ru = &rs.v[i];
+		uint64_t s0 = ru->lblk * bs, e0 = (ru->lblk + ru->n) * bs;
+		char *dst;
+
+		s0 = s0 > off ? s0 : off;
+		e0 = e0 < rend ? e0 : rend;
+		dst = (char *)buf + (s0 - off);
+		if (!ru->pblk || ru->uninit) {
+			memset(dst, 0, e0 - s0);
+			continue;
+		}
+		a->parts[nio] = (struct aread_part){
+			.a = a,
+			.iov = {.iov_base = dst, .iov_len = e0 - s0},
+			.off = (ru->pblk + (s0 / bs - ru->lblk)) * bs};
+		nio++;
+	}
+	if (a) {
+		/* Counted before the inode lock goes: from then on only the
+		 * bucket keeps a truncate from freeing these blocks. */
+		aio_get(a->s, ino);
+		for (size_t i = 0; i < nio; i++)
+			lf_vol_data_pread_async(v, &a->parts[i].iov,
+						a->parts[i].off,
+						aread_part_done, &a->parts[i]);
+	}
+	ilock_put(v, l);
+	free(rs.v);
+	if (a)
+		aread_unref(a);
+	else
+		done(opaque, (ssize_t)(end - off));
+	return;
+out_unlock:
+	lf_vol_unlock(v);
+out:
+	ilock_put(v, l);
+	free(rs.v);
+	done(opaque, r);
 }
 
 /* Write [s, e) of the file, which lies in run ru, from src. */

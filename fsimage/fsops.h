@@ -129,6 +129,15 @@ int lf_fs_open(struct lf_vol *v, uint64_t ino, int flags);
 /* Return bytes read (short only at EOF) or -errno. */
 ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 		   uint64_t off);
+/* lf_fs_read() without waiting for the device: done(opaque, bytes or
+ * -errno) runs exactly once, inline (nothing to read from the device, an
+ * error, or a range the cache serves) or on the device's I/O thread. done
+ * must not block nor call into the volume. buf stays valid until then and
+ * may receive the whole last block of the file beyond its size (size is
+ * rounded up to the block size; page-cache reads already are). */
+typedef void (*lf_fs_read_done_fn)(void *opaque, ssize_t r);
+void lf_fs_read_async(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
+		      uint64_t off, lf_fs_read_done_fn done, void *opaque);
 /* Return bytes written or -errno; extends the size; updates mtime/ctime. */
 ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 		    size_t size, uint64_t off);

@@ -766,6 +766,48 @@ int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+static bool any_cached_locked(struct lf_iocache *c, uint64_t len, uint64_t off)
+{
+	uint64_t k0 = off / c->unit, k1 = (off + len + c->unit - 1) / c->unit;
+
+	if (!c->nents)
+		return false;
+	if (k1 - k0 <= 2 * c->nents) {
+		for (uint64_t k = k0; k < k1; k++)
+			if (find(c, k))
+				return true;
+		return false;
+	}
+	for (struct ent *e = c->lru.next; e != &c->lru; e = e->next)
+		if (e->key >= k0 && e->key < k1)
+			return true;
+	return false;
+}
+
+void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
+			    uint64_t off, lf_bdev_done_fn done, void *opaque)
+{
+	size_t len = iov->iov_len;
+	bool cached;
+	int r;
+
+	/* A write that lands in the cache after this check is simply
+	 * ordered after the read, as with any concurrent read and write. */
+	pthread_mutex_lock(&c->mu);
+	cached = any_cached_locked(c, len, off);
+	if (!cached)
+		c->st.bytes_read += len;
+	pthread_mutex_unlock(&c->mu);
+	if (cached) {
+		done(opaque, lf_iocache_pread(c, iov->iov_base, len, off));
+		return;
+	}
+	r = lf_bdev_submit(c->bdev, LF_BDEV_READ, iov, 1, off, len, done,
+			   opaque);
+	if (r < 0)
+		done(opaque, r);
+}
+
 int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 		      uint64_t off)
 {

@@ -67,6 +67,14 @@ int lf_iocache_sync(struct lf_iocache *c);
 int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off);
 int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 		      uint64_t off);
+/* lf_iocache_pread() without waiting: done(opaque, 0 or -errno) runs
+ * exactly once, on the device's I/O thread, or inline when the cache holds
+ * part of the range (the cached bytes are the newest, so that read is
+ * served synchronously, overlaid). iov (one buffer) stays valid until
+ * done runs. done must not block nor take locks that
+ * are held across device I/O (the volume lock, this cache's). */
+void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
+			    uint64_t off, lf_bdev_done_fn done, void *opaque);
 
 void lf_iocache_get_stats(struct lf_iocache *c, struct lf_iocache_stats *st);
 

@@ -78,6 +78,12 @@ int lf_vol_data_pread(struct lf_vol *v, void *buf, size_t len, uint64_t off)
 	return lf_iocache_pread(v->cache, buf, len, off);
 }
 
+void lf_vol_data_pread_async(struct lf_vol *v, const struct iovec *iov,
+			     uint64_t off, lf_bdev_done_fn done, void *opaque)
+{
+	lf_iocache_pread_async(v->cache, iov, off, done, opaque);
+}
+
 int lf_vol_data_pwrite(struct lf_vol *v, const void *buf, size_t len,
 		       uint64_t off)
 {

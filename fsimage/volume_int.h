@@ -50,6 +50,9 @@ void lf_vol_unlock(struct lf_vol *v);
 int lf_vol_sync_locked(struct lf_vol *v);
 
 int lf_vol_data_pread(struct lf_vol *v, void *buf, size_t len, uint64_t off);
+/* lf_vol_data_pread() without waiting (see lf_iocache_pread_async()). */
+void lf_vol_data_pread_async(struct lf_vol *v, const struct iovec *iov,
+			     uint64_t off, lf_bdev_done_fn done, void *opaque);
 int lf_vol_data_pwrite(struct lf_vol *v, const void *buf, size_t len,
 		       uint64_t off);
 

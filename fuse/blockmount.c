@@ -94,6 +94,18 @@ static void blk_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
+/* Runs on the device's I/O thread. */
+static void blk_read_done(void *opaque, int err)
+{
+	struct lf_iobuf *b = opaque;
+
+	if (err < 0)
+		fuse_reply_err(b->req, -err);
+	else
+		fuse_reply_buf(b->req, (char *)b->data + b->skip, b->len);
+	lf_iobuf_put(b);
+}
+
 static void blk_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
@@ -101,7 +113,7 @@ static void blk_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	uint64_t devsz = lf_bdev_size(m->bdev),
 		 bs = lf_bdev_block_size(m->bdev);
 	uint64_t start, end, len;
-	char *buf;
+	struct lf_iobuf *b;
 	int ret;
 
 	if (off < 0 || (uint64_t)off >= devsz) {
@@ -113,16 +125,20 @@ static void blk_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		len = devsz - (uint64_t)off;
 	start = (uint64_t)off / bs * bs;
 	end = ((uint64_t)off + len + bs - 1) / bs * bs;
-	buf = lf_mount_buf(m, end - start);
-	if (!buf) {
+	b = lf_iobuf_get(m, end - start);
+	if (!b) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	ret = lf_bdev_pread(m->bdev, buf, end - start, start);
+	b->req = req;
+	b->iov = (struct iovec){.iov_base = b->data, .iov_len = end - start};
+	b->skip = (uint64_t)off - start;
+	b->len = len;
+	/* The reply leaves from the completion: no thread waits for it. */
+	ret = lf_bdev_submit(m->bdev, LF_BDEV_READ, &b->iov, 1, start,
+			     end - start, blk_read_done, b);
 	if (ret < 0)
-		fuse_reply_err(req, -ret);
-	else
-		fuse_reply_buf(req, buf + ((uint64_t)off - start), len);
+		blk_read_done(b, ret);
 }
 
 /* Read-modify-write of the partial blocks at either edge. */

@@ -288,10 +288,21 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct lf_stat st;
 	int ret = lf_fs_lookup(m->vol, to_disk(parent), name, &st);
 
-	if (ret < 0)
+	if (ret == -ENOENT) {
+		/* A negative entry, cached like the others: whatever makes
+		 * the name appear through another mount invalidates it
+		 * (created(), op_create, op_rename), and that notification
+		 * waits for this lookup's reply (the kernel holds the
+		 * directory locked meanwhile), so it cannot be overtaken.
+		 * Saves the lookup before every create. */
+		struct fuse_entry_param e = {.entry_timeout = LF_FUSE_TIMEOUT};
+
+		fuse_reply_entry(req, &e);
+	} else if (ret < 0) {
 		fuse_reply_err(req, -ret);
-	else
+	} else {
 		reply_entry(m, req, &st);
+	}
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -601,22 +612,30 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		lf_op_end(m, &op);
 }
 
+/* Runs on the device's I/O thread, or inline. */
+static void read_done(void *opaque, ssize_t n)
+{
+	struct lf_iobuf *b = opaque;
+
+	if (n < 0)
+		fuse_reply_err(b->req, (int)-n);
+	else
+		fuse_reply_buf(b->req, b->data, (size_t)n);
+	lf_iobuf_put(b);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
-	struct lf_mount *m = mnt(req);
-	void *buf = lf_mount_buf(m, size);
-	ssize_t n;
+	struct lf_iobuf *b = lf_iobuf_get(mnt(req), size);
 
-	if (!buf) {
+	if (!b) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	n = lf_fs_read(m->vol, to_disk(ino), buf, size, (uint64_t)off);
-	if (n < 0)
-		fuse_reply_err(req, (int)-n);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
+	b->req = req;
+	lf_fs_read_async(mnt(req)->vol, to_disk(ino), b->data, size,
+			 (uint64_t)off, read_done, b);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,

@@ -457,6 +457,93 @@ void *lf_mount_buf(struct lf_mount *m, size_t size)
 	return tb->p;
 }
 
+#define IOBUF_SMALL (64u << 10)
+#define IOBUF_HDR   4096u
+static const unsigned iobuf_keep[2] = {32, 8};
+
+static void iobuf_done(struct lf_mount *m)
+{
+	if (--m->inflight == 0)
+		pthread_cond_broadcast(&m->iodone);
+}
+
+struct lf_iobuf *lf_iobuf_get(struct lf_mount *m, size_t size)
+{
+	int cls = size > IOBUF_SMALL;
+	size_t cap = cls ? (size > LF_FUSE_IO_MAX ? size : LF_FUSE_IO_MAX)
+			 : IOBUF_SMALL;
+	struct lf_iobuf *b;
+	void *p;
+
+	pthread_mutex_lock(&m->iolock);
+	b = m->spare[cls];
+	if (b && b->cap >= cap) {
+		m->spare[cls] = b->next;
+		m->nspare[cls]--;
+	} else {
+		b = NULL;
+	}
+	m->inflight++;
+	pthread_mutex_unlock(&m->iolock);
+	if (b)
+		return b;
+	/* The header in the first page keeps the data page aligned. */
+	if (posix_memalign(&p, IOBUF_HDR, IOBUF_HDR + cap) != 0) {
+		pthread_mutex_lock(&m->iolock);
+		iobuf_done(m);
+		pthread_mutex_unlock(&m->iolock);
+		return NULL;
+	}
+	b = p;
+	*b = (struct lf_iobuf){
+		.m = m, .cap = cap, .data = (char *)p + IOBUF_HDR};
+	return b;
+}
+
+void lf_iobuf_put(struct lf_iobuf *b)
+{
+	struct lf_mount *m;
+	int cls;
+
+	if (!b)
+		return;
+	m = b->m;
+	cls = b->cap > IOBUF_SMALL;
+	pthread_mutex_lock(&m->iolock);
+	if (m->nspare[cls] < iobuf_keep[cls]) {
+		b->next = m->spare[cls];
+		m->spare[cls] = b;
+		m->nspare[cls]++;
+		b = NULL;
+	}
+	iobuf_done(m);
+	pthread_mutex_unlock(&m->iolock);
+	free(b);
+}
+
+/* The loop has ended: wait for the replies still owed by the device. */
+static void iobuf_wait_idle(struct lf_mount *m)
+{
+	pthread_mutex_lock(&m->iolock);
+	while (m->inflight)
+		pthread_cond_wait(&m->iodone, &m->iolock);
+	pthread_mutex_unlock(&m->iolock);
+}
+
+static void iobuf_free_spares(struct lf_mount *m)
+{
+	for (int cls = 0; cls < 2; cls++) {
+		struct lf_iobuf *b = m->spare[cls], *n;
+
+		for (; b; b = n) {
+			n = b->next;
+			free(b);
+		}
+		m->spare[cls] = NULL;
+		m->nspare[cls] = 0;
+	}
+}
+
 struct lf_mount *lf_mount_alloc(enum lf_mount_kind kind,
 				const struct lf_mount_opts *o)
 {
@@ -467,6 +554,8 @@ struct lf_mount *lf_mount_alloc(enum lf_mount_kind kind,
 	m->kind = kind;
 	m->opts = *o;
 	pthread_mutex_init(&m->ilock, NULL);
+	pthread_mutex_init(&m->iolock, NULL);
+	pthread_cond_init(&m->iodone, NULL);
 	if (pthread_key_create(&m->bufkey, free_thread_buf) == 0)
 		m->bufkey_ok = true;
 	if (!m->bufkey_ok) {
@@ -485,6 +574,9 @@ void lf_mount_free(struct lf_mount *m)
 	if (m->bufkey_ok)
 		pthread_key_delete(m->bufkey);
 	pthread_mutex_destroy(&m->ilock);
+	iobuf_free_spares(m);
+	pthread_cond_destroy(&m->iodone);
+	pthread_mutex_destroy(&m->iolock);
 	free(m->icount.ino);
 	free(m->icount.cnt);
 	free(m->path);
@@ -560,6 +652,7 @@ static void *mount_thread(void *arg)
 	if (cfg)
 		fuse_loop_cfg_destroy(cfg);
 	lf_dbg(MOD, "%s: session loop ended (%d)", m->path, ret);
+	iobuf_wait_idle(m);
 	atomic_store(&m->loop_done, true);
 	if (!atomic_exchange(&m->claimed, true)) {
 		lf_info(MOD, "%s: unmounted from outside", m->path);

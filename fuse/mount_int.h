@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "fuse/mount.h"
 
@@ -73,6 +74,18 @@ struct lf_served {
 	pthread_rwlock_t rmw;
 };
 
+/* A reply buffer that outlives its handler: asynchronous reads reply from
+ * the device's I/O thread. */
+struct lf_iobuf {
+	struct lf_iobuf *next; /* on a spare list */
+	struct lf_mount *m;
+	fuse_req_t req;
+	size_t cap;
+	void *data;	  /* cap bytes, page aligned */
+	struct iovec iov; /* for lf_bdev_submit(), which keeps it */
+	size_t skip, len; /* the reply: len bytes from data + skip */
+};
+
 struct lf_mount {
 	enum lf_mount_kind kind;
 	char *path; /* canonical */
@@ -84,6 +97,15 @@ struct lf_mount {
 	dev_t dev;	      /* st_dev of the mounted root, 0 if unknown */
 	pthread_key_t bufkey; /* per-thread reusable I/O buffer */
 	bool bufkey_ok;
+	/* lf_iobufs handed out (their replies still to be sent: the loop's
+	 * end waits for none, as they use the session) and kept for reuse
+	 * (a fresh 1 MiB buffer per request costs an mmap: DESIGN.md,
+	 * "Buffers"). Protected by iolock. */
+	pthread_mutex_t iolock;
+	pthread_cond_t iodone;
+	unsigned inflight;
+	struct lf_iobuf *spare[2]; /* small, large */
+	unsigned nspare[2];
 	/* Set once by whichever ends the mount first: lf_mount_stop() or
 	 * the loop ending by itself (then on_exit runs). */
 	atomic_bool claimed;
@@ -114,6 +136,10 @@ int lf_mount_start(struct lf_mount *m, const char *path, bool want_dir,
 		   char *err, size_t errlen);
 void lf_mount_free(struct lf_mount *m);
 void *lf_mount_buf(struct lf_mount *m, size_t size);
+/* A buffer of at least size bytes for one request's reply; NULL on
+ * ENOMEM. lf_iobuf_put() after the reply, from any thread. */
+struct lf_iobuf *lf_iobuf_get(struct lf_mount *m, size_t size);
+void lf_iobuf_put(struct lf_iobuf *b);
 void lf_mount_init_conn(struct fuse_conn_info *conn, bool atomic_trunc);
 
 /* Groups (fuse_common.c). A modifying handler calls lf_op_begin() before

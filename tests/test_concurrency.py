@@ -180,3 +180,67 @@ def test_many_clients_mount_umount(lunfs, ctgt, lundir):
     for lun in (5, 6):
         r = H.run(["e2fsck", "-fn", t.luns[lun]], timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_reads_racing_truncate_never_see_another_files_blocks(lunfs, target,
+                                                               lundir):
+    """Reads reply from the device's I/O thread after they have let go of
+    the inode's lock (fsops' asynchronous read path). A truncate racing
+    them must still not free blocks they are reading: a reader re-reads
+    file A (all 0xAA) with O_DIRECT, so every read reaches lunfs, while a
+    writer truncates A, fills B with 0xBB (the allocator hands out A's
+    freed blocks first), deletes B and rewrites A. A read may be short (A
+    was empty) but must never return a byte of B. (tgtd serves one
+    session's commands in order, so the window is narrow: this guards the
+    reply path as a whole — buffers, offsets, lengths — more than it can
+    force the race itself.)"""
+    import mmap
+    d = os.path.join(lundir, "fs")
+    os.mkdir(d)
+    lunfs.mount(target.url(1), d)
+    a, b = os.path.join(d, "a"), os.path.join(d, "b")
+    A, B = b"\xaa" * MiB, b"\xbb" * MiB
+    with open(a, "wb") as f:
+        f.write(A)
+    done = threading.Event()
+    seen = {"reads": 0, "bytes": 0, "bad": None, "error": None}
+
+    def reader():
+        buf = mmap.mmap(-1, MiB)
+        fd = os.open(a, os.O_RDONLY | os.O_DIRECT)
+        try:
+            while not done.is_set():
+                n = os.preadv(fd, [buf], 0)
+                seen["reads"] += 1
+                seen["bytes"] += n
+                chunk = buf[:n]
+                if chunk.strip(b"\xaa\x00"):
+                    seen["bad"] = sorted(set(chunk))[:8]
+                    return
+        except OSError as e:
+            seen["error"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(60):
+            os.truncate(a, 0)
+            with open(b, "wb") as f:
+                f.write(B)
+            os.unlink(b)
+            with open(a, "r+b") as f:
+                f.write(A)
+    finally:
+        done.set()
+        t.join(60)
+    assert not t.is_alive(), "reader hung"
+    assert seen["error"] is None, seen["error"]
+    assert seen["bad"] is None, f"a read of A returned bytes {seen['bad']}"
+    assert seen["reads"] > 0 and seen["bytes"] > 0, seen
+    with open(a, "rb") as f:
+        assert f.read() == A
+    lunfs.umount(d)
+    r = H.run(["e2fsck", "-fn", target.luns[1]], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

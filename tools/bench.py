@@ -258,6 +258,8 @@ class Bench:
         self.size = args.size or (16 * MiB if self.quick else 512 * MiB)
         self.nfiles = args.files or (200 if self.quick else 10000)
         self.rand_s = args.rand_seconds or (0.5 if self.quick else 3.0)
+        self.repeat = args.repeat or (1 if self.quick else 3)
+        self.samples = {}
         self.step_timeout = 60 if self.quick else 180
         self.format_size = 1 * GiB if self.quick else 16 * GiB
         self.build = os.environ.get("LUNFS_BUILD_DIR",
@@ -282,10 +284,15 @@ class Bench:
                 log(f"cleanup: {what}: {e}")
         self.cleanups = []
 
-    def record(self, row, col, fn):
+    def record(self, row, col, fn, repeat=1):
+        """The median of `repeat` runs: this machine's neighbours make
+        single throughput runs swing by a third."""
         t0 = time.monotonic()
         try:
-            v = fn()
+            vs = [fn() for _ in range(repeat)]
+            v = statistics.median(vs)
+            if repeat > 1:
+                self.samples[f"{row}/{col}"] = vs
             self.results[row][col] = v
             log(f"{col:8} {row:10} {fmt_num(v)}  ({time.monotonic() - t0:.1f}s)")
         except (StepFailed, OSError, ValueError, KeyError) as e:
@@ -386,11 +393,12 @@ class Bench:
                                  RAW_ROWS)
                 return
         S = self.size
+        R = self.repeat
         self.record("seq_write", "raw", lambda: self.rawbench(
-            "--write", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"])
+            "--write", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"], R)
         drop_caches()
         self.record("seq_read", "raw", lambda: self.rawbench(
-            "--read", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"])
+            "--read", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"], R)
         try:
             self.extra["raw_seq_read_128k_depth1_mib_s"] = self.rawbench(
                 "--read", "--bs", 128 * KiB, "--depth", 1, "--size",
@@ -400,7 +408,7 @@ class Bench:
         for row, depth in (("rand_d1", 1), ("rand_d32", 32)):
             self.record(row, "raw", lambda d=depth: self.rawbench(
                 "--read", "--random", "--bs", 4096, "--depth", d, "--size",
-                S, "--seconds", self.rand_s)["iops"])
+                S, "--seconds", self.rand_s)["iops"], R)
 
     # -- the filesystem workloads, shared by lunfs, fuse2fs and kernel
 
@@ -484,10 +492,11 @@ class Bench:
         except (StepFailed, OSError) as e:
             self.fail_column(col, f"mount: {e}")
             return
-        self.record("seq_write", col, seq_write)
-        self.record("seq_read", col, seq_read)
-        self.record("rand_d1", col, lambda: rand(1))
-        self.record("rand_d32", col, lambda: rand(32))
+        R = self.repeat
+        self.record("seq_write", col, seq_write, R)
+        self.record("seq_read", col, seq_read, R)
+        self.record("rand_d1", col, lambda: rand(1), R)
+        self.record("rand_d32", col, lambda: rand(32), R)
         self.record("create", col, create)
         self.record("stat", col, stat)
         self.record("ls", col, ls)
@@ -807,7 +816,8 @@ class Bench:
         out = []
         out.append(f"lunfs benchmark — {self.size // MiB} MiB files, "
                    f"{self.nfiles} small files, random reads "
-                   f"{self.rand_s:g} s{' (quick)' if self.quick else ''}")
+                   f"{self.rand_s:g} s; throughput rows: median of "
+                   f"{self.repeat}{' (quick)' if self.quick else ''}")
         out.append(f"machine: nproc={m.get('nproc')} "
                    f"MemTotal={m.get('mem_total_kib', 0) // 1024} MiB "
                    f"kernel={m.get('kernel')} cpu={m.get('cpu', '?')}")
@@ -887,6 +897,7 @@ class Bench:
                                     ("raw", "fuse2fs", "kernel")}
                                 for k, *_ in ROWS},
                    "lunfs": self.extra, "targets": targets,
+                   "samples": self.samples,
                    "notes": self.notes, "failures": failures,
                    "tgtd_malloc_tuned": not self.args.plain_tgtd,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -913,6 +924,9 @@ def main():
                    "quick 200)")
     p.add_argument("--rand-seconds", type=float, metavar="S",
                    help="duration of each random-read run (default 3)")
+    p.add_argument("--repeat", type=int, metavar="N",
+                   help="runs per throughput figure, median taken "
+                   "(default 3; quick 1)")
     p.add_argument("--only", metavar="COLS",
                    help="comma-separated subset of lunfs,raw,fuse2fs,kernel")
     p.add_argument("--dir", default="/dev/shm",

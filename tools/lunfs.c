@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -379,9 +380,47 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 	return 0;
 }
 
+/* The daemon's pid from STATE/lunfsd.pid, or 0. */
+static pid_t daemon_pid(const struct lf_client *c)
+{
+	char path[PATH_MAX + 16];
+	FILE *f;
+	int pid = 0;
+
+	snprintf(path, sizeof(path), "%s/lunfsd.pid", c->state);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	if (fscanf(f, "%d", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return pid;
+}
+
+/* pid is alive and still a lunfsd (not a reused pid, not a zombie that
+ * its parent, say a test harness, has yet to reap). */
+static bool is_lunfsd(pid_t pid)
+{
+	char path[64], stat[128] = "", *p;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	if (!fgets(stat, sizeof(stat), f))
+		stat[0] = 0;
+	fclose(f);
+	/* "PID (COMM) STATE ..." */
+	p = strrchr(stat, ')');
+	return strstr(stat, "(lunfsd)") && p && p[1] == ' ' && p[2] != 'Z' &&
+	       p[2] != 'X';
+}
+
 static int cmd_shutdown(const struct lf_client *c, int argc, char **argv)
 {
 	struct json_object *req;
+	pid_t pid;
 	int fd;
 
 	if (want_help(argc, argv)) {
@@ -393,15 +432,21 @@ static int cmd_shutdown(const struct lf_client *c, int argc, char **argv)
 	if (lf_ctl_connect(c->sock, &fd))
 		return 0; /* nothing running: already the wanted state */
 	close(fd);
+	pid = daemon_pid(c);
 	req = json_object_new_object();
 	json_object_object_add(req, "op", json_object_new_string("shutdown"));
 	json_object_put(call(c, req, false));
-	/* Return once the daemon has let go of everything. */
+	/* Return once the daemon has let go of everything and exited: a
+	 * daemon started right after must not meet the old one's exit (it
+	 * removes the socket path on its way out). */
 	for (int i = 0; i < 600; i++) {
 		struct timespec ts = {0, 50 * 1000 * 1000};
-		if (lf_ctl_connect(c->sock, &fd))
+		bool listening = !lf_ctl_connect(c->sock, &fd);
+
+		if (listening)
+			close(fd);
+		else if (pid <= 0 || !is_lunfsd(pid))
 			return 0;
-		close(fd);
 		nanosleep(&ts, NULL);
 	}
 	die(1, "lunfsd did not stop within 30 s");

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -90,6 +91,182 @@ static void fill_rand(unsigned char *p, size_t n, unsigned *seed)
 }
 
 /* The 10 MiB file: random writes against a model, holes, partial blocks. */
+/* lf_fs_read_async(), waited for: the completion may run on another
+ * thread. */
+struct aread_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	ssize_t r;
+};
+
+static void aread_wait_done(void *p, ssize_t r)
+{
+	struct aread_wait *w = p;
+
+	pthread_mutex_lock(&w->mu);
+	w->r = r;
+	w->done = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static ssize_t read_async(struct lf_vol *v, uint64_t ino, void *buf,
+			  size_t size, uint64_t off)
+{
+	struct aread_wait w = {PTHREAD_MUTEX_INITIALIZER,
+			       PTHREAD_COND_INITIALIZER, false, 0};
+
+	lf_fs_read_async(v, ino, buf, size, off, aread_wait_done, &w);
+	pthread_mutex_lock(&w.mu);
+	while (!w.done)
+		pthread_cond_wait(&w.cv, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	return w.r;
+}
+
+/*
+ * A bdev over an image file whose commands run on a pool of threads after
+ * a random delay, so they complete out of order and long after they were
+ * started, as they can over iSCSI: fsops' asynchronous reads then really
+ * outlive the inode lock, and a later write can reach the disk before an
+ * earlier read does.
+ */
+#define SLOW_THREADS 4
+
+struct slow_req {
+	struct slow_req *next;
+	enum lf_bdev_op op;
+	const struct iovec *iov;
+	int iovcnt;
+	uint64_t off, len;
+	lf_bdev_done_fn done;
+	void *opaque;
+};
+
+struct slow_bdev {
+	int fd;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct slow_req *head;
+	bool stop;
+	unsigned seed;
+	pthread_t th[SLOW_THREADS];
+};
+
+static void *slow_main(void *p)
+{
+	struct slow_bdev *sb = p;
+
+	for (;;) {
+		struct slow_req *q;
+		unsigned delay;
+		ssize_t n = 0;
+		int r = 0;
+
+		pthread_mutex_lock(&sb->mu);
+		while (!sb->head && !sb->stop)
+			pthread_cond_wait(&sb->cv, &sb->mu);
+		q = sb->head;
+		if (!q) {
+			pthread_mutex_unlock(&sb->mu);
+			return NULL;
+		}
+		sb->head = q->next;
+		delay = rand_r(&sb->seed) % 400;
+		pthread_mutex_unlock(&sb->mu);
+		if (q->op == LF_BDEV_READ)
+			usleep(delay); /* reads are the ones left behind */
+		if (q->op == LF_BDEV_READ)
+			n = preadv(sb->fd, q->iov, q->iovcnt, (off_t)q->off);
+		else if (q->op == LF_BDEV_WRITE)
+			n = pwritev(sb->fd, q->iov, q->iovcnt, (off_t)q->off);
+		else if (q->op == LF_BDEV_FLUSH)
+			n = fdatasync(sb->fd) ? -1 : 0;
+		else
+			n = fallocate(sb->fd,
+				      FALLOC_FL_PUNCH_HOLE |
+					      FALLOC_FL_KEEP_SIZE,
+				      (off_t)q->off, (off_t)q->len)
+				    ? -1
+				    : 0;
+		if (n < 0)
+			r = -errno;
+		else if (q->op <= LF_BDEV_WRITE && (uint64_t)n != q->len)
+			r = -EIO;
+		q->done(q->opaque, r);
+		free(q);
+	}
+}
+
+static int slow_submit(void *impl, enum lf_bdev_op op, const struct iovec *iov,
+		       int iovcnt, uint64_t off, uint64_t len,
+		       lf_bdev_done_fn done, void *opaque)
+{
+	struct slow_bdev *sb = impl;
+	struct slow_req *q = calloc(1, sizeof(*q));
+
+	if (!q)
+		return -ENOMEM;
+	*q = (struct slow_req){NULL, op, iov, iovcnt, off, len, done, opaque};
+	pthread_mutex_lock(&sb->mu);
+	q->next = sb->head; /* LIFO: newer commands overtake older ones */
+	sb->head = q;
+	pthread_cond_signal(&sb->cv);
+	pthread_mutex_unlock(&sb->mu);
+	return 0;
+}
+
+static void slow_close(void *impl)
+{
+	struct slow_bdev *sb = impl;
+
+	pthread_mutex_lock(&sb->mu);
+	sb->stop = true;
+	pthread_cond_broadcast(&sb->cv);
+	pthread_mutex_unlock(&sb->mu);
+	for (int i = 0; i < SLOW_THREADS; i++)
+		pthread_join(sb->th[i], NULL);
+	close(sb->fd);
+	free(sb);
+}
+
+static const struct lf_bdev_ops slow_ops = {slow_submit, slow_close};
+
+static struct lf_vol *open_slow_img(const char *path, uint64_t size)
+{
+	struct lf_vol_opts o = {.allow_format = true};
+	struct lf_bdev_info info = {.size = size,
+				    .block_size = 512,
+				    .phys_block_size = 4096,
+				    .max_transfer = 1u << 20,
+				    .can_unmap = true,
+				    .unmap_zeroes = true};
+	struct slow_bdev *sb = calloc(1, sizeof(*sb));
+	struct lf_bdev *b;
+	struct lf_vol *v = NULL;
+	char err[256] = "";
+
+	sb->fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	if (sb->fd < 0 || ftruncate(sb->fd, (off_t)size) < 0) {
+		perror(path);
+		exit(2);
+	}
+	sb->seed = 7;
+	pthread_mutex_init(&sb->mu, NULL);
+	pthread_cond_init(&sb->cv, NULL);
+	for (int i = 0; i < SLOW_THREADS; i++)
+		pthread_create(&sb->th[i], NULL, slow_main, sb);
+	snprintf(info.desc, sizeof(info.desc), "slow://%s", path);
+	b = lf_bdev_new(&slow_ops, sb, &info);
+	if (!b || lf_vol_open(b, &o, &v, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s: %s\n", path, err);
+		exit(2);
+	}
+	lf_bdev_unref(b);
+	return v;
+}
+
 static void test_data(struct lf_vol *v, const char *model_path)
 {
 	size_t fsz = 10 * MIB;
@@ -127,6 +304,15 @@ static void test_data(struct lf_vol *v, const char *model_path)
 		n = lf_fs_read(v, f, buf, len, off);
 		CHECK_EQ(n, (ssize_t)len);
 		CHECK(n == (ssize_t)len && memcmp(buf, model + off, len) == 0);
+		/* the asynchronous path, on whole blocks and on anything */
+		uint64_t ao = off / 4096 * 4096;
+		size_t al = (len + 4095) / 4096 * 4096;
+
+		n = read_async(v, f, buf, al, ao);
+		CHECK_EQ(n, (ssize_t)(ao + al > fsz ? fsz - ao : al));
+		CHECK(n > 0 && memcmp(buf, model + ao, (size_t)n) == 0);
+		n = read_async(v, f, buf, len, off);
+		CHECK(n == (ssize_t)len && memcmp(buf, model + off, len) == 0);
 		off += len;
 	}
 	CHECK_EQ(lf_fs_read(v, f, buf, 100, fsz + 5), 0);
@@ -158,6 +344,9 @@ static void test_data(struct lf_vol *v, const char *model_path)
 	CHECK_EQ(st.size, 4 * MIB);
 	CHECK_EQ(lf_fs_read(v, f, buf, 4 * MIB, 0), 4 * MIB);
 	CHECK(memcmp(buf, model, 4 * MIB) == 0);
+	memset(buf, 0x77, 4 * MIB); /* holes must come back as zeros */
+	CHECK_EQ(read_async(v, f, buf, 4 * MIB, 0), 4 * MIB);
+	CHECK(memcmp(buf, model, 4 * MIB) == 0);
 	/* preallocated (unwritten) then written partially */
 	CHECK_EQ(lf_fs_fallocate(v, f, 0, 4 * MIB, MIB), 0);
 	CHECK_EQ(lf_fs_write(v, f, "hello", 5, 4 * MIB + 10), 5);
@@ -166,6 +355,10 @@ static void test_data(struct lf_vol *v, const char *model_path)
 	CHECK_EQ(st.size, 5 * MIB);
 	CHECK_EQ(lf_fs_read(v, f, buf, 5 * MIB, 0), 5 * MIB);
 	CHECK(memcmp(buf, model, 5 * MIB) == 0);
+	memset(buf, 0x77, 5 * MIB); /* unwritten extents too */
+	CHECK_EQ(read_async(v, f, buf, 5 * MIB, 0), 5 * MIB);
+	CHECK(memcmp(buf, model, 5 * MIB) == 0);
+	CHECK_EQ(read_async(v, f, buf, 4096, 5 * MIB), 0);
 
 	fp = fopen(model_path, "w");
 	if (fp) {
@@ -909,6 +1102,7 @@ struct race {
 	_Atomic int stop;
 	long reads, writes, truncs, bad;
 	_Atomic long errs;
+	bool async; /* reads through lf_fs_read_async */
 };
 
 /* Reads and writes file a, whose bytes are only ever 0x5a or zero. */
@@ -942,6 +1136,11 @@ static void *race_io(void *p)
 			n = lf_fs_read(rc->v, rc->c, buf, len, off % MIB);
 			if (n == -ESTALE || n == -EINVAL)
 				continue;
+		} else if (rc->async) {
+			/* whole blocks, or it takes the synchronous path */
+			off &= ~4095ULL;
+			len = (len + 4095) & ~4095ULL;
+			n = read_async(rc->v, rc->a, buf, len, off);
 		} else {
 			n = lf_fs_read(rc->v, rc->a, buf, len, off);
 		}
@@ -1012,15 +1211,18 @@ static void *race_trunc(void *p)
 	return NULL;
 }
 
-static void test_race(const char *dir)
+/* async: asynchronous reads over a bdev that completes late and out of
+ * order (open_slow_img): truncates must wait for reads still in flight. */
+static void test_race(const char *dir, bool async)
 {
 	char img[512], cmd[1100];
-	struct race rc = {0};
+	struct race rc = {.async = async};
 	pthread_t t1, t2;
 	double t0;
 
-	snprintf(img, sizeof(img), "%s/race.img", dir);
-	rc.v = open_img(img, 64 * MIB, true);
+	snprintf(img, sizeof(img), "%s/race%s.img", dir, async ? "-async" : "");
+	rc.v = async ? open_slow_img(img, 64 * MIB)
+		     : open_img(img, 64 * MIB, true);
 	rc.a = mk(rc.v, LF_ROOT_INO, "a", S_IFREG | 0644);
 	rc.b = mk(rc.v, LF_ROOT_INO, "b", S_IFREG | 0644);
 	t0 = now_s();
@@ -1031,8 +1233,9 @@ static void test_race(const char *dir)
 	rc.stop = 1;
 	pthread_join(t1, NULL);
 	pthread_join(t2, NULL);
-	printf("race: %ld reads, %ld writes, %ld truncate rounds in 2 s\n",
-	       rc.reads, rc.writes, rc.truncs);
+	printf("race%s: %ld reads, %ld writes, %ld truncate rounds in 2 s\n",
+	       async ? " (async reads, slow bdev)" : "", rc.reads, rc.writes,
+	       rc.truncs);
 	CHECK(rc.reads > 100 && rc.truncs > 10);
 	CHECK_EQ(rc.bad, 0);
 	CHECK_EQ(rc.errs, 0);
@@ -1180,7 +1383,8 @@ int main(void)
 	test_enospc(dir);
 	test_alloc_paths(dir);
 	test_enospc_mid_range(dir);
-	test_race(dir);
+	test_race(dir, false);
+	test_race(dir, true);
 
 	if (!check_failed) {
 		snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
