@@ -459,7 +459,7 @@ void *lf_mount_buf(struct lf_mount *m, size_t size)
 
 #define IOBUF_SMALL (64u << 10)
 #define IOBUF_HDR   4096u
-static const unsigned iobuf_keep[2] = {32, 8};
+static const unsigned iobuf_keep[2] = {16, 4}; /* bounds idle memory */
 
 static void iobuf_done(struct lf_mount *m)
 {
