@@ -59,10 +59,43 @@ struct lf_iocache {
 	 * memory per entry. Freed entries wait on `spare` for reuse. */
 	struct slab *slabs;
 	struct ent *spare;
+
+	/* File-data writes in flight (write-behind, see wb_*). They are
+	 * registered under mu, together with the update of the cached
+	 * copies, and complete without it: so whoever holds mu may wait
+	 * for them, and no new one starts meanwhile. Protected by wmu, which
+	 * is never held across I/O. */
+	pthread_mutex_t wmu;
+	pthread_cond_t wcv;
+	struct wb *wlist;
+	uint64_t wbytes;     /* in flight */
+	int werr;	     /* first failure since the last sync */
+	uint64_t wdone;	     /* bytes written behind, for the stats */
+	struct wbuf *wspare; /* buffers kept for reuse */
+	unsigned nwspare;
+};
+
+/* A write in flight. */
+struct wb {
+	struct wb *next;
+	struct lf_iocache *c;
+	uint64_t off, len;
+	struct iovec iov;
+	struct wbuf *buf; /* NULL: the caller's buffer, written synchronously */
+};
+
+struct wbuf {
+	struct wbuf *next;
+	void *data; /* WB_BUF bytes, page aligned */
 };
 
 #define SLAB_ENTS	       64
 #define LF_IOCACHE_SMALL_WRITE (16u << 10)
+/* Write-behind: a write of up to WB_BUF bytes is acknowledged once copied
+ * and sent; at most WB_LIMIT bytes per volume are in flight. */
+#define WB_BUF	 (1u << 20)
+#define WB_LIMIT (8u << 20)
+#define WB_KEEP	 8
 
 struct slab {
 	struct slab *next;
@@ -169,6 +202,82 @@ static bool chunk_written(const struct lf_iocache *c, uint64_t ch)
 	       (c->zmap[ch / 8] & (1u << (ch % 8)));
 }
 
+/* ---- write-behind ---- */
+
+static bool wb_overlaps(const struct lf_iocache *c, uint64_t off, uint64_t len)
+{
+	for (const struct wb *w = c->wlist; w; w = w->next)
+		if (w->off < off + len && off < w->off + w->len)
+			return true;
+	return false;
+}
+
+/* Wait until no write in flight touches [off, off+len). */
+static void wb_wait_range(struct lf_iocache *c, uint64_t off, uint64_t len)
+{
+	pthread_mutex_lock(&c->wmu);
+	while (wb_overlaps(c, off, len))
+		pthread_cond_wait(&c->wcv, &c->wmu);
+	pthread_mutex_unlock(&c->wmu);
+}
+
+/* Wait until every write in flight is on the device. */
+static void wb_drain(struct lf_iocache *c)
+{
+	pthread_mutex_lock(&c->wmu);
+	while (c->wlist)
+		pthread_cond_wait(&c->wcv, &c->wmu);
+	pthread_mutex_unlock(&c->wmu);
+}
+
+static void wb_free_spares_locked(struct lf_iocache *c)
+{
+	while (c->wspare) {
+		struct wbuf *b = c->wspare;
+
+		c->wspare = b->next;
+		free(b->data);
+		free(b);
+	}
+	c->nwspare = 0;
+}
+
+/* The end of a write: on the device's I/O thread for one written behind,
+ * so it takes wmu only. */
+static void wb_end(void *opaque, int err)
+{
+	struct wb *w = opaque, **pp;
+	struct lf_iocache *c = w->c;
+
+	if (err < 0 && w->buf)
+		lf_err(MOD,
+		       "%s: write of %" PRIu64 " bytes at %" PRIu64
+		       " failed: %s (reported by the next sync)",
+		       lf_bdev_desc(c->bdev), w->len, w->off, strerror(-err));
+	pthread_mutex_lock(&c->wmu);
+	for (pp = &c->wlist; *pp != w; pp = &(*pp)->next)
+		;
+	*pp = w->next;
+	c->wbytes -= w->len;
+	if (err < 0 && w->buf && !c->werr)
+		c->werr = err;
+	if (err == 0)
+		c->wdone += w->len;
+	if (w->buf && c->nwspare < WB_KEEP) {
+		w->buf->next = c->wspare;
+		c->wspare = w->buf;
+		c->nwspare++;
+		w->buf = NULL;
+	}
+	pthread_cond_broadcast(&c->wcv);
+	pthread_mutex_unlock(&c->wmu);
+	if (w->buf) {
+		free(w->buf->data);
+		free(w->buf);
+	}
+	free(w);
+}
+
 static int dev_writev(struct lf_iocache *c, const struct iovec *iov, int n,
 		      uint64_t off, uint64_t len)
 {
@@ -222,6 +331,10 @@ static int writeback_locked(struct lf_iocache *c)
 	size_t n = 0, i, j, per_cmd;
 	int r = 0;
 
+	/* Data first (what the metadata points at is on the device before
+	 * the metadata), and no older data write may land on a block after
+	 * its newer cached copy. */
+	wb_drain(c);
 	if (!c->ndirty)
 		return 0;
 	arr = malloc(c->ndirty * sizeof(*arr));
@@ -329,6 +442,8 @@ static int fill_run(struct lf_iocache *c, uint64_t key, size_t n)
 		iov[i].iov_base = ents[i]->data;
 		iov[i].iov_len = c->unit;
 	}
+	/* A block a write is still carrying must not be cached stale. */
+	wb_wait_range(c, key * c->unit, (uint64_t)n * c->unit);
 	r = dev_readv(c, iov, (int)n, key * c->unit, (uint64_t)n * c->unit);
 	if (r < 0)
 		goto fail;
@@ -608,6 +723,7 @@ static int cache_zeroout(struct lf_iocache *c, uint64_t off, uint64_t len)
 	k0 = off / c->unit;
 	k1 = (off + len) / c->unit;
 	drop_range_locked(c, k0, k1);
+	wb_wait_range(c, off, len); /* nothing lands after the zeros */
 	if (!c->zmap)
 		return zero_dev(c, off, len);
 	/* Only the chunks we wrote can hold anything but zeros. */
@@ -667,6 +783,8 @@ int lf_iocache_new(struct lf_bdev *bdev, size_t cache_bytes, bool read_only,
 	c->lru.next = c->lru.prev = &c->lru;
 	c->ra_next = UINT64_MAX;
 	pthread_mutex_init(&c->mu, NULL);
+	pthread_mutex_init(&c->wmu, NULL);
+	pthread_cond_init(&c->wcv, NULL);
 	*out = c;
 	return 0;
 }
@@ -677,6 +795,10 @@ void lf_iocache_free(struct lf_iocache *c)
 
 	if (!c)
 		return;
+	wb_drain(c);
+	wb_free_spares_locked(c);
+	pthread_cond_destroy(&c->wcv);
+	pthread_mutex_destroy(&c->wmu);
 	for (e = c->lru.next; e != &c->lru; e = next) {
 		next = e->next;
 		ent_free(c, e);
@@ -714,6 +836,15 @@ void lf_iocache_assume_zero(struct lf_iocache *c)
 	pthread_mutex_unlock(&c->mu);
 }
 
+/* Buffers of a volume no longer writing go back to the system. */
+static void wb_trim(struct lf_iocache *c)
+{
+	pthread_mutex_lock(&c->wmu);
+	if (!c->wlist)
+		wb_free_spares_locked(c);
+	pthread_mutex_unlock(&c->wmu);
+}
+
 int lf_iocache_writeback(struct lf_iocache *c)
 {
 	int r;
@@ -721,22 +852,31 @@ int lf_iocache_writeback(struct lf_iocache *c)
 	pthread_mutex_lock(&c->mu);
 	r = writeback_locked(c);
 	pthread_mutex_unlock(&c->mu);
+	wb_trim(c);
 	return r;
 }
 
-int lf_iocache_sync(struct lf_iocache *c)
+static int sync_common(struct lf_iocache *c, bool report)
 {
 	bool flush;
 	int r;
 
 	pthread_mutex_lock(&c->mu);
-	r = writeback_locked(c);
+	r = writeback_locked(c); /* and the writes behind */
+	if (r == 0 && report) {
+		/* A write acknowledged earlier that failed on the device. */
+		pthread_mutex_lock(&c->wmu);
+		r = c->werr;
+		c->werr = 0;
+		pthread_mutex_unlock(&c->wmu);
+	}
 	flush = r == 0 && c->need_flush;
 	if (flush) {
 		c->need_flush = false;
 		c->st.flushes++;
 	}
 	pthread_mutex_unlock(&c->mu);
+	wb_trim(c);
 	if (!flush)
 		return r;
 	r = lf_bdev_flush(c->bdev);
@@ -750,9 +890,22 @@ int lf_iocache_sync(struct lf_iocache *c)
 	return r;
 }
 
+int lf_iocache_sync(struct lf_iocache *c)
+{
+	return sync_common(c, true);
+}
+
+int lf_iocache_sync_tick(struct lf_iocache *c)
+{
+	return sync_common(c, false);
+}
+
 int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off)
 {
-	int r = lf_bdev_pread(c->bdev, buf, len, off);
+	int r;
+
+	wb_wait_range(c, off, len); /* read after write */
+	r = lf_bdev_pread(c->bdev, buf, len, off);
 
 	if (r < 0) {
 		lf_err(MOD, "%s: read of %zu bytes at %" PRIu64 " failed: %s",
@@ -791,6 +944,7 @@ void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
 	bool cached;
 	int r;
 
+	wb_wait_range(c, off, len); /* read after write */
 	/* A write that lands in the cache after this check is simply
 	 * ordered after the read, as with any concurrent read and write. */
 	pthread_mutex_lock(&c->mu);
@@ -806,6 +960,95 @@ void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
 			   opaque);
 	if (r < 0)
 		done(opaque, r);
+}
+
+/*
+ * A file-data write straight to the device. Up to WB_BUF bytes are written
+ * behind: copied, sent, and acknowledged at once, so one writer keeps
+ * several commands in flight (the kernel sends a single writer's FUSE
+ * writes one at a time). Readers of the range wait for it, the cache's
+ * writeback waits for all of them, and a failure is reported by the next
+ * sync (as the kernel's writeback reports it at fsync). Once one failed,
+ * writes wait for the device again until a sync has reported it.
+ */
+static int write_through(struct lf_iocache *c, const void *buf, size_t len,
+			 uint64_t off)
+{
+	struct wb *w = calloc(1, sizeof(*w));
+	bool behind = len <= WB_BUF;
+	int r;
+
+	if (!w)
+		return -ENOMEM;
+	w->c = c;
+	w->off = off;
+	w->len = len;
+	for (;;) {
+		/* Overlaps keep the device's order; the limit bounds memory. */
+		pthread_mutex_lock(&c->wmu);
+		while (wb_overlaps(c, off, len) ||
+		       (behind && c->wlist && c->wbytes + len > WB_LIMIT))
+			pthread_cond_wait(&c->wcv, &c->wmu);
+		pthread_mutex_unlock(&c->wmu);
+		/* Registered together with the update of the cached copies,
+		 * under mu: a cache fill sees either both or neither. */
+		pthread_mutex_lock(&c->mu);
+		pthread_mutex_lock(&c->wmu);
+		if (wb_overlaps(c, off, len)) {
+			pthread_mutex_unlock(&c->wmu);
+			pthread_mutex_unlock(&c->mu);
+			continue;
+		}
+		if (c->werr)
+			behind = false;
+		w->next = c->wlist;
+		c->wlist = w;
+		c->wbytes += len;
+		if (behind && c->wspare) {
+			w->buf = c->wspare;
+			c->wspare = w->buf->next;
+			c->nwspare--;
+		}
+		pthread_mutex_unlock(&c->wmu);
+		update_locked(c, buf, len, off);
+		mark_written(c, off, len);
+		c->need_flush = true;
+		pthread_mutex_unlock(&c->mu);
+		break;
+	}
+	if (behind && !w->buf) {
+		w->buf = calloc(1, sizeof(*w->buf));
+		if (w->buf && posix_memalign(&w->buf->data, 4096, WB_BUF)) {
+			free(w->buf);
+			w->buf = NULL;
+		}
+	}
+	if (behind && w->buf) {
+		memcpy(w->buf->data, buf, len);
+		w->iov = (struct iovec){.iov_base = w->buf->data,
+					.iov_len = len};
+		r = lf_bdev_submit(c->bdev, LF_BDEV_WRITE, &w->iov, 1, off, len,
+				   wb_end, w);
+		if (r == 0)
+			return 0;
+		/* Not sent: nothing was acknowledged yet, say so now. */
+	} else {
+		r = lf_bdev_pwrite(c->bdev, buf, len, off);
+	}
+	if (r < 0)
+		lf_err(MOD, "%s: write of %zu bytes at %" PRIu64 " failed: %s",
+		       lf_bdev_desc(c->bdev), len, off, strerror(-r));
+	{
+		struct wbuf *b = w->buf;
+
+		w->buf = NULL; /* a synchronous failure is reported here */
+		wb_end(w, r);
+		if (b) {
+			free(b->data);
+			free(b);
+		}
+	}
+	return r;
 }
 
 int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
@@ -830,20 +1073,8 @@ int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 		pthread_mutex_unlock(&c->mu);
 		return r;
 	}
-	update_locked(c, buf, len, off);
-	mark_written(c, off, len);
-	c->need_flush = true;
 	pthread_mutex_unlock(&c->mu);
-	r = lf_bdev_pwrite(c->bdev, buf, len, off);
-	if (r < 0) {
-		lf_err(MOD, "%s: write of %zu bytes at %" PRIu64 " failed: %s",
-		       lf_bdev_desc(c->bdev), len, off, strerror(-r));
-		return r;
-	}
-	pthread_mutex_lock(&c->mu);
-	c->st.bytes_written += len;
-	pthread_mutex_unlock(&c->mu);
-	return 0;
+	return write_through(c, buf, len, off);
 }
 
 void lf_iocache_get_stats(struct lf_iocache *c, struct lf_iocache_stats *st)
@@ -851,6 +1082,9 @@ void lf_iocache_get_stats(struct lf_iocache *c, struct lf_iocache_stats *st)
 	pthread_mutex_lock(&c->mu);
 	*st = c->st;
 	pthread_mutex_unlock(&c->mu);
+	pthread_mutex_lock(&c->wmu);
+	st->bytes_written += c->wdone;
+	pthread_mutex_unlock(&c->wmu);
 }
 
 /* ---- the io_manager ---- */
@@ -1037,6 +1271,7 @@ static errcode_t lf_io_discard(io_channel ch, unsigned long long block,
 	if (r == 0) {
 		drop_range_locked(c, off / c->unit, (off + len) / c->unit);
 		c->need_flush = true;
+		wb_wait_range(c, off, len);
 		r = lf_bdev_unmap(c->bdev, off, len);
 	}
 	pthread_mutex_unlock(&c->mu);

@@ -58,12 +58,20 @@ void lf_iocache_assume_zero(struct lf_iocache *c);
 
 /* Write back every dirty block (no SYNCHRONIZE CACHE). */
 int lf_iocache_writeback(struct lf_iocache *c);
-/* Write back, then SYNCHRONIZE CACHE if anything was written since the
- * last one. */
+/* Write back (after the writes behind, see below), then SYNCHRONIZE CACHE
+ * if anything was written since the last one. Also returns the failure of
+ * a write behind since the last lf_iocache_sync(), once. */
 int lf_iocache_sync(struct lf_iocache *c);
+/* The same for a periodic flusher: a failed write-behind stays pending for
+ * the next lf_iocache_sync(), which reports it (fsync must see it). */
+int lf_iocache_sync_tick(struct lf_iocache *c);
 
 /* File data, bypassing the cache but coherent with it. Byte offsets and
- * lengths aligned to the device's logical block size. */
+ * lengths aligned to the device's logical block size. Writes of up to
+ * 1 MiB are written behind: they return once copied and sent, reads of
+ * the range wait for them, the cache's write-back waits for all of them
+ * (data before the metadata that points at it) and lf_iocache_sync()
+ * reports their failure. */
 int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off);
 int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 		      uint64_t off);

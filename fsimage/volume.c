@@ -152,7 +152,7 @@ static void *flusher_main(void *arg)
 				lf_warn(MOD, "%s: writing bitmaps: %s",
 					lf_vol_desc(v), error_message(e));
 		}
-		if (lf_iocache_sync(v->cache) < 0)
+		if (lf_iocache_sync_tick(v->cache) < 0)
 			lf_warn(MOD, "%s: periodic write-back failed",
 				lf_vol_desc(v));
 	}

@@ -151,6 +151,7 @@ struct slow_bdev {
 	struct slow_req *head;
 	bool stop;
 	unsigned seed;
+	_Atomic uint64_t fail_len; /* writes of exactly this length fail */
 	pthread_t th[SLOW_THREADS];
 };
 
@@ -179,6 +180,8 @@ static void *slow_main(void *p)
 			usleep(delay); /* reads are the ones left behind */
 		if (q->op == LF_BDEV_READ)
 			n = preadv(sb->fd, q->iov, q->iovcnt, (off_t)q->off);
+		else if (q->op == LF_BDEV_WRITE && q->len == sb->fail_len)
+			n = -1, errno = EIO;
 		else if (q->op == LF_BDEV_WRITE)
 			n = pwritev(sb->fd, q->iov, q->iovcnt, (off_t)q->off);
 		else if (q->op == LF_BDEV_FLUSH)
@@ -233,7 +236,8 @@ static void slow_close(void *impl)
 
 static const struct lf_bdev_ops slow_ops = {slow_submit, slow_close};
 
-static struct lf_vol *open_slow_img(const char *path, uint64_t size)
+static struct lf_vol *open_slow_img(const char *path, uint64_t size,
+				    struct slow_bdev **sbp)
 {
 	struct lf_vol_opts o = {.allow_format = true};
 	struct lf_bdev_info info = {.size = size,
@@ -257,6 +261,8 @@ static struct lf_vol *open_slow_img(const char *path, uint64_t size)
 	pthread_cond_init(&sb->cv, NULL);
 	for (int i = 0; i < SLOW_THREADS; i++)
 		pthread_create(&sb->th[i], NULL, slow_main, sb);
+	if (sbp)
+		*sbp = sb;
 	snprintf(info.desc, sizeof(info.desc), "slow://%s", path);
 	b = lf_bdev_new(&slow_ops, sb, &info);
 	if (!b || lf_vol_open(b, &o, &v, err, sizeof(err)) < 0) {
@@ -1211,6 +1217,56 @@ static void *race_trunc(void *p)
 	return NULL;
 }
 
+/* Writes of up to 1 MiB are acknowledged before the device has them
+ * (write-behind): a failure there must reach the next fsync, once, and
+ * what was written must read back before and after it lands. */
+static void test_write_behind(const char *dir)
+{
+	char img[512];
+	struct slow_bdev *sb = NULL;
+	unsigned char *a = malloc(MIB), *b = malloc(MIB), *rd = malloc(MIB);
+	struct lf_vol *v;
+	uint64_t f;
+
+	snprintf(img, sizeof(img), "%s/wb.img", dir);
+	v = open_slow_img(img, 64 * MIB, &sb);
+	f = mk(v, LF_ROOT_INO, "wb", S_IFREG | 0644);
+	memset(a, 0xa1, MIB);
+	memset(b, 0xb2, MIB);
+	/* read after write, while the write may still be in flight */
+	for (int i = 0; i < 8; i++) {
+		CHECK_EQ(lf_fs_write(v, f, i % 2 ? b : a, MIB,
+				     (uint64_t)i * MIB),
+			 MIB);
+		CHECK_EQ(lf_fs_read(v, f, rd, MIB, (uint64_t)i * MIB), MIB);
+		CHECK(memcmp(rd, i % 2 ? b : a, MIB) == 0);
+	}
+	/* overwrites of one range keep their order */
+	for (int i = 0; i < 16; i++)
+		CHECK_EQ(lf_fs_write(v, f, i % 2 ? b : a, MIB, 0), MIB);
+	CHECK_EQ(lf_fs_fsync(v, f, false), 0);
+	CHECK_EQ(read_async(v, f, rd, MIB, 0), MIB);
+	CHECK(memcmp(rd, b, MIB) == 0);
+
+	/* the device refuses 1 MiB writes: acknowledged, then fsync fails */
+	sb->fail_len = MIB;
+	CHECK_EQ(lf_fs_write(v, f, a, MIB, 2 * MIB), MIB);
+	CHECK_EQ(lf_fs_fsync(v, f, false), -EIO);
+	CHECK_EQ(lf_fs_fsync(v, f, false), 0); /* reported once */
+	/* and the next failure by the next fsync */
+	CHECK_EQ(lf_fs_write(v, f, a, MIB, 3 * MIB), MIB);
+	CHECK_EQ(lf_fs_fsync(v, f, false), -EIO);
+	sb->fail_len = 0;
+	CHECK_EQ(lf_fs_write(v, f, a, MIB, 4 * MIB), MIB);
+	CHECK_EQ(lf_fs_fsync(v, f, false), 0);
+	CHECK_EQ(lf_fs_read(v, f, rd, MIB, 4 * MIB), MIB);
+	CHECK(memcmp(rd, a, MIB) == 0);
+	CHECK_EQ(lf_vol_close(v), 0);
+	free(a);
+	free(b);
+	free(rd);
+}
+
 /* async: asynchronous reads over a bdev that completes late and out of
  * order (open_slow_img): truncates must wait for reads still in flight. */
 static void test_race(const char *dir, bool async)
@@ -1221,7 +1277,7 @@ static void test_race(const char *dir, bool async)
 	double t0;
 
 	snprintf(img, sizeof(img), "%s/race%s.img", dir, async ? "-async" : "");
-	rc.v = async ? open_slow_img(img, 64 * MIB)
+	rc.v = async ? open_slow_img(img, 64 * MIB, NULL)
 		     : open_img(img, 64 * MIB, true);
 	rc.a = mk(rc.v, LF_ROOT_INO, "a", S_IFREG | 0644);
 	rc.b = mk(rc.v, LF_ROOT_INO, "b", S_IFREG | 0644);
@@ -1385,6 +1441,7 @@ int main(void)
 	test_enospc_mid_range(dir);
 	test_race(dir, false);
 	test_race(dir, true);
+	test_write_behind(dir);
 
 	if (!check_failed) {
 		snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
