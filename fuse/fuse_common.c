@@ -459,66 +459,108 @@ void *lf_mount_buf(struct lf_mount *m, size_t size)
 
 #define IOBUF_SMALL (64u << 10)
 #define IOBUF_HDR   4096u
-static const unsigned iobuf_keep[2] = {16, 4}; /* bounds idle memory */
+/* Kept per pool: enough for the reads one sequential reader keeps in flight
+ * (4 MiB of readahead, and the replies still being copied) plus a few
+ * readers; a fresh 1 MiB buffer per request costs an mmap and 256 page
+ * faults (DESIGN.md, "Buffers"), which halved sequential reads. */
+static const unsigned iobuf_keep[2] = {32, 16};
+
+struct lf_bufpool {
+	pthread_mutex_t lock;
+	struct lf_iobuf *spare[2]; /* small, large */
+	unsigned nspare[2];
+};
+
+struct lf_bufpool *lf_bufpool_new(void)
+{
+	struct lf_bufpool *p = calloc(1, sizeof(*p));
+
+	if (p)
+		pthread_mutex_init(&p->lock, NULL);
+	return p;
+}
+
+void lf_bufpool_free(struct lf_bufpool *p)
+{
+	if (!p)
+		return;
+	for (int cls = 0; cls < 2; cls++) {
+		struct lf_iobuf *b = p->spare[cls], *n;
+
+		for (; b; b = n) {
+			n = b->next;
+			free(b);
+		}
+	}
+	pthread_mutex_destroy(&p->lock);
+	free(p);
+}
 
 static void iobuf_done(struct lf_mount *m)
 {
+	pthread_mutex_lock(&m->iolock);
 	if (--m->inflight == 0)
 		pthread_cond_broadcast(&m->iodone);
+	pthread_mutex_unlock(&m->iolock);
 }
 
 struct lf_iobuf *lf_iobuf_get(struct lf_mount *m, size_t size)
 {
+	struct lf_bufpool *p = m->pool;
 	int cls = size > IOBUF_SMALL;
 	size_t cap = cls ? (size > LF_FUSE_IO_MAX ? size : LF_FUSE_IO_MAX)
 			 : IOBUF_SMALL;
 	struct lf_iobuf *b;
-	void *p;
+	void *mem;
 
 	pthread_mutex_lock(&m->iolock);
-	b = m->spare[cls];
+	m->inflight++;
+	pthread_mutex_unlock(&m->iolock);
+	pthread_mutex_lock(&p->lock);
+	b = p->spare[cls];
 	if (b && b->cap >= cap) {
-		m->spare[cls] = b->next;
-		m->nspare[cls]--;
+		p->spare[cls] = b->next;
+		p->nspare[cls]--;
 	} else {
 		b = NULL;
 	}
-	m->inflight++;
-	pthread_mutex_unlock(&m->iolock);
-	if (b)
-		return b;
-	/* The header in the first page keeps the data page aligned. */
-	if (posix_memalign(&p, IOBUF_HDR, IOBUF_HDR + cap) != 0) {
-		pthread_mutex_lock(&m->iolock);
-		iobuf_done(m);
-		pthread_mutex_unlock(&m->iolock);
-		return NULL;
+	pthread_mutex_unlock(&p->lock);
+	if (!b) {
+		/* The header in the first page keeps the data page aligned. */
+		if (posix_memalign(&mem, IOBUF_HDR, IOBUF_HDR + cap) != 0) {
+			iobuf_done(m);
+			return NULL;
+		}
+		b = mem;
+		b->cap = cap;
+		b->data = (char *)mem + IOBUF_HDR;
 	}
-	b = p;
-	*b = (struct lf_iobuf){
-		.m = m, .cap = cap, .data = (char *)p + IOBUF_HDR};
+	b->m = m;
+	b->next = NULL;
 	return b;
 }
 
 void lf_iobuf_put(struct lf_iobuf *b)
 {
 	struct lf_mount *m;
+	struct lf_bufpool *p;
 	int cls;
 
 	if (!b)
 		return;
 	m = b->m;
+	p = m->pool;
 	cls = b->cap > IOBUF_SMALL;
-	pthread_mutex_lock(&m->iolock);
-	if (m->nspare[cls] < iobuf_keep[cls]) {
-		b->next = m->spare[cls];
-		m->spare[cls] = b;
-		m->nspare[cls]++;
+	pthread_mutex_lock(&p->lock);
+	if (p->nspare[cls] < iobuf_keep[cls]) {
+		b->next = p->spare[cls];
+		p->spare[cls] = b;
+		p->nspare[cls]++;
 		b = NULL;
 	}
-	iobuf_done(m);
-	pthread_mutex_unlock(&m->iolock);
+	pthread_mutex_unlock(&p->lock);
 	free(b);
+	iobuf_done(m); /* last: m may go once nothing is in flight */
 }
 
 /* The loop has ended: wait for the replies still owed by the device. */
@@ -528,20 +570,6 @@ static void iobuf_wait_idle(struct lf_mount *m)
 	while (m->inflight)
 		pthread_cond_wait(&m->iodone, &m->iolock);
 	pthread_mutex_unlock(&m->iolock);
-}
-
-static void iobuf_free_spares(struct lf_mount *m)
-{
-	for (int cls = 0; cls < 2; cls++) {
-		struct lf_iobuf *b = m->spare[cls], *n;
-
-		for (; b; b = n) {
-			n = b->next;
-			free(b);
-		}
-		m->spare[cls] = NULL;
-		m->nspare[cls] = 0;
-	}
 }
 
 struct lf_mount *lf_mount_alloc(enum lf_mount_kind kind,
@@ -556,6 +584,15 @@ struct lf_mount *lf_mount_alloc(enum lf_mount_kind kind,
 	pthread_mutex_init(&m->ilock, NULL);
 	pthread_mutex_init(&m->iolock, NULL);
 	pthread_cond_init(&m->iodone, NULL);
+	m->pool = o->pool;
+	if (!m->pool) {
+		m->own_pool = lf_bufpool_new();
+		m->pool = m->own_pool;
+		if (!m->pool) {
+			lf_mount_free(m);
+			return NULL;
+		}
+	}
 	if (pthread_key_create(&m->bufkey, free_thread_buf) == 0)
 		m->bufkey_ok = true;
 	if (!m->bufkey_ok) {
@@ -574,7 +611,7 @@ void lf_mount_free(struct lf_mount *m)
 	if (m->bufkey_ok)
 		pthread_key_delete(m->bufkey);
 	pthread_mutex_destroy(&m->ilock);
-	iobuf_free_spares(m);
+	lf_bufpool_free(m->own_pool);
 	pthread_cond_destroy(&m->iodone);
 	pthread_mutex_destroy(&m->iolock);
 	free(m->icount.ino);

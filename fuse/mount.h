@@ -43,6 +43,8 @@
 struct lf_served;
 struct lf_mount;
 
+struct lf_bufpool;
+
 struct lf_mount_opts {
 	struct lf_idmap uidmap, gidmap;
 	bool read_only;
@@ -50,9 +52,17 @@ struct lf_mount_opts {
 	bool allow_other; /* needs root or user_allow_other */
 	void (*on_exit)(void *ctx, struct lf_mount *m);
 	void *on_exit_ctx;
+	/* Reply buffers kept for reuse, shared by the mounts given the same
+	 * pool (it must outlive them); NULL: the mount keeps its own. */
+	struct lf_bufpool *pool;
 };
 
 void lf_mount_opts_init(struct lf_mount_opts *o);
+
+/* A pool of reply buffers: large reads keep up to 16 MiB of them, for all
+ * the mounts that share it. Thread-safe. */
+struct lf_bufpool *lf_bufpool_new(void);
+void lf_bufpool_free(struct lf_bufpool *p);
 
 struct lf_served *lf_served_new(struct lf_vol *v);
 /* Does not take a reference: b must outlive the group. */

@@ -97,15 +97,13 @@ struct lf_mount {
 	dev_t dev;	      /* st_dev of the mounted root, 0 if unknown */
 	pthread_key_t bufkey; /* per-thread reusable I/O buffer */
 	bool bufkey_ok;
-	/* lf_iobufs handed out (their replies still to be sent: the loop's
-	 * end waits for none, as they use the session) and kept for reuse
-	 * (a fresh 1 MiB buffer per request costs an mmap: DESIGN.md,
-	 * "Buffers"). Protected by iolock. */
+	/* lf_iobufs handed out: their replies are still to be sent, and the
+	 * loop's end waits for none, as they use the session. Protected by
+	 * iolock. The buffers come from pool (opts.pool or own_pool). */
 	pthread_mutex_t iolock;
 	pthread_cond_t iodone;
 	unsigned inflight;
-	struct lf_iobuf *spare[2]; /* small, large */
-	unsigned nspare[2];
+	struct lf_bufpool *pool, *own_pool;
 	/* Set once by whichever ends the mount first: lf_mount_stop() or
 	 * the loop ending by itself (then on_exit runs). */
 	atomic_bool claimed;

@@ -61,6 +61,7 @@ ROWS = (
     ("unlink", "unlink", "files/s", True),
 )
 RAW_ROWS = ("seq_read", "seq_write", "rand_d1", "rand_d32")
+RAW_LUN = 4  # raw's own LUN, so raw runs can alternate with lunfs runs
 # (row, reference column, minimum speed-up) from the issue
 TARGETS = (
     ("seq_read", "raw", 0.9),
@@ -260,6 +261,8 @@ class Bench:
         self.rand_s = args.rand_seconds or (0.5 if self.quick else 3.0)
         self.repeat = args.repeat or (1 if self.quick else 3)
         self.samples = {}
+        self.pair_ratio = {}  # row: median of paired lunfs/raw ratios
+        self.raw_ok = False   # raw column ran: lunfs rows are paired
         self.step_timeout = 60 if self.quick else 180
         self.format_size = 1 * GiB if self.quick else 16 * GiB
         self.build = os.environ.get("LUNFS_BUILD_DIR",
@@ -298,6 +301,31 @@ class Bench:
         except (StepFailed, OSError, ValueError, KeyError) as e:
             self.results[row][col] = {"failed": str(e)}
             log(f"{col:8} {row:10} failed: {e}")
+
+    def record_paired(self, row, fn, repeat):
+        """lunfs's throughput rows, each run right after a raw run of the
+        same row on raw's own LUN: the machine's load drifts over minutes,
+        so the ratio is taken pair by pair (median of lunfs_i / raw_i) and
+        both columns get the median of these samples."""
+        rawfn = self.raw_fns[row]
+        t0 = time.monotonic()
+        try:
+            raws, ours = [], []
+            for _ in range(repeat):
+                raws.append(rawfn())
+                ours.append(fn())
+            self.results[row]["raw"] = statistics.median(raws)
+            self.results[row]["lunfs"] = statistics.median(ours)
+            self.samples[f"{row}/raw"] = raws
+            self.samples[f"{row}/lunfs"] = ours
+            self.pair_ratio[row] = statistics.median(
+                a / b for a, b in zip(ours, raws))
+            log(f"lunfs    {row:10} {fmt_num(self.results[row]['lunfs'])}"
+                f" (raw {fmt_num(self.results[row]['raw'])}, paired ratio "
+                f"{self.pair_ratio[row]:.2f}) ({time.monotonic() - t0:.1f}s)")
+        except (StepFailed, OSError, ValueError, KeyError) as e:
+            self.results[row]["lunfs"] = {"failed": str(e)}
+            log(f"lunfs    {row:10} failed: {e}")
 
     def fail_column(self, col, why, rows=None):
         for k, *_ in ROWS:
@@ -378,7 +406,7 @@ class Bench:
     # -- raw libiscsi
 
     def rawbench(self, *args, timeout=None):
-        r = run([self.rawbin, *map(str, args), self.url(1)],
+        r = run([self.rawbin, *map(str, args), self.url(RAW_LUN)],
                 timeout=timeout or self.step_timeout)
         return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -394,21 +422,35 @@ class Bench:
                 return
         S = self.size
         R = self.repeat
-        self.record("seq_write", "raw", lambda: self.rawbench(
-            "--write", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"], R)
+        self.raw_ok = True
+        self.record("seq_write", "raw", self.raw_fns["seq_write"], R)
         drop_caches()
-        self.record("seq_read", "raw", lambda: self.rawbench(
-            "--read", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"], R)
+        self.record("seq_read", "raw", self.raw_fns["seq_read"], R)
         try:
             self.extra["raw_seq_read_128k_depth1_mib_s"] = self.rawbench(
                 "--read", "--bs", 128 * KiB, "--depth", 1, "--size",
                 S)["mib_s"]
         except StepFailed as e:
             log(f"raw 128 KiB serial read: {e}")
-        for row, depth in (("rand_d1", 1), ("rand_d32", 32)):
-            self.record(row, "raw", lambda d=depth: self.rawbench(
-                "--read", "--random", "--bs", 4096, "--depth", d, "--size",
-                S, "--seconds", self.rand_s)["iops"], R)
+        for row in ("rand_d1", "rand_d32"):
+            self.record(row, "raw", self.raw_fns[row], R)
+
+    @property
+    def raw_fns(self):
+        S = self.size
+
+        def rand(d):
+            return self.rawbench("--read", "--random", "--bs", 4096,
+                                 "--depth", d, "--size", S, "--seconds",
+                                 self.rand_s)["iops"]
+        return {
+            "seq_write": lambda: self.rawbench(
+                "--write", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"],
+            "seq_read": lambda: self.rawbench(
+                "--read", "--bs", MiB, "--depth", 32, "--size", S)["mib_s"],
+            "rand_d1": lambda: rand(1),
+            "rand_d32": lambda: rand(32),
+        }
 
     # -- the filesystem workloads, shared by lunfs, fuse2fs and kernel
 
@@ -493,10 +535,13 @@ class Bench:
             self.fail_column(col, f"mount: {e}")
             return
         R = self.repeat
-        self.record("seq_write", col, seq_write, R)
-        self.record("seq_read", col, seq_read, R)
-        self.record("rand_d1", col, lambda: rand(1), R)
-        self.record("rand_d32", col, lambda: rand(32), R)
+        rows = (("seq_write", seq_write), ("seq_read", seq_read),
+                ("rand_d1", lambda: rand(1)), ("rand_d32", lambda: rand(32)))
+        for row, fn in rows:
+            if col == "lunfs" and self.raw_ok:
+                self.record_paired(row, fn, R)
+            else:
+                self.record(row, col, fn, R)
         self.record("create", col, create)
         self.record("stat", col, stat)
         self.record("ls", col, ls)
@@ -755,6 +800,8 @@ class Bench:
         lun1 = os.path.join(self.work, "lun1.img")
         self.add_lun(1, lun1, self.image_size())
         self.add_lun(2, os.path.join(self.work, "lun2.img"), 1 * GiB)
+        self.add_lun(RAW_LUN, os.path.join(self.work, "lun4-raw.img"),
+                     self.image_size())
         self.fmt_lun = os.path.join(disk, "lun3-format.img")
         self.add_lun(3, self.fmt_lun, self.format_size)
         self.tgtadm("--lld", "iscsi", "--op", "bind", "--mode", "target",
@@ -769,11 +816,6 @@ class Bench:
                 continue
             log(f"--- {col}")
             try:
-                if col == "lunfs":
-                    # The raw run wrote over LUN 1: make it empty again
-                    # (sparse, reads zeros) so lunfs formats it.
-                    run(["fallocate", "--punch-hole", "--offset", "0",
-                         "--length", str(os.path.getsize(lun1)), lun1])
                 fn()
             except (StepFailed, OSError) as e:
                 self.fail_column(col, str(e),
@@ -787,6 +829,8 @@ class Bench:
         if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) \
                 or a <= 0 or b <= 0:
             return None
+        if ref == "raw" and row in self.pair_ratio:
+            return self.pair_ratio[row]
         return a / b if higher else b / a
 
     def report(self):
@@ -831,6 +875,10 @@ class Bench:
         out.append("")
         out.append("vs X = speed-up of lunfs over X (> 1: lunfs faster; "
                    "for ls -l the inverse time ratio)")
+        if self.pair_ratio:
+            out.append("vs raw for the throughput rows: the median of "
+                       f"{self.repeat} lunfs/raw ratios, each lunfs run right "
+                       "after a raw run")
 
         def extra(key, f):
             v = self.extra.get(key)
@@ -898,6 +946,7 @@ class Bench:
                                 for k, *_ in ROWS},
                    "lunfs": self.extra, "targets": targets,
                    "samples": self.samples,
+                   "paired_ratios": self.pair_ratio,
                    "notes": self.notes, "failures": failures,
                    "tgtd_malloc_tuned": not self.args.plain_tgtd,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

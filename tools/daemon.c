@@ -64,6 +64,7 @@ struct lf_daemon {
 	struct lf_registry *reg;
 	struct volume *volumes;
 	struct mount *mounts;
+	struct lf_bufpool *pool; /* reply buffers, shared by every mount */
 
 	/* Mounts that ended from outside (fusermount3 -u) are released by
 	 * this thread: the FUSE thread that noticed cannot join itself. */
@@ -313,12 +314,16 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 		}
 	}
 	d->reg = lf_registry_new_iscsi();
-	if (!d->reg) {
+	d->pool = lf_bufpool_new();
+	if (!d->reg || !d->pool) {
+		lf_registry_free(d->reg);
+		lf_bufpool_free(d->pool);
 		free(d);
 		return -ENOMEM;
 	}
 	if (pthread_create(&d->reaper, NULL, reaper_main, d)) {
 		lf_registry_free(d->reg);
+		lf_bufpool_free(d->pool);
 		free(d);
 		return -EAGAIN;
 	}
@@ -445,6 +450,7 @@ void lf_daemon_free(struct lf_daemon *d)
 	pthread_mutex_unlock(&d->lock);
 	pthread_join(d->reaper, NULL);
 	lf_registry_free(d->reg);
+	lf_bufpool_free(d->pool); /* every mount is gone */
 	pthread_cond_destroy(&d->reap_cond);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
@@ -579,6 +585,7 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 	lf_mount_opts_init(&mo);
 	mo.fsgroup = -1;
 	mo.read_only = strcmp(mode, "-n") == 0;
+	mo.pool = d->pool;
 	sv = lf_served_new_block(b);
 	r = sv ? lf_mount_block(sv, path, &mo, &m, err, sizeof(err)) : -ENOMEM;
 	if (r) {
@@ -770,6 +777,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 
 	memset(&sec, 0, sizeof(sec));
 	lf_mount_opts_init(&mo);
+	mo.pool = d->pool;
 	if (!json_object_object_get_ex(req, "spec", &j)) {
 		return answer_err(EINVAL, "mount: no spec");
 	}
