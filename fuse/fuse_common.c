@@ -627,6 +627,11 @@ void lf_mount_init_conn(struct fuse_conn_info *conn, bool atomic_trunc)
 	conn->max_write = LF_FUSE_IO_MAX;
 	conn->max_read = LF_FUSE_IO_MAX; /* must equal the max_read option */
 	conn->max_readahead = LF_FUSE_IO_MAX;
+	/* Readahead and async O_DIRECT are the kernel's background requests,
+	 * 12 in flight by default: fewer than a depth-32 reader asks for,
+	 * and replies no longer tie up a thread each. */
+	conn->max_background = LF_FUSE_MAX_BACKGROUND;
+	conn->congestion_threshold = LF_FUSE_MAX_BACKGROUND * 3 / 4;
 	conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
 				  FUSE_CAP_SPLICE_MOVE);
 	/* No writeback cache: dirty pages would sit in this mount's kernel

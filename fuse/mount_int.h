@@ -16,7 +16,8 @@
 #define LF_FUSE_IO_MAX	(1u << 20) /* max_read / max_write */
 #define LF_FUSE_TIMEOUT 3600.0	   /* lunfs is the only writer */
 /* Several max_read requests in flight for one sequential reader. */
-#define LF_FUSE_READAHEAD_KB "4096"
+#define LF_FUSE_READAHEAD_KB   "4096"
+#define LF_FUSE_MAX_BACKGROUND 64
 
 /* Lookup counts the kernel holds on inodes of one mount, so that what it
  * never forgets can be dropped at unmount. Open addressing, linear
