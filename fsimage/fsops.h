@@ -138,7 +138,9 @@ ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 typedef void (*lf_fs_read_done_fn)(void *opaque, ssize_t r);
 void lf_fs_read_async(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 		      uint64_t off, lf_fs_read_done_fn done, void *opaque);
-/* Return bytes written or -errno; extends the size; updates mtime/ctime. */
+/* Return bytes written or -errno; extends the size; updates mtime/ctime.
+ * Data may still be on its way to the device (written behind: reads see
+ * it at once); a device error on it is returned by the next fsync. */
 ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 		    size_t size, uint64_t off);
 /* Data and the metadata needed to read it back are on the device and the
