@@ -2351,31 +2351,48 @@ static int iread_regular(struct lf_vol *v, uint64_t ino,
 	return LINUX_S_ISREG(in->i_mode) ? 0 : nonreg;
 }
 
+/* A read's first steps: ino's I/O lock shared, the volume lock, the inode.
+ * Returns 1 with both locks held and *end (the end of what there is to
+ * read) set, or 0 (nothing: EOF) or -errno with neither held. */
+static int read_begin(struct lf_vol *v, uint64_t ino, size_t size, uint64_t off,
+		      struct lf_ilock **lp, struct ext2_inode_large *in,
+		      uint64_t *end)
+{
+	uint64_t isize;
+	int r;
+
+	*lp = ilock_get(v, ino, false);
+	if (!*lp)
+		return -ENOMEM;
+	lf_vol_lock(v);
+	r = iread_regular(v, ino, in, -EINVAL);
+	if (r == 0) {
+		isize = EXT2_I_SIZE(in);
+		if (off < isize && size) {
+			*end = off + size < isize ? off + size : isize;
+			return 1;
+		}
+	}
+	lf_vol_unlock(v);
+	ilock_put(v, *lp);
+	return r;
+}
+
 ssize_t lf_fs_read(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 		   uint64_t off)
 {
 	ext2_filsys fs = v->fs;
 	struct ext2_inode_large in;
 	struct lf_runs rs = {0};
-	uint64_t bs, isize, end;
+	uint64_t bs, end;
 	char *bounce = NULL;
 	struct lf_ilock *l;
 	ssize_t r;
 
-	l = ilock_get(v, ino, false);
-	if (!l)
-		return -ENOMEM;
-	lf_vol_lock(v);
+	r = read_begin(v, ino, size, off, &l, &in, &end);
+	if (r <= 0)
+		return r;
 	bs = fs->blocksize;
-	r = iread_regular(v, ino, &in, -EINVAL);
-	if (r)
-		goto out_unlock;
-	isize = EXT2_I_SIZE(&in);
-	if (off >= isize || size == 0) {
-		r = 0;
-		goto out_unlock;
-	}
-	end = off + size < isize ? off + size : isize;
 	r = map_blocks(v, ino, &in, off / bs, (end - 1) / bs, false, &rs);
 	if (r)
 		goto out_unlock;
@@ -2471,26 +2488,16 @@ void lf_fs_read_async(struct lf_vol *v, uint64_t ino, void *buf, size_t size,
 	struct lf_runs rs = {0};
 	struct aread *a = NULL;
 	struct lf_ilock *l;
-	uint64_t bs, isize, end, rend;
+	uint64_t bs, end, rend;
 	size_t nio = 0;
 	ssize_t r;
 
-	l = ilock_get(v, ino, false);
-	if (!l) {
-		done(opaque, -ENOMEM);
+	r = read_begin(v, ino, size, off, &l, &in, &end);
+	if (r <= 0) {
+		done(opaque, r);
 		return;
 	}
-	lf_vol_lock(v);
 	bs = fs->blocksize;
-	r = iread_regular(v, ino, &in, -EINVAL);
-	if (r)
-		goto out_unlock;
-	isize = EXT2_I_SIZE(&in);
-	if (off >= isize || size == 0) {
-		r = 0;
-		goto out_unlock;
-	}
-	end = off + size < isize ? off + size : isize;
 	rend = (end + bs - 1) / bs * bs;
 	if (off % bs || rend - off > size) {
 		/* Not whole blocks: the synchronous path has the bounce
