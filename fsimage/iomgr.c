@@ -459,35 +459,53 @@ fail:
 	return r;
 }
 
-/* Copy every cached unit intersecting [off, off+len) over buf. */
-static void overlay_locked(struct lf_iocache *c, uint8_t *buf, uint64_t len,
-			   uint64_t off)
+/* Call fn on each cached unit intersecting [off, off+len) until it returns
+ * true; return whether one did. Looks the keys up, or walks the LRU when
+ * the range is much larger than the cache. */
+static bool each_cached_locked(struct lf_iocache *c, uint64_t off, uint64_t len,
+			       bool (*fn)(struct ent *, void *), void *ctx)
 {
 	uint64_t k0 = off / c->unit, k1 = (off + len + c->unit - 1) / c->unit;
 	struct ent *e;
 
 	if (!c->nents)
-		return;
+		return false;
 	if (k1 - k0 <= 2 * c->nents) {
-		for (uint64_t k = k0; k < k1; k++) {
-			e = find(c, k);
-			if (!e)
-				continue;
-			uint64_t s = k * c->unit, en = s + c->unit;
-			uint64_t a = s > off ? s : off;
-			uint64_t b = en < off + len ? en : off + len;
-			memcpy(buf + (a - off), e->data + (a - s), b - a);
-		}
-		return;
+		for (uint64_t k = k0; k < k1; k++)
+			if ((e = find(c, k)) && fn(e, ctx))
+				return true;
+		return false;
 	}
-	for (e = c->lru.next; e != &c->lru; e = e->next) {
-		if (e->key < k0 || e->key >= k1)
-			continue;
-		uint64_t s = e->key * c->unit, en = s + c->unit;
-		uint64_t a = s > off ? s : off;
-		uint64_t b = en < off + len ? en : off + len;
-		memcpy(buf + (a - off), e->data + (a - s), b - a);
-	}
+	for (e = c->lru.next; e != &c->lru; e = e->next)
+		if (e->key >= k0 && e->key < k1 && fn(e, ctx))
+			return true;
+	return false;
+}
+
+struct overlay {
+	uint32_t unit;
+	uint8_t *buf;
+	uint64_t off, len;
+};
+
+static bool overlay_one(struct ent *e, void *ctx)
+{
+	struct overlay *o = ctx;
+	uint64_t s = e->key * o->unit, en = s + o->unit;
+	uint64_t a = s > o->off ? s : o->off;
+	uint64_t b = en < o->off + o->len ? en : o->off + o->len;
+
+	memcpy(o->buf + (a - o->off), e->data + (a - s), b - a);
+	return false;
+}
+
+/* Copy every cached unit intersecting [off, off+len) over buf. */
+static void overlay_locked(struct lf_iocache *c, uint8_t *buf, uint64_t len,
+			   uint64_t off)
+{
+	struct overlay o = {c->unit, buf, off, len};
+
+	each_cached_locked(c, off, len, overlay_one, &o);
 }
 
 /* The reverse: new bytes for [off, off+len) into every cached unit. */
@@ -919,22 +937,9 @@ int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-static bool any_cached_locked(struct lf_iocache *c, uint64_t len, uint64_t off)
+static bool found(struct ent *e, void *ctx)
 {
-	uint64_t k0 = off / c->unit, k1 = (off + len + c->unit - 1) / c->unit;
-
-	if (!c->nents)
-		return false;
-	if (k1 - k0 <= 2 * c->nents) {
-		for (uint64_t k = k0; k < k1; k++)
-			if (find(c, k))
-				return true;
-		return false;
-	}
-	for (struct ent *e = c->lru.next; e != &c->lru; e = e->next)
-		if (e->key >= k0 && e->key < k1)
-			return true;
-	return false;
+	return true;
 }
 
 void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
@@ -948,7 +953,7 @@ void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
 	/* A write that lands in the cache after this check is simply
 	 * ordered after the read, as with any concurrent read and write. */
 	pthread_mutex_lock(&c->mu);
-	cached = any_cached_locked(c, len, off);
+	cached = each_cached_locked(c, off, len, found, NULL);
 	if (!cached)
 		c->st.bytes_read += len;
 	pthread_mutex_unlock(&c->mu);
@@ -1038,16 +1043,12 @@ static int write_through(struct lf_iocache *c, const void *buf, size_t len,
 	if (r < 0)
 		lf_err(MOD, "%s: write of %zu bytes at %" PRIu64 " failed: %s",
 		       lf_bdev_desc(c->bdev), len, off, strerror(-r));
-	{
-		struct wbuf *b = w->buf;
-
-		w->buf = NULL; /* a synchronous failure is reported here */
-		wb_end(w, r);
-		if (b) {
-			free(b->data);
-			free(b);
-		}
+	if (w->buf) { /* this failure is the caller's, not the next sync's */
+		free(w->buf->data);
+		free(w->buf);
+		w->buf = NULL;
 	}
+	wb_end(w, r);
 	return r;
 }
 

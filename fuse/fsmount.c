@@ -294,7 +294,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		 * (created(), op_create, op_rename), and that notification
 		 * waits for this lookup's reply (the kernel holds the
 		 * directory locked meanwhile), so it cannot be overtaken.
-		 * Saves the lookup before every create. */
+		 * Saves repeated lookups of missing names (search paths,
+		 * probes); a new name is still looked up once. */
 		struct fuse_entry_param e = {.entry_timeout = LF_FUSE_TIMEOUT};
 
 		fuse_reply_entry(req, &e);
