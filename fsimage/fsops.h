@@ -162,6 +162,15 @@ int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 ssize_t lf_fs_listxattr(struct lf_vol *v, uint64_t ino, char *buf, size_t size);
 int lf_fs_removexattr(struct lf_vol *v, uint64_t ino, const char *name);
 
+/* What the kernel does before a write or truncate and leaves to the
+ * filesystem under FUSE_HANDLE_KILLPRIV_V2: drop security.capability of a
+ * regular file and, if suidgid (the caller lacks CAP_FSETID), setuid, and
+ * setgid when group-executable or when in_group (may be NULL) says the
+ * caller is not in the file's group (a DISK gid). 1 if something was
+ * dropped (ctime moved), 0 if there was nothing to drop. */
+int lf_fs_killpriv(struct lf_vol *v, uint64_t ino, bool suidgid,
+		   bool (*in_group)(void *opaque, uint32_t gid), void *opaque);
+
 void lf_fs_iget(struct lf_vol *v, uint64_t ino);
 void lf_fs_iput(struct lf_vol *v, uint64_t ino, uint64_t n);
 

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/xattr.h>
 
 #include "fsimage/fsops_int.h"
@@ -346,6 +347,95 @@ int lf_fs_removexattr(struct lf_vol *v, uint64_t ino, const char *name)
 	ext2fs_xattrs_close(&h);
 	if (!r)
 		r = lf_fs_touch_ctime(v, ino);
+out:
+	lf_vol_unlock(v);
+	return r;
+}
+
+/* Whether the inode holds any extended attribute: an xattr block, or the
+ * in-inode area's magic. Spares parsing them for the common inode that has
+ * none, since a write asks this every time. */
+static bool has_xattrs(struct lf_vol *v, uint64_t ino,
+		       const struct ext2_inode_large *in)
+{
+	unsigned isize = EXT2_INODE_SIZE(v->fs->super);
+	uint8_t full[1024];
+	uint32_t magic;
+	size_t at;
+
+	if (ext2fs_file_acl_block(v->fs, (const struct ext2_inode *)in))
+		return true;
+	if (isize <= EXT2_GOOD_OLD_INODE_SIZE)
+		return false;
+	if (isize > sizeof(full))
+		return true; /* unusual geometry: take the slow path */
+	at = EXT2_GOOD_OLD_INODE_SIZE + in->i_extra_isize;
+	if (at + sizeof(magic) > isize)
+		return false;
+	if (ext2fs_read_inode_full(v->fs, (ext2_ino_t)ino,
+				   (struct ext2_inode *)full, isize))
+		return true;
+	memcpy(&magic, full + at, sizeof(magic));
+	return ext2fs_le32_to_cpu(magic) == EXT2_EXT_ATTR_MAGIC;
+}
+
+int lf_fs_killpriv(struct lf_vol *v, uint64_t ino, bool suidgid,
+		   bool (*in_group)(void *opaque, uint32_t gid), void *opaque)
+{
+	struct ext2_xattr_handle *h = NULL;
+	struct ext2_inode_large in;
+	bool changed = false;
+	void *old = NULL;
+	size_t olen = 0;
+	errcode_t e;
+	int r;
+
+	if (lf_vol_read_only(v))
+		return 0;
+	lf_vol_lock(v);
+	r = lf_fs_iread(v, ino, &in);
+	if (r || !LINUX_S_ISREG(in.i_mode))
+		goto out;
+	/* As the kernel's setattr_should_drop_sgid(): setgid without group
+	 * execute marks mandatory locking, and stays for group members. */
+	if (suidgid && (in.i_mode & S_ISGID) &&
+	    ((in.i_mode & S_IXGRP) ||
+	     (in_group && !in_group(opaque, inode_gid(in))))) {
+		in.i_mode &= ~S_ISGID;
+		changed = true;
+	}
+	if (suidgid && (in.i_mode & S_ISUID)) {
+		in.i_mode &= ~S_ISUID;
+		changed = true;
+	}
+	if (changed) {
+		r = lf_fs_iwrite(v, ino, &in);
+		if (r)
+			goto out;
+	}
+	if (has_xattrs(v, ino, &in)) {
+		r = xopen(v, ino, &h);
+		if (r)
+			goto out;
+		e = ext2fs_xattr_get(h, "security.capability", &old, &olen);
+		ext2fs_free_mem(&old);
+		if (e == 0) {
+			e = ext2fs_xattr_remove(h, "security.capability");
+			changed = changed || !e;
+		} else if (e == EXT2_ET_EA_KEY_NOT_FOUND) {
+			e = 0;
+		}
+		ext2fs_xattrs_close(&h);
+		if (e) {
+			r = lf_errno_from_ext2(e);
+			goto out;
+		}
+	}
+	if (changed) {
+		r = lf_fs_touch_ctime(v, ino);
+		if (r == 0)
+			r = 1;
+	}
 out:
 	lf_vol_unlock(v);
 	return r;

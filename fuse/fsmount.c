@@ -338,10 +338,64 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_attr(req, &st, LF_FUSE_TIMEOUT);
 }
 
+static bool killpriv_v2(struct lf_mount *m)
+{
+	return atomic_load_explicit(&m->killpriv_v2, memory_order_relaxed);
+}
+
+struct caller {
+	struct lf_mount *m;
+	fuse_req_t req;
+};
+
+/* Whether the caller is in the group the file shows (an fsGroup view
+ * shows that group). Asked only of a setgid file without group execute. */
+static bool caller_in_group(void *opaque, uint32_t disk_gid)
+{
+	const struct caller *c = opaque;
+	const struct fuse_ctx *ctx = fuse_req_ctx(c->req);
+	gid_t gid = c->m->opts.fsgroup >= 0
+			    ? (gid_t)c->m->opts.fsgroup
+			    : lf_idmap_to_host(&c->m->opts.gidmap, disk_gid);
+	gid_t groups[64];
+	int n;
+
+	if (ctx->gid == gid)
+		return true;
+	n = fuse_req_getgroups(c->req, 64, groups);
+	for (int i = 0; i < n && i < 64; i++)
+		if (groups[i] == gid)
+			return true;
+	return false; /* unknown groups: drop it, as the safe side */
+}
+
+/* Under FUSE_HANDLE_KILLPRIV_V2 (devio.c) the kernel leaves dropping
+ * setuid, setgid and security.capability on write and truncate to us, and
+ * does not expect the mode to change: when it did, this kernel's cached
+ * mode, which exec trusts, is dropped as well. The other mounts hear of it
+ * through the handler's own notification. */
+static int kill_privs(struct lf_mount *m, fuse_req_t req, fuse_ino_t ino,
+		      bool suidgid)
+{
+	struct caller c = {m, req};
+	int r;
+
+	if (!killpriv_v2(m))
+		return 0;
+	r = lf_fs_killpriv(m->vol, to_disk(ino), suidgid, caller_in_group, &c);
+	if (r > 0) {
+		fuse_lowlevel_notify_inval_inode(m->se, ino, -1, 0);
+		r = 0;
+	}
+	return r;
+}
+
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi)
 {
 	struct lf_mount *m = mnt(req);
+	struct caller c = {m, req};
+	bool kill;
 	struct lf_setattr sa = {0};
 	struct lf_op op;
 	unsigned what = 0;
@@ -389,12 +443,25 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		what |= LF_SET_CTIME;
 		sa.ctime = attr->st_ctim;
 	}
-	if (to_set & (FUSE_SET_ATTR_KILL_SUID | FUSE_SET_ATTR_KILL_SGID |
-		      FUSE_SET_ATTR_KILL_PRIV))
+	/* libfuse passes FATTR_KILL_SUIDGID as FUSE_SET_ATTR_KILL_SUID. A
+	 * chown drops setuid, and setgid when group-executable; under
+	 * FUSE_HANDLE_KILLPRIV_V2 a truncate by a caller without CAP_FSETID
+	 * drops them as a write does (below), and both drop file
+	 * capabilities. The reply carries the result. */
+	kill = to_set & (FUSE_SET_ATTR_KILL_SUID | FUSE_SET_ATTR_KILL_SGID |
+			 FUSE_SET_ATTR_KILL_PRIV);
+	if (kill && (!killpriv_v2(m) || (what & (LF_SET_UID | LF_SET_GID)) ||
+		     !(what & LF_SET_SIZE)))
 		what |= LF_SET_KILL_SUID;
 
 	lf_op_begin(m, &op, ino, 0);
-	ret = lf_fs_setattr(m->vol, to_disk(ino), what, &sa, &s);
+	ret = 0;
+	if (killpriv_v2(m) && (what & (LF_SET_SIZE | LF_SET_UID | LF_SET_GID)))
+		ret = lf_fs_killpriv(m->vol, to_disk(ino),
+				     kill && !(what & LF_SET_KILL_SUID),
+				     caller_in_group, &c);
+	if (ret >= 0)
+		ret = lf_fs_setattr(m->vol, to_disk(ino), what, &sa, &s);
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
 	} else {
@@ -596,6 +663,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (trunc)
 		lf_op_begin(m, &op, ino, 0);
 	ret = lf_fs_open(m->vol, to_disk(ino), fi->flags);
+	if (ret >= 0 && trunc)
+		ret = kill_privs(m, req, ino, lf_devio_kill_suidgid());
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
 	} else {
@@ -649,7 +718,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	if (refuse_ro(m, req))
 		return;
 	lf_op_begin(m, &op, ino, 0);
-	n = lf_fs_write(m->vol, to_disk(ino), buf, size, (uint64_t)off);
+	n = kill_privs(m, req, ino, lf_devio_kill_suidgid());
+	if (n == 0)
+		n = lf_fs_write(m->vol, to_disk(ino), buf, size, (uint64_t)off);
 	if (n < 0) {
 		fuse_reply_err(req, (int)-n);
 	} else {

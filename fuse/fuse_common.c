@@ -892,6 +892,16 @@ int lf_mount_start(struct lf_mount *m, const char *path, bool want_dir,
 		m->se = NULL;
 		return -EIO;
 	}
+	m->want_killpriv_v2 = want_dir;
+	ret = lf_devio_install(m);
+	if (ret != 0) {
+		snprintf(err, errlen, "%s: cannot set up FUSE I/O: %s", m->path,
+			 strerror(-ret));
+		fuse_session_unmount(m->se);
+		fuse_session_destroy(m->se);
+		m->se = NULL;
+		return ret < 0 ? ret : -EIO;
+	}
 
 	/* The loop threads inherit this mask: signals are the daemon's. */
 	sigfillset(&all);

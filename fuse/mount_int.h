@@ -110,6 +110,13 @@ struct lf_mount {
 	atomic_bool claimed;
 	atomic_bool loop_done;
 
+	/* devio.c: FUSE_HANDLE_KILLPRIV_V2 negotiation. The init fields are
+	 * touched only while INIT is handled, before any other request. */
+	bool want_killpriv_v2; /* filesystem mounts */
+	bool init_pending, kernel_killpriv_v2;
+	uint64_t init_unique;
+	atomic_bool killpriv_v2; /* the kernel leaves killing privs to us */
+
 	struct lf_served *sv;
 	struct lf_mount *next; /* in sv->mounts, protected by sv->lock */
 	/* Handlers of other mounts notifying this one with sv->lock
@@ -153,6 +160,14 @@ void lf_op_begin(struct lf_mount *m, struct lf_op *op, fuse_ino_t k1,
 void lf_op_notify(struct lf_mount *m, const struct lf_op *op,
 		  const struct lf_inval *iv, int n);
 void lf_op_end(struct lf_mount *m, struct lf_op *op);
+
+/* devio.c. lf_devio_install() after fuse_session_mount(); then, in a
+ * handler of WRITE or OPEN on a mount with killpriv_v2 set,
+ * lf_devio_kill_suidgid() tells whether the kernel asked to drop setuid
+ * and setgid (FUSE_WRITE_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID), which
+ * libfuse 3.14 does not pass on. */
+int lf_devio_install(struct lf_mount *m);
+bool lf_devio_kill_suidgid(void);
 
 /* fsmount.c */
 void lf_mount_drop_counts(struct lf_mount *m);

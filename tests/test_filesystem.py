@@ -4,10 +4,12 @@ through a read-only loop mount of tgtd's backing file."""
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -374,3 +376,91 @@ def test_fsync_reaches_backing_while_mounted(lunfs, fstarget, lundir):
                        capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == payload, "fsync'd file not in the backing store before umount"
+
+
+# Run as root in each tree: unprivileged writers are forked children that
+# drop to uid/gid 1000 (no CAP_FSETID). Prints one JSON object.
+PRIVS_SCRIPT = r'''
+import json, os, struct, sys
+d = sys.argv[1]
+def as_user(fn, gid=1000):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([]); os.setgid(gid); os.setuid(1000); fn()
+            os._exit(0)
+        except BaseException as e:
+            print("child:", e, file=sys.stderr); os._exit(1)
+    _, st = os.waitpid(pid, 0)
+    assert st == 0, st
+def mk(name, mode, gid=0):
+    p = os.path.join(d, name)
+    with open(p, "wb") as f: f.write(b"x")
+    os.chown(p, 0, gid); os.chmod(p, mode)
+    return p
+def wr(p):
+    fd = os.open(p, os.O_WRONLY); os.write(fd, b"y"); os.close(fd)
+def mode(p): return oct(os.stat(p).st_mode & 0o7777)
+def caps(p):
+    try: os.getxattr(p, "security.capability"); return "kept"
+    except OSError as e: return os.strerror(e.errno)
+cap = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
+r = {}
+p = mk("a", 0o4777); as_user(lambda: wr(p)); r["user write 4777"] = mode(p)
+p = mk("b", 0o4755); wr(p); wr(p); r["root write 4755"] = mode(p)
+p = mk("c", 0o2777); as_user(lambda: wr(p)); r["user write 2777"] = mode(p)
+p = mk("e", 0o2767); as_user(lambda: wr(p)); r["non-member write 2767"] = mode(p)
+p = mk("f", 0o2767, gid=1000); as_user(lambda: wr(p)); r["member write 2767"] = mode(p)
+p = mk("g", 0o4777); as_user(lambda: os.truncate(p, 0)); r["user truncate 4777"] = mode(p)
+p = mk("m", 0o2767); as_user(lambda: os.truncate(p, 0))
+r["non-member truncate 2767"] = mode(p)
+p = mk("h", 0o4777)
+as_user(lambda: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC)))
+r["user O_TRUNC 4777"] = mode(p)
+p = mk("i", 0o6755); os.chown(p, 1000, 1000); r["root chown 6755"] = mode(p)
+# A file the kernel has already seen written without capabilities: the
+# second write is the one only the filesystem can strip them on.
+p = mk("j", 0o755); fd = os.open(p, os.O_WRONLY); os.write(fd, b"a")
+os.setxattr(p, "security.capability", cap); os.write(fd, b"b"); os.close(fd)
+r["caps after write"] = caps(p)
+p = mk("k", 0o755); os.setxattr(p, "security.capability", cap)
+os.truncate(p, 0); r["caps after truncate"] = caps(p)
+p = mk("l", 0o755); os.setxattr(p, "security.capability", cap)
+os.chmod(p, 0o750); r["caps after chmod"] = caps(p)
+print(json.dumps(r))
+'''
+
+
+def test_write_truncate_chown_drop_privileges_like_kernel_ext4(
+        lunfs, fstarget, lundir):
+    """setuid, setgid and file capabilities go on write, truncate and
+    chown as the kernel's ext4 drops them (lunfs handles this itself under
+    FUSE_HANDLE_KILLPRIV_V2); the same script runs on both."""
+    os.chmod(lundir, 0o711)  # the unprivileged writers pass through
+    mp = mkdir(lundir, "mnt")
+    lunfs.mount(fstarget.url(1), mp)
+    img = os.path.join(lundir, "ref.img")
+    with open(img, "wb") as f:
+        f.truncate(LUN_SIZE)
+    r = H.run(["mkfs.ext4", "-q", "-F", img])
+    assert r.returncode == 0, r.stderr
+    results = {}
+    try:
+        with kernel_mount(img, lundir, ro=False) as kmp:
+            for name, d in (("kernel", kmp), ("lunfs", mp)):
+                r = H.run([sys.executable, "-c", PRIVS_SCRIPT, d])
+                assert r.returncode == 0, f"{name}: {r.stderr}"
+                results[name] = json.loads(r.stdout)
+    finally:
+        lunfs.umount(mp)
+    want = {"user write 4777": "0o777", "root write 4755": "0o4755",
+            "user write 2777": "0o777", "non-member write 2767": "0o767",
+            "member write 2767": "0o2767", "user truncate 4777": "0o777",
+            "non-member truncate 2767": "0o767",
+            "user O_TRUNC 4777": "0o777", "root chown 6755": "0o755",
+            "caps after write": "No data available",
+            "caps after truncate": "No data available",
+            "caps after chmod": "kept"}
+    assert results["kernel"] == want, "the kernel reference changed"
+    assert results["lunfs"] == want
+    e2fsck(fstarget.luns[1])
