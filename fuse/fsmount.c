@@ -369,6 +369,16 @@ static bool caller_in_group(void *opaque, uint32_t disk_gid)
 	return false; /* unknown groups: drop it, as the safe side */
 }
 
+/* A chown keeps setgid for a member of the file's group or for root, as
+ * the kernel's in_group_or_capable(). */
+static bool caller_in_group_or_root(void *opaque, uint32_t disk_gid)
+{
+	const struct caller *c = opaque;
+
+	return fuse_req_ctx(c->req)->uid == 0 ||
+	       caller_in_group(opaque, disk_gid);
+}
+
 /* Under FUSE_HANDLE_KILLPRIV_V2 (devio.c) the kernel leaves dropping
  * setuid, setgid and security.capability on write and truncate to us, and
  * does not expect the mode to change: when it did, this kernel's cached
@@ -443,23 +453,26 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		what |= LF_SET_CTIME;
 		sa.ctime = attr->st_ctim;
 	}
-	/* libfuse passes FATTR_KILL_SUIDGID as FUSE_SET_ATTR_KILL_SUID. A
-	 * chown drops setuid, and setgid when group-executable; under
-	 * FUSE_HANDLE_KILLPRIV_V2 a truncate by a caller without CAP_FSETID
-	 * drops them as a write does (below), and both drop file
-	 * capabilities. The reply carries the result. */
+	/* libfuse passes FATTR_KILL_SUIDGID on as FUSE_SET_ATTR_KILL_SUID.
+	 * Under FUSE_HANDLE_KILLPRIV_V2 it comes with every chown and with a
+	 * truncate by a caller without CAP_FSETID, and lunfs drops setuid and
+	 * setgid by the kernel's rules; truncate and chown also drop file
+	 * capabilities. Otherwise the kernel decided already. The reply
+	 * carries the result. */
 	kill = to_set & (FUSE_SET_ATTR_KILL_SUID | FUSE_SET_ATTR_KILL_SGID |
 			 FUSE_SET_ATTR_KILL_PRIV);
-	if (kill && (!killpriv_v2(m) || (what & (LF_SET_UID | LF_SET_GID)) ||
-		     !(what & LF_SET_SIZE)))
+	if (kill && (!killpriv_v2(m) ||
+		     !(what & (LF_SET_SIZE | LF_SET_UID | LF_SET_GID))))
 		what |= LF_SET_KILL_SUID;
 
 	lf_op_begin(m, &op, ino, 0);
 	ret = 0;
 	if (killpriv_v2(m) && (what & (LF_SET_SIZE | LF_SET_UID | LF_SET_GID)))
-		ret = lf_fs_killpriv(m->vol, to_disk(ino),
-				     kill && !(what & LF_SET_KILL_SUID),
-				     caller_in_group, &c);
+		ret = lf_fs_killpriv(m->vol, to_disk(ino), kill,
+				     (what & (LF_SET_UID | LF_SET_GID))
+					     ? caller_in_group_or_root
+					     : caller_in_group,
+				     &c);
 	if (ret >= 0)
 		ret = lf_fs_setattr(m->vol, to_disk(ino), what, &sa, &s);
 	if (ret < 0) {

@@ -418,6 +418,10 @@ p = mk("h", 0o4777)
 as_user(lambda: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC)))
 r["user O_TRUNC 4777"] = mode(p)
 p = mk("i", 0o6755); os.chown(p, 1000, 1000); r["root chown 6755"] = mode(p)
+p = mk("n", 0o2745); os.chown(p, 1000, 0)
+as_user(lambda: os.chown(p, -1, 1000)); r["owner chgrp 2745"] = mode(p)
+p = mk("o", 0o2745, gid=1000); os.chown(p, 1000, 1000)
+as_user(lambda: os.chown(p, -1, 1000)); r["member chgrp 2745"] = mode(p)
 # A file the kernel has already seen written without capabilities: the
 # second write is the one only the filesystem can strip them on.
 p = mk("j", 0o755); fd = os.open(p, os.O_WRONLY); os.write(fd, b"a")
@@ -458,6 +462,7 @@ def test_write_truncate_chown_drop_privileges_like_kernel_ext4(
             "member write 2767": "0o2767", "user truncate 4777": "0o777",
             "non-member truncate 2767": "0o767",
             "user O_TRUNC 4777": "0o777", "root chown 6755": "0o755",
+            "owner chgrp 2745": "0o745", "member chgrp 2745": "0o2745",
             "caps after write": "No data available",
             "caps after truncate": "No data available",
             "caps after chmod": "kept"}
