@@ -191,20 +191,26 @@ static void touch_mc(struct lf_vol *v, struct ext2_inode_large *in)
 	TSET(v->fs, in, ctime, &t);
 }
 
-int lf_fs_iread(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in)
+int lf_fs_iread_sized(struct lf_vol *v, uint64_t ino,
+		      struct ext2_inode_large *in, size_t size)
 {
 	errcode_t e;
 
 	if (ino < 1 || ino > v->fs->super->s_inodes_count)
 		return -ESTALE;
-	memset(in, 0, sizeof(*in));
+	memset(in, 0, size);
 	e = ext2fs_read_inode_full(v->fs, ino, (struct ext2_inode *)in,
-				   sizeof(*in));
+				   (int)size);
 	if (e)
 		return lf_errno_from_ext2(e);
 	if (in->i_links_count == 0 && in->i_dtime)
 		return -ESTALE;
 	return 0;
+}
+
+int lf_fs_iread(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in)
+{
+	return lf_fs_iread_sized(v, ino, in, sizeof(*in));
 }
 
 int lf_fs_iwrite(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in)

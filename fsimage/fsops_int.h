@@ -8,6 +8,10 @@
 /* Read/write the large inode of ino; caller holds the lock. */
 int lf_fs_iread(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in);
 int lf_fs_iwrite(struct lf_vol *v, uint64_t ino, struct ext2_inode_large *in);
+/* lf_fs_iread() of size bytes (at least the large inode's): also the
+ * in-inode extended attribute area when size is the inode size. */
+int lf_fs_iread_sized(struct lf_vol *v, uint64_t ino,
+		      struct ext2_inode_large *in, size_t size);
 void lf_fs_set_ctime_now(struct lf_vol *v, struct ext2_inode_large *in);
 /* ctime = now, written back. Lock held. */
 int lf_fs_touch_ctime(struct lf_vol *v, uint64_t ino);

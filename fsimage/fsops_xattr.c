@@ -353,37 +353,36 @@ out:
 }
 
 /* Whether the inode holds any extended attribute: an xattr block, or the
- * in-inode area's magic. Spares parsing them for the common inode that has
- * none, since a write asks this every time. */
-static bool has_xattrs(struct lf_vol *v, uint64_t ino,
-		       const struct ext2_inode_large *in)
+ * in-inode area's magic. in holds the whole inode, isize bytes. Spares
+ * parsing them for the common inode that has none, since a write asks
+ * this every time. */
+static bool has_xattrs(struct lf_vol *v, const struct ext2_inode_large *in,
+		       unsigned isize)
 {
-	unsigned isize = EXT2_INODE_SIZE(v->fs->super);
-	uint8_t full[1024];
 	uint32_t magic;
 	size_t at;
 
 	if (ext2fs_file_acl_block(v->fs, (const struct ext2_inode *)in))
 		return true;
-	if (isize <= EXT2_GOOD_OLD_INODE_SIZE)
-		return false;
-	if (isize > sizeof(full))
-		return true; /* unusual geometry: take the slow path */
 	at = EXT2_GOOD_OLD_INODE_SIZE + in->i_extra_isize;
-	if (at + sizeof(magic) > isize)
+	if (isize <= EXT2_GOOD_OLD_INODE_SIZE || at + sizeof(magic) > isize)
 		return false;
-	if (ext2fs_read_inode_full(v->fs, (ext2_ino_t)ino,
-				   (struct ext2_inode *)full, isize))
-		return true;
-	memcpy(&magic, full + at, sizeof(magic));
+	memcpy(&magic, (const uint8_t *)in + at, sizeof(magic));
 	return ext2fs_le32_to_cpu(magic) == EXT2_EXT_ATTR_MAGIC;
 }
 
 int lf_fs_killpriv(struct lf_vol *v, uint64_t ino, bool suidgid,
 		   bool (*in_group)(void *opaque, uint32_t gid), void *opaque)
 {
+	/* The whole inode in one read, for has_xattrs(). */
+	union {
+		struct ext2_inode_large in;
+		uint8_t raw[1024];
+	} u;
+	struct ext2_inode_large *inp = &u.in;
+	unsigned isize = EXT2_INODE_SIZE(v->fs->super);
 	struct ext2_xattr_handle *h = NULL;
-	struct ext2_inode_large in;
+	bool big = isize > sizeof(u.raw); /* unusual geometry: parse */
 	bool changed = false;
 	void *old = NULL;
 	size_t olen = 0;
@@ -392,28 +391,31 @@ int lf_fs_killpriv(struct lf_vol *v, uint64_t ino, bool suidgid,
 
 	if (lf_vol_read_only(v))
 		return 0;
+	if (big)
+		isize = sizeof(u.in);
 	lf_vol_lock(v);
-	r = lf_fs_iread(v, ino, &in);
-	if (r || !LINUX_S_ISREG(in.i_mode))
+	r = lf_fs_iread_sized(v, ino, inp,
+			      isize > sizeof(u.in) ? isize : sizeof(u.in));
+	if (r || !LINUX_S_ISREG(inp->i_mode))
 		goto out;
 	/* As the kernel's setattr_should_drop_sgid(): setgid without group
 	 * execute marks mandatory locking, and stays for group members. */
-	if (suidgid && (in.i_mode & S_ISGID) &&
-	    ((in.i_mode & S_IXGRP) ||
-	     (in_group && !in_group(opaque, inode_gid(in))))) {
-		in.i_mode &= ~S_ISGID;
+	if (suidgid && (inp->i_mode & S_ISGID) &&
+	    ((inp->i_mode & S_IXGRP) ||
+	     (in_group && !in_group(opaque, inode_gid(*inp))))) {
+		inp->i_mode &= ~S_ISGID;
 		changed = true;
 	}
-	if (suidgid && (in.i_mode & S_ISUID)) {
-		in.i_mode &= ~S_ISUID;
+	if (suidgid && (inp->i_mode & S_ISUID)) {
+		inp->i_mode &= ~S_ISUID;
 		changed = true;
 	}
 	if (changed) {
-		r = lf_fs_iwrite(v, ino, &in);
+		r = lf_fs_iwrite(v, ino, inp);
 		if (r)
 			goto out;
 	}
-	if (has_xattrs(v, ino, &in)) {
+	if (big || has_xattrs(v, inp, isize)) {
 		r = xopen(v, ino, &h);
 		if (r)
 			goto out;
