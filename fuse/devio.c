@@ -11,6 +11,9 @@
  * (libfuse passes SETATTR's on) is noted for its handler, which runs next
  * on the same thread: libfuse's loop receives and dispatches a request in
  * one worker.
+ *
+ * Every request read is also counted by opcode here (lf_mount_requests),
+ * the one place that sees them all, those libfuse answers itself included.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -28,6 +31,54 @@ static __thread bool req_kill;
 bool lf_devio_kill_suidgid(void)
 {
 	return req_kill;
+}
+
+/* The kernel's opcodes (linux/fuse.h), numbered explicitly because
+ * Debian 12's header predates the last ones. */
+static const char *const op_names[LF_FUSE_NOPS] = {
+	[0] = "OTHER",	       [1] = "LOOKUP",
+	[2] = "FORGET",	       [3] = "GETATTR",
+	[4] = "SETATTR",       [5] = "READLINK",
+	[6] = "SYMLINK",       [8] = "MKNOD",
+	[9] = "MKDIR",	       [10] = "UNLINK",
+	[11] = "RMDIR",	       [12] = "RENAME",
+	[13] = "LINK",	       [14] = "OPEN",
+	[15] = "READ",	       [16] = "WRITE",
+	[17] = "STATFS",       [18] = "RELEASE",
+	[20] = "FSYNC",	       [21] = "SETXATTR",
+	[22] = "GETXATTR",     [23] = "LISTXATTR",
+	[24] = "REMOVEXATTR",  [25] = "FLUSH",
+	[26] = "INIT",	       [27] = "OPENDIR",
+	[28] = "READDIR",      [29] = "RELEASEDIR",
+	[30] = "FSYNCDIR",     [31] = "GETLK",
+	[32] = "SETLK",	       [33] = "SETLKW",
+	[34] = "ACCESS",       [35] = "CREATE",
+	[36] = "INTERRUPT",    [37] = "BMAP",
+	[38] = "DESTROY",      [39] = "IOCTL",
+	[40] = "POLL",	       [41] = "NOTIFY_REPLY",
+	[42] = "BATCH_FORGET", [43] = "FALLOCATE",
+	[44] = "READDIRPLUS",  [45] = "RENAME2",
+	[46] = "LSEEK",	       [47] = "COPY_FILE_RANGE",
+	[48] = "SETUPMAPPING", [49] = "REMOVEMAPPING",
+	[50] = "SYNCFS",       [51] = "TMPFILE",
+	[52] = "STATX",
+};
+
+size_t lf_mount_requests(struct lf_mount *m, const char **names,
+			 uint64_t *counts, size_t n)
+{
+	size_t k = 0;
+
+	for (unsigned op = 0; op < LF_FUSE_NOPS && k < n; op++) {
+		uint64_t c = atomic_load_explicit(&m->nreq[op],
+						  memory_order_relaxed);
+
+		if (!c)
+			continue;
+		names[k] = op_names[op] ? op_names[op] : "OTHER";
+		counts[k++] = c;
+	}
+	return k;
 }
 
 static bool arg_flags(const void *arg, size_t alen, size_t off, uint32_t *out)
@@ -51,6 +102,11 @@ static ssize_t dev_read(int fd, void *buf, size_t len, void *userdata)
 	if (n < (ssize_t)sizeof(ih))
 		return n;
 	memcpy(&ih, buf, sizeof(ih));
+	atomic_fetch_add_explicit(
+		&m->nreq[ih.opcode < LF_FUSE_NOPS && op_names[ih.opcode]
+				 ? ih.opcode
+				 : 0],
+		1, memory_order_relaxed);
 	alen = (size_t)n - sizeof(ih);
 	switch (ih.opcode) {
 	case FUSE_INIT:

@@ -79,4 +79,14 @@ int lf_mount_block(struct lf_served *sv, const char *path,
 void lf_mount_stop(struct lf_mount *m);
 const char *lf_mount_path(const struct lf_mount *m);
 
+/* The FUSE requests this mount has received so far, by kind: for each
+ * opcode seen, its name (the kernel's, without "FUSE_") and count, at
+ * most n of them; returns how many were filled. Counted as each request
+ * is read from /dev/fuse, with relaxed atomics: a snapshot for operators
+ * and for the benchmark, which divides them by a workload's operations to
+ * show how many round trips the kernel asked for. Thread-safe. */
+#define LF_MOUNT_REQUEST_KINDS 64 /* n that always suffices */
+size_t lf_mount_requests(struct lf_mount *m, const char **names,
+			 uint64_t *counts, size_t n);
+
 #endif

@@ -263,6 +263,41 @@ def test_read_only_mount_gives_erofs(lunfs, fstarget, lundir):
 STALE = "stale cache of the other mount (must be invalidated before the reply): "
 
 
+def fuse_requests(lunfs, mp):
+    for m in lunfs.status()["mounts"]:
+        if m["path"] == mp:
+            return m["fuse_requests"]
+    raise AssertionError(f"{mp} not in lunfs status")
+
+
+def test_status_counts_each_mounts_fuse_requests(lunfs, fstarget, lundir):
+    """`lunfs status --json` counts the requests each mount's kernel sent,
+    by kind: exactly, and per mount (the benchmark divides them by its
+    operations)."""
+    a, b = mkdir(lundir, "a"), mkdir(lundir, "b")
+    lunfs.mount(fstarget.url(1), a)
+    lunfs.mount(fstarget.url(1), b)
+    fa, fb = os.path.join(a, "f"), os.path.join(b, "f")
+    open(fa, "w").close()
+    ra, rb = fuse_requests(lunfs, a), fuse_requests(lunfs, b)
+    assert ra["INIT"] == 1 and rb["INIT"] == 1
+    assert ra.get("CREATE", 0) >= 1
+    # The kernel caches no xattrs of a FUSE file: each getxattr is one
+    # GETXATTR request, on the mount it was made through only.
+    for _ in range(37):
+        with pytest.raises(OSError) as e:
+            os.getxattr(fa, "user.lunfs-test-none")
+        assert e.value.errno == errno.ENODATA
+    ra2, rb2 = fuse_requests(lunfs, a), fuse_requests(lunfs, b)
+    assert ra2.get("GETXATTR", 0) - ra.get("GETXATTR", 0) == 37
+    assert rb2.get("GETXATTR", 0) == rb.get("GETXATTR", 0)
+    assert os.path.exists(fb)
+    assert fuse_requests(lunfs, b).get("LOOKUP", 0) > rb2.get("LOOKUP", 0)
+    assert all(isinstance(v, int) and v > 0 for v in ra2.values()), ra2
+    lunfs.umount(b)
+    lunfs.umount(a)
+
+
 def test_uidmap_two_mounts_share_one_volume(lunfs, fstarget, lundir):
     backing = fstarget.luns[1]
     a, b = mkdir(lundir, "a"), mkdir(lundir, "b")

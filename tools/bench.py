@@ -32,6 +32,8 @@ and every temporary file removed, also on Ctrl-C and on failure.
 """
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import platform
@@ -63,6 +65,11 @@ ROWS = (
     ("ls", "ls -l, cold", "ms", False),
     ("unlink", "unlink", "files/s", True),
 )
+# Requests after which the caller does not wait (none, or sent in the
+# background): the rest are one round trip each.
+ASYNC_REQUESTS = ("FORGET", "BATCH_FORGET", "RELEASE", "RELEASEDIR",
+                  "INTERRUPT")
+COUNTED_ROWS = ("create", "stat", "ls", "unlink")
 RAW_ROWS = ("seq_read", "seq_write", "rand_d1", "rand_d32")
 RAW_LUN = 4  # raw's own LUN, so raw runs can alternate with lunfs runs
 # (row, reference column, minimum speed-up) from the issue
@@ -137,6 +144,20 @@ def helper_main(argv):
         else:
             for p in names:
                 os.unlink(p)
+        dt = time.monotonic() - t0
+        out = {"seconds": dt, "count": n}
+    elif op == "rtt":
+        # getxattr of a name no file has: one FUSE round trip each (the
+        # kernel caches no xattrs of FUSE files), with next to no work
+        # on the server's side.
+        path, n = argv[1], int(argv[2])
+        t0 = time.monotonic()
+        for _ in range(n):
+            try:
+                os.getxattr(path, "user.lunfs-bench-none")
+            except OSError as e:
+                if e.errno != errno.ENODATA:
+                    raise
         dt = time.monotonic() - t0
         out = {"seconds": dt, "count": n}
     else:
@@ -479,6 +500,29 @@ class Bench:
             raise StepFailed(f"fio error {job['error']}")
         return job["read"]["iops"]
 
+    @contextlib.contextmanager
+    def counting(self, fs, row, n):
+        """The FUSE requests per operation of what runs inside, for a
+        column whose fs counts them (lunfs: `lunfs status`)."""
+        get = getattr(fs, "requests", None)
+        before = None
+        if get:
+            try:
+                before = get()
+            except (StepFailed, OSError, ValueError) as e:
+                log(f"request counts before {row}: {e}")
+        yield
+        if before is None:
+            return
+        try:
+            after = get()
+        except (StepFailed, OSError, ValueError) as e:
+            log(f"request counts after {row}: {e}")
+            return
+        self.extra.setdefault("lunfs_requests_per_op", {})[row] = {
+            k: (c - before.get(k, 0)) / n for k, c in sorted(after.items())
+            if c != before.get(k, 0)}
+
     def fs_suite(self, col, fs):
         """fs: mount(), umount(), dir. Each step records its own failure
         and the next one still runs."""
@@ -506,30 +550,36 @@ class Bench:
             cold()
             return self.fio_rand(big(), depth)
 
+        counted = lambda row: self.counting(fs, row, N)
+
         def create():
             os.unlink(big())  # room, and a directory of only the files
             os.mkdir(files())
-            r = helper("create", files(), N, timeout=T)
+            with counted("create"):
+                r = helper("create", files(), N, timeout=T)
             return N / r["seconds"]
 
         def stat():
             cold()
-            r = helper("stat", files(), N, timeout=T)
+            with counted("stat"):
+                r = helper("stat", files(), N, timeout=T)
             return N / r["seconds"]
 
         def ls():
             cold()
-            t0 = time.monotonic()
-            r = run(["ls", "-l", files()], timeout=T,
-                    env=dict(os.environ, LC_ALL="C"))
-            dt = time.monotonic() - t0
+            with counted("ls"):
+                t0 = time.monotonic()
+                r = run(["ls", "-l", files()], timeout=T,
+                        env=dict(os.environ, LC_ALL="C"))
+                dt = time.monotonic() - t0
             n = len(r.stdout.splitlines()) - 1
             if n != N:
                 raise StepFailed(f"ls -l listed {n} entries, want {N}")
             return dt * 1000
 
         def unlink():
-            r = helper("unlink", files(), N, timeout=T)
+            with counted("unlink"):
+                r = helper("unlink", files(), N, timeout=T)
             return N / r["seconds"]
 
         try:
@@ -733,6 +783,13 @@ class Bench:
             def umount(self):
                 bench.lunfs("umount", mnt)
 
+            def requests(self):
+                st = json.loads(bench.lunfs("status", "--json").stdout)
+                for m in st["mounts"]:
+                    if m["path"] == mnt:
+                        return m.get("fuse_requests", {})
+                raise StepFailed(f"{mnt} not in lunfs status")
+
         self.fs_suite("lunfs", Lunfs())
 
         if mnt not in mountinfo():
@@ -768,8 +825,19 @@ class Bench:
                 allocated(self.fmt_lun) - before
             return dt
 
+        def round_trip():
+            if mnt not in mountinfo():
+                raise StepFailed("first volume not mounted")
+            p = os.path.join(mnt, "rtt")
+            open(p, "w").close()
+            n = 2000 if self.quick else 20000
+            r = helper("rtt", p, n, timeout=self.step_timeout)
+            os.unlink(p)
+            return r["seconds"] / n * 1e6
+
         for key, fn in (("lunfs_mount_existing_ms", mount_latency),
-                        ("lunfs_format_s", fmt)):
+                        ("lunfs_format_s", fmt),
+                        ("lunfs_fuse_round_trip_us", round_trip)):
             try:
                 self.extra[key] = fn()
                 log(f"lunfs    {key} {fmt_num(self.extra[key])}")
@@ -845,6 +913,57 @@ class Bench:
         if ref == "raw" and row in self.pair_ratio:
             return self.pair_ratio[row]
         return a / b if higher else b / a
+
+    def report_requests(self, extra):
+        """Round trips per operation, and the rate that the cost of one
+        round trip alone would allow."""
+        per = self.extra.get("lunfs_requests_per_op", {})
+        rtt = self.extra.get("lunfs_fuse_round_trip_us")
+        out = ["", "FUSE requests per operation on lunfs (the kernel's "
+               "choice; all but the FORGETs and RELEASEs make the caller "
+               "wait):"]
+        labels = {k: label for k, label, _, _ in ROWS}
+        num = lambda v: isinstance(v, (int, float))
+        for row in COUNTED_ROWS:
+            kinds = per.get(row)
+            if not kinds:
+                out.append(f"  {labels[row]}: —")
+                continue
+            sync = sum(v for k, v in kinds.items()
+                       if k not in ASYNC_REQUESTS)
+            order = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+            what = ", ".join(f"{k} {v:.2f}" for k, v in order
+                             if k not in ASYNC_REQUESTS)
+            bg = ", ".join(f"{k} {v:.2f}" for k, v in order
+                           if k in ASYNC_REQUESTS)
+            out.append(f"  {labels[row]}: {sync:.2f} round trips ({what}"
+                       + (f"; no wait: {bg}" if bg else "") + ")")
+            is_ls = row == "ls"
+            show = (lambda v: f"{v:,.0f} ms") if is_ls else \
+                (lambda v: f"{v:,.0f}/s")
+            parts = []
+            if num(rtt) and sync > 0:
+                floor = sync * rtt
+                parts.append("the round trips alone: " +
+                             (f"≥ {show(floor * self.nfiles / 1000)}"
+                              if is_ls else f"≤ {show(1e6 / floor)}"))
+            if num(self.results[row]["lunfs"]):
+                parts.append("measured " + show(self.results[row]["lunfs"]))
+            need = []
+            for trow, ref, want in TARGETS:
+                v = self.results[row][ref] if trow == row else None
+                if num(v) and v > 0:
+                    need.append((show(v / want) if is_ls else
+                                 show(v * want)) + f" ({want:g}× {ref})")
+            if need:
+                parts.append("the targets need " + ", ".join(need))
+            if parts:
+                out.append("      " + "; ".join(parts))
+        out.append("  one FUSE round trip (getxattr of a missing name, one "
+                   "at a time): " +
+                   extra("lunfs_fuse_round_trip_us",
+                         lambda v: f"{v:.1f} µs"))
+        return out
 
     def report(self):
         m = machine()
@@ -925,6 +1044,8 @@ class Bench:
                        "requests: "
                        f"{self.extra['raw_seq_read_128k_depth1_mib_s']:.0f}"
                        " MiB/s)")
+
+        out += self.report_requests(extra)
 
         targets = []
         out.append("")

@@ -1059,6 +1059,20 @@ static void add_session(void *ctx, const struct lf_registry_entry *e)
 	json_object_array_add(arr, o);
 }
 
+/* {"LOOKUP": n, ...}: what the kernel has asked of one mount so far. */
+static struct json_object *requests_of(struct lf_mount *lm)
+{
+	struct json_object *o = json_object_new_object();
+	const char *names[LF_MOUNT_REQUEST_KINDS];
+	uint64_t counts[LF_MOUNT_REQUEST_KINDS];
+	size_t n = lf_mount_requests(lm, names, counts, LF_MOUNT_REQUEST_KINDS);
+
+	for (size_t i = 0; i < n; i++)
+		json_object_object_add(
+			o, names[i], json_object_new_int64((int64_t)counts[i]));
+	return o;
+}
+
 static struct json_object *op_status(struct lf_daemon *d)
 {
 	struct json_object *a = answer_ok();
@@ -1109,6 +1123,7 @@ static struct json_object *op_status(struct lf_daemon *d)
 			json_object_object_add(
 				o, "container",
 				json_object_new_string(m->container));
+		json_object_object_add(o, "fuse_requests", requests_of(m->m));
 		json_object_array_add(mounts, o);
 	}
 	pthread_mutex_unlock(&d->lock);

@@ -97,7 +97,9 @@ static const char umount_usage[] =
 static const char status_usage[] =
 	"Usage: lunfs status [--json]\n"
 	"Show the daemon's sessions (target, portal, initiator, reference "
-	"count),\nvolumes and mounts. Secrets are never shown.\n";
+	"count),\nvolumes and mounts. Secrets are never shown. --json adds, "
+	"for each mount,\nthe FUSE requests its kernel has sent since it was "
+	"mounted, by kind\n(\"fuse_requests\").\n";
 
 static const char shutdown_usage[] =
 	"Usage: lunfs shutdown\n"
