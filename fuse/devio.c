@@ -35,7 +35,7 @@ bool lf_devio_kill_suidgid(void)
 
 /* The kernel's opcodes (linux/fuse.h), numbered explicitly because
  * Debian 12's header predates the last ones. */
-static const char *const op_names[LF_FUSE_NOPS] = {
+static const char *const op_names[LF_MOUNT_REQUEST_KINDS] = {
 	[0] = "OTHER",	       [1] = "LOOKUP",
 	[2] = "FORGET",	       [3] = "GETATTR",
 	[4] = "SETATTR",       [5] = "READLINK",
@@ -64,18 +64,24 @@ static const char *const op_names[LF_FUSE_NOPS] = {
 	[52] = "STATX",
 };
 
+/* Where opcode is counted: its own slot, or [0] for one we do not name. */
+static unsigned kind_of(uint32_t opcode)
+{
+	return opcode < LF_MOUNT_REQUEST_KINDS && op_names[opcode] ? opcode : 0;
+}
+
 size_t lf_mount_requests(struct lf_mount *m, const char **names,
 			 uint64_t *counts, size_t n)
 {
 	size_t k = 0;
 
-	for (unsigned op = 0; op < LF_FUSE_NOPS && k < n; op++) {
+	for (unsigned op = 0; op < LF_MOUNT_REQUEST_KINDS && k < n; op++) {
 		uint64_t c = atomic_load_explicit(&m->nreq[op],
 						  memory_order_relaxed);
 
 		if (!c)
 			continue;
-		names[k] = op_names[op] ? op_names[op] : "OTHER";
+		names[k] = op_names[op]; /* only named kinds and [0] count */
 		counts[k++] = c;
 	}
 	return k;
@@ -102,11 +108,8 @@ static ssize_t dev_read(int fd, void *buf, size_t len, void *userdata)
 	if (n < (ssize_t)sizeof(ih))
 		return n;
 	memcpy(&ih, buf, sizeof(ih));
-	atomic_fetch_add_explicit(
-		&m->nreq[ih.opcode < LF_FUSE_NOPS && op_names[ih.opcode]
-				 ? ih.opcode
-				 : 0],
-		1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m->nreq[kind_of(ih.opcode)], 1,
+				  memory_order_relaxed);
 	alen = (size_t)n - sizeof(ih);
 	switch (ih.opcode) {
 	case FUSE_INIT:

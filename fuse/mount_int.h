@@ -18,7 +18,6 @@
 /* Several max_read requests in flight for one sequential reader. */
 #define LF_FUSE_READAHEAD_KB   "4096"
 #define LF_FUSE_MAX_BACKGROUND 64
-#define LF_FUSE_NOPS	       LF_MOUNT_REQUEST_KINDS /* opcodes counted one by one */
 
 /* Lookup counts the kernel holds on inodes of one mount, so that what it
  * never forgets can be dropped at unmount. Open addressing, linear
@@ -119,7 +118,7 @@ struct lf_mount {
 	atomic_bool killpriv_v2; /* the kernel leaves killing privs to us */
 	/* Requests received, by opcode; [0] counts opcodes beyond the
 	 * table (opcode 0 does not exist). */
-	_Atomic uint64_t nreq[LF_FUSE_NOPS];
+	_Atomic uint64_t nreq[LF_MOUNT_REQUEST_KINDS];
 
 	struct lf_served *sv;
 	struct lf_mount *next; /* in sv->mounts, protected by sv->lock */
