@@ -405,7 +405,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 {
 	struct lf_mount *m = mnt(req);
 	struct caller c = {m, req};
-	bool kill;
+	bool kill, ours; /* ours: lunfs drops the privileges (killpriv_v2) */
 	struct lf_setattr sa = {0};
 	struct lf_op op;
 	unsigned what = 0;
@@ -461,13 +461,14 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	 * carries the result. */
 	kill = to_set & (FUSE_SET_ATTR_KILL_SUID | FUSE_SET_ATTR_KILL_SGID |
 			 FUSE_SET_ATTR_KILL_PRIV);
-	if (kill && (!killpriv_v2(m) ||
-		     !(what & (LF_SET_SIZE | LF_SET_UID | LF_SET_GID))))
+	ours = killpriv_v2(m) &&
+	       (what & (LF_SET_SIZE | LF_SET_UID | LF_SET_GID));
+	if (kill && !ours)
 		what |= LF_SET_KILL_SUID;
 
 	lf_op_begin(m, &op, ino, 0);
 	ret = 0;
-	if (killpriv_v2(m) && (what & (LF_SET_SIZE | LF_SET_UID | LF_SET_GID)))
+	if (ours)
 		ret = lf_fs_killpriv(m->vol, to_disk(ino), kill,
 				     (what & (LF_SET_UID | LF_SET_GID))
 					     ? caller_in_group_or_root

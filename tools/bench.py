@@ -923,6 +923,7 @@ class Bench:
                "choice; all but the FORGETs and RELEASEs make the caller "
                "wait):"]
         labels = {k: label for k, label, _, _ in ROWS}
+        higher = {k: h for k, _, _, h in ROWS}
         num = lambda v: isinstance(v, (int, float))
         for row in COUNTED_ROWS:
             kinds = per.get(row)
@@ -938,23 +939,24 @@ class Bench:
                            if k in ASYNC_REQUESTS)
             out.append(f"  {labels[row]}: {sync:.2f} round trips ({what}"
                        + (f"; no wait: {bg}" if bg else "") + ")")
-            is_ls = row == "ls"
-            show = (lambda v: f"{v:,.0f} ms") if is_ls else \
-                (lambda v: f"{v:,.0f}/s")
+            # A rate, or (ls -l) the time of all self.nfiles operations.
+            rate = higher[row]
+            show = (lambda v: f"{v:,.0f}/s") if rate else \
+                (lambda v: f"{v:,.0f} ms")
             parts = []
             if num(rtt) and sync > 0:
                 floor = sync * rtt
                 parts.append("the round trips alone: " +
-                             (f"≥ {show(floor * self.nfiles / 1000)}"
-                              if is_ls else f"≤ {show(1e6 / floor)}"))
+                             (f"≤ {show(1e6 / floor)}" if rate else
+                              f"≥ {show(floor * self.nfiles / 1000)}"))
             if num(self.results[row]["lunfs"]):
                 parts.append("measured " + show(self.results[row]["lunfs"]))
             need = []
             for trow, ref, want in TARGETS:
                 v = self.results[row][ref] if trow == row else None
                 if num(v) and v > 0:
-                    need.append((show(v / want) if is_ls else
-                                 show(v * want)) + f" ({want:g}× {ref})")
+                    need.append(show(v * want if rate else v / want) +
+                                f" ({want:g}× {ref})")
             if need:
                 parts.append("the targets need " + ", ".join(need))
             if parts:
