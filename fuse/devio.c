@@ -24,6 +24,11 @@
 #include <linux/fuse.h>
 
 #include "fuse/mount_int.h"
+#include "fuse/uring.h"
+
+/* FUSE_OVER_IO_URING (1 << 41) as a flags2 bit; newer than Debian 12's
+ * header. */
+#define LF_FUSE_OVER_IO_URING2 (1u << 9)
 
 /* Per FUSE worker thread: the request just read, until the next. */
 static __thread bool req_kill;
@@ -95,22 +100,20 @@ static bool arg_flags(const void *arg, size_t alen, size_t off, uint32_t *out)
 	return true;
 }
 
-static ssize_t dev_read(int fd, void *buf, size_t len, void *userdata)
+void lf_devio_note(struct lf_mount *m, const void *buf, size_t n)
 {
-	struct lf_mount *m = userdata;
-	ssize_t n = read(fd, buf, len);
 	struct fuse_in_header ih;
 	const char *arg = (const char *)buf + sizeof(ih);
 	size_t alen;
 	uint32_t f = 0;
 
 	req_kill = false;
-	if (n < (ssize_t)sizeof(ih))
-		return n;
+	if (n < sizeof(ih))
+		return;
 	memcpy(&ih, buf, sizeof(ih));
 	atomic_fetch_add_explicit(&m->nreq[kind_of(ih.opcode)], 1,
 				  memory_order_relaxed);
-	alen = (size_t)n - sizeof(ih);
+	alen = n - sizeof(ih);
 	switch (ih.opcode) {
 	case FUSE_INIT:
 		if (arg_flags(arg, alen, offsetof(struct fuse_init_in, flags),
@@ -118,6 +121,12 @@ static ssize_t dev_read(int fd, void *buf, size_t len, void *userdata)
 			m->init_unique = ih.unique;
 			m->init_pending = true;
 			m->kernel_killpriv_v2 = f & FUSE_HANDLE_KILLPRIV_V2;
+			m->kernel_uring =
+				(f & FUSE_INIT_EXT) &&
+				arg_flags(arg, alen,
+					  offsetof(struct fuse_init_in, flags2),
+					  &f) &&
+				(f & LF_FUSE_OVER_IO_URING2);
 		}
 		break;
 	case FUSE_WRITE:
@@ -136,13 +145,68 @@ static ssize_t dev_read(int fd, void *buf, size_t len, void *userdata)
 	default:
 		break;
 	}
+}
+
+static ssize_t dev_read(int fd, void *buf, size_t len, void *userdata)
+{
+	struct lf_mount *m = userdata;
+	ssize_t n = read(fd, buf, len);
+
+	lf_devio_note(m, buf, n > 0 ? (size_t)n : 0);
 	return n;
+}
+
+static uint32_t get32(const struct iovec *v, size_t off)
+{
+	uint32_t x;
+
+	memcpy(&x, (const char *)v->iov_base + off, sizeof(x));
+	return x;
+}
+
+static void put32(struct iovec *v, size_t off, uint32_t x)
+{
+	memcpy((char *)v->iov_base + off, &x, sizeof(x));
+}
+
+/* Set up FUSE over io_uring if the kernel offers it and the mount wants
+ * it, and ask for it in the INIT reply v. */
+static struct lf_uring *init_uring(struct lf_mount *m, int fd, struct iovec *v)
+{
+	size_t fl = offsetof(struct fuse_init_out, flags),
+	       f2 = offsetof(struct fuse_init_out, flags2);
+	size_t payload, mw, mp;
+	struct lf_uring *u;
+
+	if (!m->kernel_uring || m->opts.no_fuse_uring ||
+	    v->iov_len < f2 + sizeof(uint32_t))
+		return NULL;
+	mw = get32(v, offsetof(struct fuse_init_out, max_write));
+	mp = 0;
+	memcpy(&mp,
+	       (char *)v->iov_base + offsetof(struct fuse_init_out, max_pages),
+	       sizeof(uint16_t));
+	payload = mw;
+	if (mp * 4096 > payload)
+		payload = mp * 4096;
+	if (payload < 8192)
+		payload = 8192;
+	u = lf_uring_prepare(m, fd, payload);
+	if (!u)
+		return NULL;
+	put32(v, fl, get32(v, fl) | FUSE_INIT_EXT);
+	put32(v, f2, get32(v, f2) | LF_FUSE_OVER_IO_URING2);
+	return u;
 }
 
 static ssize_t dev_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	struct lf_mount *m = userdata;
+	struct lf_uring *u = atomic_load(&m->uring);
+	ssize_t n;
 
+	if (u && lf_uring_reply(u, iov, count, &n))
+		return n;
 	if (m->init_pending && count >= 2 &&
 	    iov[0].iov_len >= sizeof(struct fuse_out_header)) {
 		struct fuse_out_header oh;
@@ -163,6 +227,18 @@ static ssize_t dev_writev(int fd, struct iovec *iov, int count, void *userdata)
 				       sizeof(f));
 				atomic_store(&m->killpriv_v2, true);
 			}
+			if (oh.error == 0)
+				u = init_uring(m, fd, &iov[1]);
+			n = writev(fd, iov, count);
+			if (u && n < 0) {
+				lf_uring_free(u);
+			} else if (u) {
+				/* The kernel now holds every request until the
+				 * queues are registered. */
+				atomic_store(&m->uring, u);
+				lf_uring_start(u);
+			}
+			return n;
 		}
 	}
 	return writev(fd, iov, count);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "fuse/mount_int.h"
+#include "fuse/uring.h"
 #include "iscsi/log.h"
 
 #define MOD "fuse"
@@ -32,6 +33,11 @@ void lf_mount_opts_init(struct lf_mount_opts *o)
 const char *lf_mount_path(const struct lf_mount *m)
 {
 	return m->path;
+}
+
+const char *lf_mount_transport(struct lf_mount *m)
+{
+	return atomic_load(&m->uring) ? "io_uring" : "/dev/fuse";
 }
 
 static void fuse_log_hook(enum fuse_log_level level, const char *fmt,
@@ -606,6 +612,8 @@ void lf_mount_free(struct lf_mount *m)
 {
 	if (!m)
 		return;
+	/* Its threads use the session. */
+	lf_uring_free(atomic_load(&m->uring));
 	if (m->se)
 		fuse_session_destroy(m->se);
 	if (m->bufkey_ok)
@@ -694,6 +702,8 @@ static void *mount_thread(void *arg)
 	if (cfg)
 		fuse_loop_cfg_destroy(cfg);
 	lf_dbg(MOD, "%s: session loop ended (%d)", m->path, ret);
+	/* Handlers on the rings could still start reads. */
+	lf_uring_stop(atomic_load(&m->uring));
 	iobuf_wait_idle(m);
 	atomic_store(&m->loop_done, true);
 	if (!atomic_exchange(&m->claimed, true)) {
@@ -757,6 +767,33 @@ static void abort_connection(struct lf_mount *m)
 	if (write(fd, "1", 1) != 1)
 		lf_warn(MOD, "%s: abort the FUSE connection: %m", m->path);
 	close(fd);
+}
+
+/* The mount's device number from mountinfo, for when it cannot be
+ * stat()ed: while INIT is answered, a stat would wait for it. */
+static dev_t mountinfo_dev(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[4096], mp[4096];
+	unsigned maj, min;
+	dev_t d = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, mp) ==
+			    3 &&
+		    strcmp(mp, path) == 0)
+			d = makedev(maj, min); /* the last one is on top */
+	fclose(f);
+	return d;
+}
+
+void lf_mount_abort(struct lf_mount *m)
+{
+	if (!m->dev)
+		m->dev = mountinfo_dev(m->path);
+	abort_connection(m);
 }
 
 /* Detach the mount; the kernel then ends the connection once the last

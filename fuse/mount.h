@@ -50,6 +50,8 @@ struct lf_mount_opts {
 	bool read_only;
 	int64_t fsgroup;  /* -1 = none */
 	bool allow_other; /* needs root or user_allow_other */
+	/* Keep FUSE on /dev/fuse even where the kernel offers io_uring. */
+	bool no_fuse_uring;
 	void (*on_exit)(void *ctx, struct lf_mount *m);
 	void *on_exit_ctx;
 	/* Reply buffers kept for reuse, shared by the mounts given the same
@@ -78,6 +80,10 @@ int lf_mount_block(struct lf_served *sv, const char *path,
 		   char *err, size_t errlen);
 void lf_mount_stop(struct lf_mount *m);
 const char *lf_mount_path(const struct lf_mount *m);
+/* How the kernel's requests reach this mount: "io_uring" (one queue per
+ * CPU) or "/dev/fuse". Known once the kernel's first request (INIT) was
+ * answered, which lf_mount_fs() and lf_mount_block() wait for. */
+const char *lf_mount_transport(struct lf_mount *m);
 
 /* The FUSE requests this mount has received so far, by kind: for each
  * opcode seen, its name (the kernel's, without "FUSE_") and count, at

@@ -116,6 +116,10 @@ struct lf_mount {
 	bool init_pending, kernel_killpriv_v2;
 	uint64_t init_unique;
 	atomic_bool killpriv_v2; /* the kernel leaves killing privs to us */
+	/* FUSE over io_uring (uring.c): offered by the kernel in INIT, and
+	 * the rings, set once while INIT is answered. */
+	bool kernel_uring;
+	_Atomic(struct lf_uring *) uring;
 	/* Requests received, by opcode; [0] counts opcodes beyond the
 	 * table (opcode 0 does not exist). */
 	_Atomic uint64_t nreq[LF_MOUNT_REQUEST_KINDS];
@@ -171,6 +175,14 @@ void lf_op_end(struct lf_mount *m, struct lf_op *op);
  * libfuse 3.14 does not pass on. */
 int lf_devio_install(struct lf_mount *m);
 bool lf_devio_kill_suidgid(void);
+/* For uring.c: what devio.c notes of each request it reads (counts, the
+ * kill flags), for a request of n bytes at buf about to be handled on
+ * this thread. */
+void lf_devio_note(struct lf_mount *m, const void *buf, size_t n);
+
+/* fuse_common.c: cut m's FUSE connection (its requests fail with
+ * ENOTCONN), for when it cannot be served. */
+void lf_mount_abort(struct lf_mount *m);
 
 /* fsmount.c */
 void lf_mount_drop_counts(struct lf_mount *m);

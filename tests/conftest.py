@@ -12,6 +12,21 @@ import lunfs_harness as H
 TEST_TIME_LIMIT = float(os.environ.get("LUNFS_TEST_TIME_LIMIT", "90"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fuse_transport():
+    """LUNFS_TEST_FUSE_URING=1 (or 0) runs the session with the fuse
+    module's enable_uring on (off), so that every scenario runs over
+    io_uring (over /dev/fuse); restored at the end. Unset: as found."""
+    want = os.environ.get("LUNFS_TEST_FUSE_URING")
+    if want not in ("0", "1"):
+        yield
+        return
+    assert os.path.exists(H.FUSE_URING_PARAM), (
+        f"LUNFS_TEST_FUSE_URING={want}: {H.FUSE_URING_PARAM} missing")
+    with H.fuse_uring("Y" if want == "1" else "N"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tgt(tmp_path_factory):
     """A private tgtd for the whole run; SIGKILLed by PID at the end."""

@@ -5,6 +5,7 @@ Everything here talks only to 127.0.0.1 and ends only processes it started,
 by PID.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -69,6 +70,24 @@ def wait_until(pred, timeout=5.0, interval=0.05):
         if val or time.monotonic() >= deadline:
             return val
         time.sleep(interval)
+
+
+FUSE_URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+@contextlib.contextmanager
+def fuse_uring(value):
+    """The fuse module's enable_uring set to value ("Y" or "N") for new
+    FUSE connections, restored afterwards."""
+    with open(FUSE_URING_PARAM) as f:
+        old = f.read().strip()
+    with open(FUSE_URING_PARAM, "w") as f:
+        f.write(value)
+    try:
+        yield
+    finally:
+        with open(FUSE_URING_PARAM, "w") as f:
+            f.write(old)
 
 
 def sha256_file(path):

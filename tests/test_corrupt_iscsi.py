@@ -30,7 +30,8 @@ SERVED = ["f_badsymlinks", "f_dir_bad_csum", "f_extent_leaf_bad_extent",
 
 # What a damaged object may answer. ENOTCONN / ECONNABORTED / ENODEV mean
 # the FUSE daemon died or the mount was torn down under us.
-DEAD = {errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV, errno.ESHUTDOWN}
+DEAD = {errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV, errno.ESHUTDOWN,
+        errno.ECANCELED}
 
 
 def image_lun(target, lundir, name):

@@ -72,6 +72,7 @@ ASYNC_REQUESTS = ("FORGET", "BATCH_FORGET", "RELEASE", "RELEASEDIR",
 COUNTED_ROWS = ("create", "stat", "ls", "unlink")
 RAW_ROWS = ("seq_read", "seq_write", "rand_d1", "rand_d32")
 RAW_LUN = 4  # raw's own LUN, so raw runs can alternate with lunfs runs
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
 # (row, reference column, minimum speed-up) from the issue
 TARGETS = (
     ("seq_read", "raw", 0.9),
@@ -714,6 +715,8 @@ class Bench:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("LUNFS_")}
         env["LUNFS_BUILD_DIR"] = self.build
+        if self.args.fuse_transport == "dev":
+            env["LUNFS_FUSE_URING"] = "0"
         return run([self.lunfsbin, "--state-dir", self.state, *map(str, args)],
                    timeout=timeout, env=env)
 
@@ -765,6 +768,7 @@ class Bench:
         mnt, mnt2, mnt3 = (os.path.join(d, n) for n in ("mnt", "mnt2", "mnt3"))
         for m in (mnt, mnt2, mnt3):
             os.mkdir(m)
+        self.want_fuse_uring()
         self.at_exit(self.stop_lunfs, "stop lunfsd")
         bench = self
 
@@ -779,16 +783,21 @@ class Bench:
                     bench.extra["lunfs_first_mount_with_format_s"] = \
                         time.monotonic() - t0
                     self.first = False
+                    bench.extra["lunfs_fuse_transport"] = \
+                        self.status().get("fuse_transport", "?")
 
             def umount(self):
                 bench.lunfs("umount", mnt)
 
-            def requests(self):
+            def status(self):
                 st = json.loads(bench.lunfs("status", "--json").stdout)
                 for m in st["mounts"]:
                     if m["path"] == mnt:
-                        return m.get("fuse_requests", {})
+                        return m
                 raise StepFailed(f"{mnt} not in lunfs status")
+
+            def requests(self):
+                return self.status().get("fuse_requests", {})
 
         self.fs_suite("lunfs", Lunfs())
 
@@ -855,6 +864,27 @@ class Bench:
             self.extra["lunfsd_vmrss_kib"] = int(st["VmRSS"].split()[0])
         except (StepFailed, OSError, KeyError, ValueError) as e:
             self.extra["lunfsd_vmhwm_kib"] = {"failed": str(e)}
+
+    def want_fuse_uring(self):
+        """FUSE over io_uring, if asked for and the kernel has it: the
+        fuse module's enable_uring for this run, restored at exit."""
+        if self.args.fuse_transport != "io_uring":
+            return
+        try:
+            with open(URING_PARAM) as f:
+                old = f.read().strip()
+        except OSError:
+            log("lunfs: this kernel has no FUSE over io_uring; /dev/fuse")
+            return
+        if old == "Y":
+            return
+
+        def put(v):
+            with open(URING_PARAM, "w") as f:
+                f.write(v)
+        put("Y")
+        self.at_exit(lambda: put(old), f"restore {URING_PARAM}={old}")
+        log(f"lunfs: {URING_PARAM} N -> Y for this run")
 
     # -- driver
 
@@ -1039,6 +1069,9 @@ class Bench:
                    ", wrote " +
                    extra("lunfs_format_written_bytes",
                          lambda v: f"{v / MiB:.1f} MiB"))
+        out.append("  FUSE transport: " +
+                   extra("lunfs_fuse_transport", str) +
+                   f" (asked for: {self.args.fuse_transport})")
         out.append("  lunfsd peak RSS (VmHWM): " +
                    extra("lunfsd_vmhwm_kib", lambda v: f"{v / 1024:.1f} MiB"))
         if "raw_seq_read_128k_depth1_mib_s" in self.extra:
@@ -1124,6 +1157,12 @@ def main():
                    help="where LUN and image files live (default /dev/shm)")
     p.add_argument("--disk-dir", default="/var/tmp",
                    help="where the 16 GiB format LUN lives (default /var/tmp)")
+    p.add_argument("--fuse-transport", choices=("io_uring", "dev"),
+                   default="io_uring",
+                   help="how lunfs gets FUSE requests: io_uring (default; "
+                   "turns the fuse module's enable_uring on for the run "
+                   "where the kernel has it, Linux >= 6.14) or dev "
+                   "(read/write on /dev/fuse)")
     p.add_argument("--plain-tgtd", action="store_true",
                    help="run tgtd without the malloc tunables")
     p.add_argument("--target-mrdsl", type=int, metavar="BYTES",

@@ -38,6 +38,17 @@ done
 echo "== benchmark, quick mode (checks that every column runs; figures are meaningless)"
 LUNFS_BUILD_DIR="$PWD/build" /usr/bin/python3 tools/bench.py --quick
 
-echo "== scenarios against a private tgtd (ASan/UBSan binaries)"
 export LUNFS_BUILD_DIR="$PWD/build-asan"
+# Twice where the kernel has FUSE over io_uring (Linux >= 6.14): once over
+# /dev/fuse, once over the rings; conftest.py sets the fuse module's
+# enable_uring for each pass and restores it.
+if [ -e /sys/module/fuse/parameters/enable_uring ]; then
+	echo "== scenarios against a private tgtd (ASan/UBSan binaries), FUSE over /dev/fuse"
+	LUNFS_TEST_FUSE_URING=0 /usr/bin/python3 -m pytest -v -p no:cacheprovider tests/ "$@"
+	echo "== the same scenarios, FUSE over io_uring"
+	export LUNFS_TEST_FUSE_URING=1
+else
+	echo "== scenarios against a private tgtd (ASan/UBSan binaries)"
+	echo "   (this kernel has no FUSE over io_uring: one pass, over /dev/fuse)"
+fi
 exec /usr/bin/python3 -m pytest -v -p no:cacheprovider tests/ "$@"

@@ -778,6 +778,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	memset(&sec, 0, sizeof(sec));
 	lf_mount_opts_init(&mo);
 	mo.pool = d->pool;
+	mo.no_fuse_uring = d->o.no_fuse_uring;
 	if (!json_object_object_get_ex(req, "spec", &j)) {
 		return answer_err(EINVAL, "mount: no spec");
 	}
@@ -1123,6 +1124,9 @@ static struct json_object *op_status(struct lf_daemon *d)
 			json_object_object_add(
 				o, "container",
 				json_object_new_string(m->container));
+		json_object_object_add(
+			o, "fuse_transport",
+			json_object_new_string(lf_mount_transport(m->m)));
 		json_object_object_add(o, "fuse_requests", requests_of(m->m));
 		json_object_array_add(mounts, o);
 	}

@@ -27,6 +27,8 @@ struct lf_daemon_opts {
 	int replacement_timeout;
 	/* Metadata cache of each open filesystem volume; 0 = 64 MiB. */
 	size_t cache_bytes;
+	/* Keep FUSE on /dev/fuse even where the kernel offers io_uring. */
+	bool no_fuse_uring;
 	/* Called (from any thread) when a shutdown request arrives. */
 	void (*on_shutdown)(void *ctx);
 	void *ctx;

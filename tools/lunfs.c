@@ -99,7 +99,8 @@ static const char status_usage[] =
 	"Show the daemon's sessions (target, portal, initiator, reference "
 	"count),\nvolumes and mounts. Secrets are never shown. --json adds, "
 	"for each mount,\nthe FUSE requests its kernel has sent since it was "
-	"mounted, by kind\n(\"fuse_requests\").\n";
+	"mounted, by kind\n(\"fuse_requests\"), and how they reach lunfsd "
+	"(\"fuse_transport\": \"io_uring\"\nor \"/dev/fuse\").\n";
 
 static const char shutdown_usage[] =
 	"Usage: lunfs shutdown\n"

@@ -65,6 +65,11 @@ static void usage(FILE *f)
 		"  --cache-size MIB  metadata cache of each open filesystem "
 		"volume\n"
 		"                    (default 64; env LUNFS_CACHE_MB)\n"
+		"  --no-fuse-uring   serve FUSE over /dev/fuse even where the "
+		"kernel offers\n"
+		"                    io_uring (fuse.enable_uring=1, Linux >= "
+		"6.14; env\n"
+		"                    LUNFS_FUSE_URING=0)\n"
 		"  -h, --help        this help\n\n"
 		"Logs go to stderr. Debug logging: LUNFS_DEBUG=all (or a list "
 		"of modules:\niscsi,fsimage,fuse,daemon).\n");
@@ -191,6 +196,7 @@ int main(int argc, char **argv)
 		{"no-allow-other", no_argument, NULL, 'n'},
 		{"replacement-timeout", required_argument, NULL, 'R'},
 		{"cache-size", required_argument, NULL, 'C'},
+		{"no-fuse-uring", no_argument, NULL, 'U'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -203,11 +209,13 @@ int main(int argc, char **argv)
 	bool allow_other = geteuid() == 0 || fuse_user_allow_other();
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct lf_daemon_opts o = {0};
+	const char *uring_env = getenv("LUNFS_FUSE_URING");
 	pthread_t acceptor;
 	sigset_t sigs;
 	int c, r, lockfd = -1, sfd = -1, rc = 1;
 
 	lf_log_init("lunfsd");
+	o.no_fuse_uring = uring_env && strcmp(uring_env, "0") == 0;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
@@ -224,6 +232,9 @@ int main(int argc, char **argv)
 			break;
 		case 'C':
 			cache_opt = optarg;
+			break;
+		case 'U':
+			o.no_fuse_uring = true;
 			break;
 		case 'h':
 			usage(stdout);
