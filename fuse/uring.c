@@ -582,6 +582,7 @@ fail:
 
 int lf_uring_start(struct lf_uring *u)
 {
+	const char *why;
 	sigset_t all, old;
 	int r = 0;
 
@@ -599,10 +600,7 @@ int lf_uring_start(struct lf_uring *u)
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (r < 0) {
-		lf_err(MOD,
-		       "%s: cannot start the io_uring threads: %s; "
-		       "aborting the FUSE connection",
-		       u->m->path, strerror(-r));
+		why = "cannot start the io_uring threads";
 		goto abort;
 	}
 	for (unsigned i = 0; i < u->nq; i++) {
@@ -612,16 +610,15 @@ int lf_uring_start(struct lf_uring *u)
 	for (unsigned i = 0; i < u->nq && r == 0; i++)
 		r = u->qs[i].reg_err;
 	if (r < 0) {
-		lf_err(MOD,
-		       "%s: the kernel refused the io_uring queues (%s); "
-		       "aborting the FUSE connection",
-		       u->m->path, strerror(-r));
+		why = "the kernel refused the io_uring queues";
 		goto abort;
 	}
 	lf_dbg(MOD, "%s: FUSE over io_uring, %u queues of %u", u->m->path,
 	       u->nq, u->depth);
 	return 0;
 abort:
+	lf_err(MOD, "%s: %s (%s); aborting the FUSE connection", u->m->path,
+	       why, strerror(-r));
 	atomic_store(&u->quit, true);
 	lf_mount_abort(u->m);
 	return r;
