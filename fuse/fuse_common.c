@@ -810,6 +810,24 @@ static void detach(struct lf_mount *m)
 	}
 }
 
+/* A connection cut from outside (a fusectl abort, or rings the kernel
+ * refused) ends the loop but leaves the mount in place, answering
+ * ENOTCONN, and libfuse does not unmount a dead connection. Take ours
+ * away, so that the path can be mounted again; a mount someone else put
+ * there since has another device number. */
+static void remove_dead(struct lf_mount *m)
+{
+	if (!m->dev || mountinfo_dev(m->path) != m->dev)
+		return;
+	lf_info(MOD, "%s: removing the mount of the dead connection", m->path);
+	if (geteuid() == 0) {
+		if (umount2(m->path, MNT_DETACH) < 0)
+			lf_warn(MOD, "%s: umount: %m", m->path);
+	} else if (run_fusermount_unmount(m->path) < 0) {
+		lf_warn(MOD, "%s: fusermount3 -u failed", m->path);
+	}
+}
+
 static void join_loop(struct lf_mount *m)
 {
 	struct timespec ts;
@@ -848,6 +866,7 @@ void lf_mount_stop(struct lf_mount *m)
 		if (!connection_dead(m))
 			abort_connection(m);
 		fuse_session_unmount(m->se);
+		remove_dead(m);
 	}
 	if (m->kind == LF_MOUNT_FS)
 		lf_mount_drop_counts(m);

@@ -504,3 +504,39 @@ def test_write_truncate_chown_drop_privileges_like_kernel_ext4(
     assert results["kernel"] == want, "the kernel reference changed"
     assert results["lunfs"] == want
     e2fsck(fstarget.luns[1])
+
+
+def test_connection_aborted_from_outside_frees_the_path(lunfs, fstarget,
+                                                        lundir):
+    """An administrator cuts a mount's FUSE connection (fusectl abort):
+    lunfs drops the mount, takes the dead mount away (it would answer
+    ENOTCONN and keep the path from being mounted again), and the volume
+    mounts there again with what was written before."""
+    mp = mkdir(lundir, "m")
+    lunfs.mount(fstarget.url(1), mp)
+    with open(os.path.join(mp, "f"), "wb") as f:
+        f.write(b"kept")
+        f.flush()
+        os.fsync(f.fileno())
+    dev = os.stat(mp).st_dev
+    ctl = "/sys/fs/fuse/connections"
+    if not os.listdir(ctl):
+        r = H.run(["mount", "-t", "fusectl", "fusectl", ctl])
+        assert r.returncode == 0, r.stderr
+    # The kernel's dev_t encoding, as fusectl names connections.
+    conn = os.path.join(ctl, str((os.major(dev) << 20) | os.minor(dev)))
+    with open(os.path.join(conn, "abort"), "w") as f:
+        f.write("1")
+    with pytest.raises(OSError) as e:
+        os.listdir(mp)
+    assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    assert H.wait_until(lambda: all(m["path"] != mp
+                                    for m in lunfs.status()["mounts"]),
+                        timeout=10), "aborted mount still in status"
+    assert H.wait_until(lambda: not H.is_mountpoint(mp), timeout=10), \
+        "the dead mount was left in place"
+    lunfs.mount(fstarget.url(1), mp)
+    with open(os.path.join(mp, "f"), "rb") as f:
+        assert f.read() == b"kept"
+    lunfs.umount(mp)
+    e2fsck(fstarget.luns[1])
