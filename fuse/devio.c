@@ -100,6 +100,14 @@ static bool arg_flags(const void *arg, size_t alen, size_t off, uint32_t *out)
 	return true;
 }
 
+/* Whether the 32-bit flags word at off in a request's argument has flag. */
+static bool arg_has(const void *arg, size_t alen, size_t off, uint32_t flag)
+{
+	uint32_t f;
+
+	return arg_flags(arg, alen, off, &f) && (f & flag);
+}
+
 void lf_devio_note(struct lf_mount *m, const void *buf, size_t n)
 {
 	struct fuse_in_header ih;
@@ -123,24 +131,20 @@ void lf_devio_note(struct lf_mount *m, const void *buf, size_t n)
 			m->kernel_killpriv_v2 = f & FUSE_HANDLE_KILLPRIV_V2;
 			m->kernel_uring =
 				(f & FUSE_INIT_EXT) &&
-				arg_flags(arg, alen,
-					  offsetof(struct fuse_init_in, flags2),
-					  &f) &&
-				(f & LF_FUSE_OVER_IO_URING2);
+				arg_has(arg, alen,
+					offsetof(struct fuse_init_in, flags2),
+					LF_FUSE_OVER_IO_URING2);
 		}
 		break;
 	case FUSE_WRITE:
-		req_kill =
-			arg_flags(arg, alen,
-				  offsetof(struct fuse_write_in, write_flags),
-				  &f) &&
-			(f & FUSE_WRITE_KILL_SUIDGID);
+		req_kill = arg_has(arg, alen,
+				   offsetof(struct fuse_write_in, write_flags),
+				   FUSE_WRITE_KILL_SUIDGID);
 		break;
 	case FUSE_OPEN:
-		req_kill = arg_flags(arg, alen,
-				     offsetof(struct fuse_open_in, open_flags),
-				     &f) &&
-			   (f & FUSE_OPEN_KILL_SUIDGID);
+		req_kill = arg_has(arg, alen,
+				   offsetof(struct fuse_open_in, open_flags),
+				   FUSE_OPEN_KILL_SUIDGID);
 		break;
 	default:
 		break;
