@@ -180,19 +180,19 @@ static struct lf_uring *init_uring(struct lf_mount *m, int fd, struct iovec *v)
 	size_t fl = offsetof(struct fuse_init_out, flags),
 	       f2 = offsetof(struct fuse_init_out, flags2);
 	size_t payload, mw, mp;
+	uint16_t pages;
 	struct lf_uring *u;
 
 	if (!m->kernel_uring || m->opts.no_fuse_uring ||
 	    v->iov_len < f2 + sizeof(uint32_t))
 		return NULL;
 	mw = get32(v, offsetof(struct fuse_init_out, max_write));
-	mp = 0;
-	memcpy(&mp,
+	memcpy(&pages,
 	       (char *)v->iov_base + offsetof(struct fuse_init_out, max_pages),
-	       sizeof(uint16_t));
-	payload = mw;
-	if (mp * 4096 > payload)
-		payload = mp * 4096;
+	       sizeof(pages));
+	/* The kernel's own bound: max(8 KiB, max_write, max_pages pages). */
+	mp = pages * (size_t)sysconf(_SC_PAGESIZE);
+	payload = mw > mp ? mw : mp;
 	if (payload < 8192)
 		payload = 8192;
 	u = lf_uring_prepare(m, fd, payload);
