@@ -130,11 +130,6 @@ struct lf_uring {
 static __thread struct ent *tl_ent;
 static __thread bool tl_replied;
 
-unsigned lf_uring_queues(const struct lf_uring *u)
-{
-	return u ? u->nq : 0;
-}
-
 /* The kernel makes one queue per possible CPU and wants them all. */
 static unsigned possible_cpus(void)
 {

@@ -43,7 +43,5 @@ bool lf_uring_reply(struct lf_uring *u, const struct iovec *iov, int count,
 		    ssize_t *ret);
 void lf_uring_stop(struct lf_uring *u);
 void lf_uring_free(struct lf_uring *u);
-/* Number of CPU queues, for status. */
-unsigned lf_uring_queues(const struct lf_uring *u);
 
 #endif
