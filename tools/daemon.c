@@ -25,56 +25,28 @@
 #include "tools/ctl.h"
 #include "tools/daemon.h"
 #include "tools/request.h"
+#include "tools/voltable.h"
 
 #define MOD "daemon"
 
-struct volume {
-	struct volume *next;
-	char key[600]; /* canonical URL: one open volume per LUN */
-	bool block;
-	bool read_only; /* how the volume itself was opened */
-	struct lf_bdev *bdev;
-	struct lf_vol *vol; /* filesystem volumes */
-	struct lf_served *served;
-	int nmounts;
-	char record_path[PATH_MAX];
-	uint64_t cred; /* salted digest of the CHAP identity */
-};
-
-struct mount {
-	struct mount *next;
-	char path[PATH_MAX];
-	struct volume *v;
-	struct lf_mount *m;
-	bool read_only;
-	bool gone; /* unmounted from outside; reaper cleans up */
-	char uidmap[256], gidmap[256];
-	long long fsgroup;
-	char container[129]; /* OCI container id, "" if none */
-	/* The mount request without its secrets: what the attach record
-	 * keeps so a restarted daemon can serve this mount again. */
-	struct json_object *record;
-};
-
 struct lf_daemon {
-	pthread_mutex_t lock;
 	struct lf_daemon_opts o;
 	char state_dir[PATH_MAX];
 	char node_initiator[LF_NAME_MAX];
 	struct lf_registry *reg;
-	struct volume *volumes;
-	struct mount *mounts;
+	struct lf_voltable
+		vt; /* volumes and mounts; voltable.h has its locks */
 	struct lf_bufpool *pool; /* reply buffers, shared by every mount */
+	uint64_t salt;		 /* for credential digests, random per daemon */
 
 	/* Mounts that ended from outside (fusermount3 -u) are released by
 	 * this thread: the FUSE thread that noticed cannot join itself. */
-	uint64_t salt; /* for credential digests, random per daemon */
 	pthread_t reaper;
 	pthread_t recoverer;
 	bool recovering;
-	pthread_cond_t reap_cond;
-	bool reap_pending;
-	bool stopping;
+	pthread_cond_t reap_cond; /* with vt.lock */
+	bool reap_pending;	  /* vt.lock */
+	bool stopping;		  /* vt.lock */
 };
 
 static struct json_object *answer_err(int err, const char *fmt, ...)
@@ -167,10 +139,11 @@ static int write_atomic(const char *path, const char *text)
 	return 0;
 }
 
-/* Caller holds d->lock. The volume's attach record (the in-tree plugin's
- * iscsi.json): its spec and every mount of it, never a secret. Removed
- * when the volume has no mount left. */
-static void record_update(struct lf_daemon *d, struct volume *v)
+/* Caller holds v's claim. The volume's attach record (the in-tree
+ * plugin's iscsi.json): its spec and every mount of it but skip, never a
+ * secret. Removed when the volume has no mount left. */
+static void record_update(struct lf_daemon *d, struct lf_vt_volume *v,
+			  const struct lf_vt_mount *skip)
 {
 	struct json_object *rec, *mounts;
 	int n = 0, r;
@@ -184,12 +157,15 @@ static void record_update(struct lf_daemon *d, struct volume *v)
 	json_object_object_add(
 		rec, "mode",
 		json_object_new_string(v->block ? "Block" : "Filesystem"));
-	for (struct mount *m = d->mounts; m; m = m->next) {
-		if (m->v != v || !m->record)
+	/* A mount's record is set, under v's claim, once it is mounted. */
+	pthread_mutex_lock(&d->vt.lock);
+	for (struct lf_vt_mount *m = d->vt.mounts; m; m = m->next) {
+		if (m->v != v || !m->record || m == skip)
 			continue;
 		json_object_array_add(mounts, json_object_get(m->record));
 		n++;
 	}
+	pthread_mutex_unlock(&d->vt.lock);
 	json_object_object_add(rec, "mounts", mounts);
 	if (n == 0) {
 		if (unlink(v->record_path) && errno != ENOENT)
@@ -205,17 +181,12 @@ static void record_update(struct lf_daemon *d, struct volume *v)
 	json_object_put(rec);
 }
 
-/* Caller holds d->lock. Drops one mount of v; the last closes it. */
-static void volume_put(struct lf_daemon *d, struct volume *v)
+/* Caller holds v's claim: closes an open volume (its last mount is
+ * gone). Status stops reading its objects before they are freed. */
+static void volume_close(struct lf_daemon *d, struct lf_vt_volume *v)
 {
-	if (--v->nmounts > 0)
-		return;
-	for (struct volume **pp = &d->volumes; *pp; pp = &(*pp)->next) {
-		if (*pp == v) {
-			*pp = v->next;
-			break;
-		}
-	}
+	lf_vt_volume_set_state(&d->vt, v, LF_VT_DETACHING);
+	lf_vt_volume_set_open(&d->vt, v, false);
 	if (v->served)
 		lf_served_free(v->served);
 	if (v->vol) {
@@ -225,66 +196,89 @@ static void volume_put(struct lf_daemon *d, struct volume *v)
 			       v->key, strerror(-r));
 	}
 	lf_bdev_unref(v->bdev); /* the volume held its own reference */
+	v->served = NULL;
+	v->vol = NULL;
+	v->bdev = NULL;
 	lf_info(MOD, "%s: closed", v->key);
-	free(v);
 }
 
-static void mount_unlink(struct lf_daemon *d, struct mount *m)
+/* Caller holds v's claim: gives it back, closing the volume first if no
+ * mount of it is left. */
+static void volume_put(struct lf_daemon *d, struct lf_vt_volume *v)
 {
-	for (struct mount **pp = &d->mounts; *pp; pp = &(*pp)->next) {
-		if (*pp == m) {
-			*pp = m->next;
-			return;
-		}
+	if (v->open && lf_vt_volume_nmounts(&d->vt, v) == 0)
+		volume_close(d, v);
+	lf_vt_volume_done(&d->vt, v);
+}
+
+/* Caller holds m's path claim (state detaching): unmounts it, drops its
+ * volume and the entry. Waits for the volume's claim (path before
+ * volume, as voltable.h orders them). */
+static void mount_release(struct lf_daemon *d, struct lf_vt_mount *m)
+{
+	struct lf_vt_volume *v = NULL;
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s", m->path);
+	if (m->v && lf_vt_volume_claim(&d->vt, m->v->key, m->v->record_path, 0,
+				       LF_VT_DETACHING, &v)) {
+		lf_err(MOD, "%s: cannot claim its volume", path);
+		lf_vt_mount_unclaim(&d->vt, m);
+		return;
 	}
-}
-
-/* Caller holds d->lock. */
-static void mount_release(struct lf_daemon *d, struct mount *m)
-{
-	mount_unlink(d, m);
-	lf_mount_stop(m->m);
-	record_update(d, m->v);
-	volume_put(d, m->v);
-	lf_info(MOD, "%s: unmounted", m->path);
-	json_object_put(m->record);
-	free(m);
+	if (m->m)
+		lf_mount_stop(m->m);
+	if (v)
+		record_update(d, v, m);
+	lf_vt_mount_remove(&d->vt, m);
+	if (v)
+		volume_put(d, v);
+	lf_info(MOD, "%s: unmounted", path);
 }
 
 static void on_mount_exit(void *ctx, struct lf_mount *lm)
 {
 	struct lf_daemon *d = ctx;
+	const char *path = lf_mount_path(lm);
 
-	pthread_mutex_lock(&d->lock);
-	for (struct mount *m = d->mounts; m; m = m->next) {
-		if (m->m == lm) {
+	pthread_mutex_lock(&d->vt.lock);
+	for (struct lf_vt_mount *m = d->vt.mounts; m; m = m->next) {
+		/* Still attaching: its request has not stored lm yet. */
+		if (m->m == lm || (!m->m && m->state == LF_VT_ATTACHING &&
+				   path && strcmp(m->path, path) == 0)) {
 			m->gone = true;
 			d->reap_pending = true;
 			pthread_cond_signal(&d->reap_cond);
 		}
 	}
-	pthread_mutex_unlock(&d->lock);
+	pthread_mutex_unlock(&d->vt.lock);
+}
+
+static bool match_gone(void *ctx, const struct lf_vt_mount *m)
+{
+	(void)ctx;
+	return m->gone;
 }
 
 static void *reaper_main(void *arg)
 {
 	struct lf_daemon *d = arg;
+	struct lf_vt_mount *m;
 
-	pthread_mutex_lock(&d->lock);
+	pthread_mutex_lock(&d->vt.lock);
 	while (!d->stopping) {
 		while (!d->reap_pending && !d->stopping)
-			pthread_cond_wait(&d->reap_cond, &d->lock);
+			pthread_cond_wait(&d->reap_cond, &d->vt.lock);
 		d->reap_pending = false;
-		for (struct mount *m = d->mounts, *next; m; m = next) {
-			next = m->next;
-			if (m->gone) {
-				lf_info(MOD, "%s: unmounted from outside lunfs",
-					m->path);
-				mount_release(d, m);
-			}
+		pthread_mutex_unlock(&d->vt.lock);
+		while ((m = lf_vt_mount_claim_next(&d->vt, match_gone, NULL))) {
+			lf_info(MOD, "%s: unmounted from outside lunfs",
+				m->path);
+			mount_release(d, m);
 		}
+		pthread_mutex_lock(&d->vt.lock);
 	}
-	pthread_mutex_unlock(&d->lock);
+	pthread_mutex_unlock(&d->vt.lock);
 	return NULL;
 }
 
@@ -297,7 +291,10 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 	d->o = *o;
 	snprintf(d->state_dir, sizeof(d->state_dir), "%s", o->state_dir);
 	d->o.state_dir = d->state_dir;
-	pthread_mutex_init(&d->lock, NULL);
+	if (lf_vt_init(&d->vt)) {
+		free(d);
+		return -ENOMEM;
+	}
 	if (getrandom(&d->salt, sizeof(d->salt), 0) != sizeof(d->salt))
 		d->salt = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	pthread_cond_init(&d->reap_cond, NULL);
@@ -438,21 +435,30 @@ static void *recover_main(void *arg)
 	return NULL;
 }
 
+static bool match_all(void *ctx, const struct lf_vt_mount *m)
+{
+	(void)ctx;
+	(void)m;
+	return true;
+}
+
 void lf_daemon_free(struct lf_daemon *d)
 {
+	struct lf_vt_mount *m;
+
 	if (d->recovering)
 		pthread_join(d->recoverer, NULL);
-	pthread_mutex_lock(&d->lock);
-	while (d->mounts)
-		mount_release(d, d->mounts);
+	while ((m = lf_vt_mount_claim_next(&d->vt, match_all, NULL)))
+		mount_release(d, m);
+	pthread_mutex_lock(&d->vt.lock);
 	d->stopping = true;
 	pthread_cond_signal(&d->reap_cond);
-	pthread_mutex_unlock(&d->lock);
+	pthread_mutex_unlock(&d->vt.lock);
 	pthread_join(d->reaper, NULL);
 	lf_registry_free(d->reg);
 	lf_bufpool_free(d->pool); /* every mount is gone */
 	pthread_cond_destroy(&d->reap_cond);
-	pthread_mutex_destroy(&d->lock);
+	lf_vt_destroy(&d->vt);
 	free(d);
 }
 
@@ -638,58 +644,57 @@ out:
 	return r;
 }
 
-/* Caller holds d->lock. Opens (or finds) the volume for spec. */
-static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
-		      struct lf_secrets *sec, bool block, bool read_only,
-		      struct volume **out, char *err, size_t errlen)
+/* Claims and opens (or finds open) the volume of a resolved spec; on
+ * success the caller holds its claim (volume_put gives it back). */
+static int volume_get(struct lf_daemon *d, const struct lf_spec *spec,
+		      const char *key, struct lf_secrets *sec, bool block,
+		      bool read_only, int64_t deadline_ms,
+		      struct lf_vt_volume **out, char *err, size_t errlen)
 {
-	struct volume *v;
-	char key[600];
+	struct lf_vt_volume *v;
+	char record_path[PATH_MAX];
 	int r;
 
-	if (spec->kind == LF_SPEC_ISCSI) {
-		r = lf_spec_resolve(spec, err, errlen);
-		if (r)
-			return r;
+	snprintf(record_path, sizeof(record_path), "%s/volumes/%016llx.json",
+		 d->state_dir, (unsigned long long)fnv1a(key));
+	r = lf_vt_volume_claim(&d->vt, key, record_path, deadline_ms,
+			       LF_VT_ATTACHING, &v);
+	if (r) {
+		snprintf(err, errlen,
+			 "%s: timed out waiting for another request on this "
+			 "volume",
+			 key);
+		return r;
 	}
-	lf_spec_url(spec, key, sizeof(key));
-	for (v = d->volumes; v; v = v->next) {
-		if (strcmp(v->key, key))
-			continue;
+	if (v->open) {
 		if (v->block != block) {
 			snprintf(err, errlen,
 				 "%s is already mounted as a %s volume", key,
 				 v->block ? "block" : "filesystem");
-			return -EBUSY;
-		}
-		if (v->read_only && !read_only) {
+			r = -EBUSY;
+		} else if (v->read_only && !read_only) {
 			snprintf(err, errlen,
 				 "%s is already open read-only; unmount its "
 				 "read-only mounts before mounting it "
 				 "read-write",
 				 key);
-			return -EBUSY;
-		}
-		if (spec->kind == LF_SPEC_ISCSI &&
-		    v->cred != cred_digest(d, sec)) {
+			r = -EBUSY;
+		} else if (spec->kind == LF_SPEC_ISCSI &&
+			   v->cred != cred_digest(d, sec)) {
 			snprintf(err, errlen,
 				 "%s is already attached with other CHAP "
 				 "credentials: refusing to share it",
 				 key);
-			return -EACCES;
+			r = -EACCES;
 		}
-		v->nmounts++;
+		if (r) {
+			lf_vt_volume_done(&d->vt, v);
+			return r;
+		}
 		*out = v;
 		return 0;
 	}
 
-	v = calloc(1, sizeof(*v));
-	if (!v)
-		return -ENOMEM;
-	snprintf(v->key, sizeof(v->key), "%s", key);
-	snprintf(v->record_path, sizeof(v->record_path),
-		 "%s/volumes/%016llx.json", d->state_dir,
-		 (unsigned long long)fnv1a(key));
 	v->block = block;
 	v->read_only = read_only;
 	v->cred = cred_digest(d, sec);
@@ -712,8 +717,10 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 				"%s: %s: replaying and checking with "
 				"e2fsck -p",
 				key, err);
+			lf_vt_volume_set_state(&d->vt, v, LF_VT_RECOVERING);
 			rc = run_e2fsck(d, v->bdev, "-p", fsck_out,
 					sizeof(fsck_out));
+			lf_vt_volume_set_state(&d->vt, v, LF_VT_ATTACHING);
 			if (rc < 0 || rc > 2) {
 				snprintf(err, errlen,
 					 "%s was not unmounted cleanly and "
@@ -742,9 +749,7 @@ static int volume_get(struct lf_daemon *d, struct lf_spec *spec,
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	v->nmounts = 1;
-	v->next = d->volumes;
-	d->volumes = v;
+	lf_vt_volume_set_open(&d->vt, v, true);
 	lf_info(MOD, "%s: opened (%s%s)", key, block ? "block" : "filesystem",
 		read_only ? ", read-only" : "");
 	*out = v;
@@ -756,22 +761,70 @@ fail:
 		lf_vol_close(v->vol);
 	if (v->bdev)
 		lf_bdev_unref(v->bdev);
-	free(v);
+	v->served = NULL;
+	v->vol = NULL;
+	v->bdev = NULL;
+	lf_vt_volume_done(&d->vt, v);
 	return r;
 }
 
-static struct json_object *op_mount(struct lf_daemon *d,
-				    struct json_object *req)
+/* What makes two mount requests for one path the same: the answer to a
+ * repeated request is "done already" only if all of it matches. */
+struct mount_want {
+	const char *key;
+	bool block, read_only;
+	const char *uidmap, *gidmap;
+	long long fsgroup;
+	const char *container;
+	uint64_t cred;
+};
+
+/* Caller holds m's path claim; m is attached. 0 if m is what w asks for,
+ * else -EBUSY with the difference in err. */
+static int mount_compare(const struct lf_vt_mount *m,
+			 const struct mount_want *w, char *err, size_t errlen)
+{
+	const char *what = NULL;
+
+	if (strcmp(m->v->key, w->key))
+		what = "another volume";
+	else if (m->v->block != w->block)
+		what = m->v->block ? "a block volume" : "a filesystem volume";
+	else if (m->read_only != w->read_only)
+		what = m->read_only ? "read-only" : "read-write";
+	else if (strcmp(m->uidmap, w->uidmap) || strcmp(m->gidmap, w->gidmap))
+		what = "other uid/gid maps";
+	else if (m->fsgroup != w->fsgroup)
+		what = "another fsGroup";
+	else if (strcmp(m->container, w->container))
+		what = "for another container";
+	if (what) {
+		snprintf(err, errlen,
+			 "%s is already a lunfs mount (%s, %s): unmount it "
+			 "first",
+			 m->path, m->v->key, what);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+static struct json_object *
+op_mount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 {
 	struct lf_mount_opts mo;
 	struct lf_secrets sec;
 	struct lf_spec spec;
-	struct volume *v = NULL;
-	struct mount *m = NULL;
+	struct lf_vt_volume *v = NULL;
+	struct lf_vt_mount *m = NULL;
+	struct lf_mount *lm = NULL;
 	struct json_object *j, *ans;
-	char err[1024] = "", path[PATH_MAX];
+	struct {
+		struct mount_want w;
+		char uidmap_buf[256], gidmap_buf[256];
+	} want;
+	char err[1024] = "", path[PATH_MAX], key[600];
 	const char *p;
-	bool block, ro;
+	bool block, ro, existing;
 	struct stat st;
 	int r;
 
@@ -855,104 +908,145 @@ static struct json_object *op_mount(struct lf_daemon *d,
 		goto out_err;
 	}
 
-	pthread_mutex_lock(&d->lock);
-	for (struct mount *o = d->mounts; o; o = o->next) {
-		if (strcmp(o->path, path) == 0) {
-			pthread_mutex_unlock(&d->lock);
-			r = -EBUSY;
-			snprintf(err, sizeof(err),
-				 "%s is already a lunfs mount", path);
+	if (spec.kind == LF_SPEC_ISCSI) {
+		r = lf_spec_resolve(&spec, err, sizeof(err));
+		if (r)
 			goto out_err;
+	}
+	lf_spec_url(&spec, key, sizeof(key));
+	lf_idmap_format(&mo.uidmap, want.uidmap_buf, sizeof(want.uidmap_buf));
+	lf_idmap_format(&mo.gidmap, want.gidmap_buf, sizeof(want.gidmap_buf));
+	want.w = (struct mount_want){
+		.key = key,
+		.block = block,
+		.read_only = ro,
+		.uidmap = want.uidmap_buf,
+		.gidmap = want.gidmap_buf,
+		.fsgroup = mo.fsgroup,
+		.container =
+			jstr(req, "container") ? jstr(req, "container") : "",
+	};
+
+	r = lf_vt_mount_claim(&d->vt, path, key, want.w.container, deadline_ms,
+			      &m, &existing);
+	if (r) {
+		snprintf(err, sizeof(err),
+			 "%s: timed out waiting for another request on this "
+			 "path",
+			 path);
+		goto out_err;
+	}
+	if (existing) {
+		/* Idempotent: the same request again (a retry, or after a
+		 * restart re-served it) is done already. */
+		r = mount_compare(m, &want.w, err, sizeof(err));
+		if (!r && spec.kind == LF_SPEC_ISCSI &&
+		    m->v->cred != cred_digest(d, &sec)) {
+			snprintf(err, sizeof(err),
+				 "%s is already attached with other CHAP "
+				 "credentials: refusing to share it",
+				 key);
+			r = -EACCES;
 		}
+		lf_vt_mount_unclaim(&d->vt, m);
+		if (r)
+			goto out_err;
+		lf_secrets_wipe(&sec);
+		lf_info(MOD, "%s: already mounted as asked", path);
+		ans = answer_ok();
+		json_object_object_add(ans, "path",
+				       json_object_new_string(path));
+		json_object_object_add(ans, "spec",
+				       json_object_new_string(key));
+		json_object_object_add(ans, "changed",
+				       json_object_new_boolean(0));
+		return ans;
 	}
 	if (is_mount_point(path)) {
-		pthread_mutex_unlock(&d->lock);
 		r = -EBUSY;
 		snprintf(err, sizeof(err),
 			 "%s is already a mount point; refusing to mount over "
 			 "it",
 			 path);
-		goto out_err;
+		goto out_remove;
 	}
-	r = volume_get(d, &spec, &sec, block, ro, &v, err, sizeof(err));
+	r = volume_get(d, &spec, key, &sec, block, ro, deadline_ms, &v, err,
+		       sizeof(err));
 	lf_secrets_wipe(&sec);
-	if (r) {
-		pthread_mutex_unlock(&d->lock);
-		goto out_err;
-	}
-	m = calloc(1, sizeof(*m));
-	if (!m) {
-		r = -ENOMEM;
-		snprintf(err, sizeof(err), "out of memory");
-		goto out_put;
-	}
-	snprintf(m->path, sizeof(m->path), "%s", path);
-	m->v = v;
+	if (r)
+		goto out_remove;
+	lf_vt_mount_bind(&d->vt, m, v);
 	m->read_only = ro;
 	m->fsgroup = mo.fsgroup;
-	if ((p = jstr(req, "container")))
-		snprintf(m->container, sizeof(m->container), "%s", p);
+	snprintf(m->uidmap, sizeof(m->uidmap), "%s", want.uidmap_buf);
+	snprintf(m->gidmap, sizeof(m->gidmap), "%s", want.gidmap_buf);
+	if (block)
+		r = lf_mount_block(v->served, path, &mo, &lm, err, sizeof(err));
+	else
+		r = lf_mount_fs(v->served, path, &mo, &lm, err, sizeof(err));
+	if (r) {
+		lf_vt_mount_remove(&d->vt, m);
+		volume_put(d, v);
+		goto out_err;
+	}
+	pthread_mutex_lock(&d->vt.lock); /* on_mount_exit looks for it */
+	m->m = lm;
+	pthread_mutex_unlock(&d->vt.lock);
 	m->record = json_object_new_object();
 	json_object_object_foreach(req, k, val)
 	{
 		if (strcmp(k, "secrets") && strcmp(k, "op") &&
-		    strcmp(k, "path"))
+		    strcmp(k, "path") && strcmp(k, "timeout_ms"))
 			json_object_object_add(m->record, k,
 					       json_object_get(val));
 	}
 	json_object_object_add(m->record, "path", json_object_new_string(path));
-	lf_idmap_format(&mo.uidmap, m->uidmap, sizeof(m->uidmap));
-	lf_idmap_format(&mo.gidmap, m->gidmap, sizeof(m->gidmap));
-	if (block)
-		r = lf_mount_block(v->served, path, &mo, &m->m, err,
-				   sizeof(err));
-	else
-		r = lf_mount_fs(v->served, path, &mo, &m->m, err, sizeof(err));
-	if (r)
-		goto out_put;
-	m->next = d->mounts;
-	d->mounts = m;
-	record_update(d, v);
-	lf_info(MOD, "%s: mounted %s%s", path, v->key, ro ? " read-only" : "");
-	pthread_mutex_unlock(&d->lock);
+	record_update(d, v, NULL);
+	lf_vt_mount_attached(&d->vt, m);
+	volume_put(d, v);
+	lf_info(MOD, "%s: mounted %s%s", path, key, ro ? " read-only" : "");
 	ans = answer_ok();
 	json_object_object_add(ans, "path", json_object_new_string(path));
-	json_object_object_add(ans, "spec", json_object_new_string(v->key));
+	json_object_object_add(ans, "spec", json_object_new_string(key));
 	return ans;
 
-out_put:
-	if (m)
-		json_object_put(m->record);
-	free(m);
-	volume_put(d, v);
-	pthread_mutex_unlock(&d->lock);
+out_remove:
+	lf_vt_mount_remove(&d->vt, m);
 out_err:
 	lf_secrets_wipe(&sec);
 	lf_err(MOD, "mount failed: %s", err);
 	return answer_err(r, "%s", err);
 }
 
-static struct json_object *op_umount(struct lf_daemon *d,
-				     struct json_object *req)
+static struct json_object *
+op_umount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 {
 	const char *p = jstr(req, "path");
 	char path[PATH_MAX];
+	struct lf_vt_mount *m;
+	struct json_object *ans;
+	int r;
 
 	if (!p || !*p)
 		return answer_err(EINVAL, "umount: no path");
 	/* A path whose mount died may not resolve: fall back to the text. */
 	if (!realpath(p, path))
 		snprintf(path, sizeof(path), "%s", p);
-	pthread_mutex_lock(&d->lock);
-	for (struct mount *m = d->mounts; m; m = m->next) {
-		if (strcmp(m->path, path) == 0) {
-			mount_release(d, m);
-			pthread_mutex_unlock(&d->lock);
-			return answer_ok();
-		}
+	r = lf_vt_mount_claim_detach(&d->vt, path, deadline_ms, &m);
+	if (r == -ENOENT) {
+		/* Idempotent: what the caller wants is already so. */
+		ans = answer_ok();
+		json_object_object_add(ans, "changed",
+				       json_object_new_boolean(0));
+		return ans;
 	}
-	pthread_mutex_unlock(&d->lock);
-	return answer_err(EINVAL, "%s is not a lunfs mount", path);
+	if (r)
+		return answer_err(r,
+				  "%s: timed out waiting for another request "
+				  "on this path",
+				  path);
+	mount_release(d, m);
+	return answer_ok();
 }
 
 /* e2fsck on a volume that is not being served: check (-n) or repair (-y,
@@ -962,6 +1056,7 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 	struct lf_secrets sec;
 	struct lf_spec spec;
 	struct lf_bdev *b = NULL;
+	struct lf_vt_volume *v;
 	struct json_object *j, *ans;
 	const char *mode = jstr(req, "mode") ? jstr(req, "mode") : "preen";
 	const char *flag = !strcmp(mode, "repair")  ? "-y"
@@ -969,7 +1064,7 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 			   : !strcmp(mode, "preen") ? "-p"
 						    : NULL;
 	bool repair = flag && strcmp(flag, "-n");
-	char err[1024] = "", key[600], out[512];
+	char err[1024] = "", key[600], out[512], record_path[PATH_MAX];
 	int r, rc;
 
 	memset(&sec, 0, sizeof(sec));
@@ -990,26 +1085,31 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 		return answer_err(r, "%s", err);
 	}
 	lf_spec_url(&spec, key, sizeof(key));
-	pthread_mutex_lock(&d->lock);
-	for (struct volume *v = d->volumes; v; v = v->next) {
-		if (strcmp(v->key, key) == 0) {
-			pthread_mutex_unlock(&d->lock);
-			lf_secrets_wipe(&sec);
-			return answer_err(EBUSY,
-					  "%s is mounted: unmount it before "
-					  "checking it",
-					  key);
-		}
+	snprintf(record_path, sizeof(record_path), "%s/volumes/%016llx.json",
+		 d->state_dir, (unsigned long long)fnv1a(key));
+	/* The claim keeps a mount of this volume out while e2fsck runs. */
+	r = lf_vt_volume_claim(&d->vt, key, record_path, 0, LF_VT_CHECKING, &v);
+	if (r) {
+		lf_secrets_wipe(&sec);
+		return answer_err(r, "%s: %s", key, strerror(-r));
+	}
+	if (v->open) {
+		lf_vt_volume_done(&d->vt, v);
+		lf_secrets_wipe(&sec);
+		return answer_err(EBUSY,
+				  "%s is mounted: unmount it before "
+				  "checking it",
+				  key);
 	}
 	r = open_bdev(d, &spec, &sec, key, !repair, &b, err, sizeof(err));
 	lf_secrets_wipe(&sec);
 	if (r) {
-		pthread_mutex_unlock(&d->lock);
+		lf_vt_volume_done(&d->vt, v);
 		return answer_err(r, "%s", err);
 	}
 	rc = run_e2fsck(d, b, flag, out, sizeof(out));
 	lf_bdev_unref(b);
-	pthread_mutex_unlock(&d->lock);
+	lf_vt_volume_done(&d->vt, v);
 	if (rc < 0)
 		return answer_err(rc, "%s: cannot run e2fsck: %s", key,
 				  strerror(-rc));
@@ -1019,25 +1119,27 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 	return ans;
 }
 
+static bool match_container(void *ctx, const struct lf_vt_mount *m)
+{
+	return strcmp(m->container, ctx) == 0;
+}
+
 /* Releases every mount of an OCI container. Idempotent: no mount left is
  * success, which is what poststop needs. */
 static struct json_object *op_release(struct lf_daemon *d,
 				      struct json_object *req)
 {
 	const char *id = jstr(req, "container");
+	struct lf_vt_mount *m;
 	int n = 0;
 
 	if (!id || !lf_request_valid_container_id(id))
 		return answer_err(EINVAL, "release: invalid container id");
-	pthread_mutex_lock(&d->lock);
-	for (struct mount *m = d->mounts, *next; m; m = next) {
-		next = m->next;
-		if (strcmp(m->container, id) == 0) {
-			mount_release(d, m);
-			n++;
-		}
+	while ((m = lf_vt_mount_claim_next(&d->vt, match_container,
+					   (void *)id))) {
+		mount_release(d, m);
+		n++;
 	}
-	pthread_mutex_unlock(&d->lock);
 	struct json_object *a = answer_ok();
 	json_object_object_add(a, "released", json_object_new_int(n));
 	return a;
@@ -1074,38 +1176,70 @@ static struct json_object *requests_of(struct lf_mount *lm)
 	return o;
 }
 
+/* "state", "since" (UTC) and "elapsed_ms" of a table entry. */
+static void add_state(struct json_object *o, enum lf_vt_state s,
+		      int64_t since_ms, time_t since_wall, int64_t now_ms)
+{
+	char when[32];
+	struct tm tm;
+
+	gmtime_r(&since_wall, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	json_object_object_add(o, "state",
+			       json_object_new_string(lf_vt_state_name(s)));
+	json_object_object_add(o, "since", json_object_new_string(when));
+	json_object_object_add(o, "elapsed_ms",
+			       json_object_new_int64(now_ms - since_ms));
+}
+
+/* A snapshot of the table under its lock, which no slow work holds: a
+ * login, format, fsck or unmount in progress shows as its state. */
 static struct json_object *op_status(struct lf_daemon *d)
 {
 	struct json_object *a = answer_ok();
 	struct json_object *sessions = json_object_new_array();
 	struct json_object *vols = json_object_new_array();
 	struct json_object *mounts = json_object_new_array();
+	int64_t now = lf_vt_now_ms();
 
-	pthread_mutex_lock(&d->lock);
-	lf_registry_foreach(d->reg, add_session, sessions);
-	for (struct volume *v = d->volumes; v; v = v->next) {
+	pthread_mutex_lock(&d->vt.lock);
+	for (struct lf_vt_volume *v = d->vt.volumes; v; v = v->next) {
 		struct json_object *o = json_object_new_object();
 		json_object_object_add(o, "spec",
 				       json_object_new_string(v->key));
-		json_object_object_add(
-			o, "mode",
-			json_object_new_string(v->block ? "block"
-							: "filesystem"));
-		json_object_object_add(o, "read_only",
-				       json_object_new_boolean(v->read_only));
+		add_state(o, v->state, v->since_ms, v->since_wall, now);
 		json_object_object_add(o, "mounts",
 				       json_object_new_int(v->nmounts));
-		json_object_object_add(
-			o, "size",
-			json_object_new_int64((int64_t)lf_bdev_size(v->bdev)));
+		if (v->open) {
+			json_object_object_add(
+				o, "mode",
+				json_object_new_string(
+					v->block ? "block" : "filesystem"));
+			json_object_object_add(
+				o, "read_only",
+				json_object_new_boolean(v->read_only));
+			json_object_object_add(
+				o, "size",
+				json_object_new_int64(
+					(int64_t)lf_bdev_size(v->bdev)));
+		}
 		json_object_array_add(vols, o);
 	}
-	for (struct mount *m = d->mounts; m; m = m->next) {
+	for (struct lf_vt_mount *m = d->vt.mounts; m; m = m->next) {
 		struct json_object *o = json_object_new_object();
 		json_object_object_add(o, "path",
 				       json_object_new_string(m->path));
 		json_object_object_add(o, "spec",
-				       json_object_new_string(m->v->key));
+				       json_object_new_string(m->spec_key));
+		add_state(o, m->state, m->since_ms, m->since_wall, now);
+		if (m->container[0])
+			json_object_object_add(
+				o, "container",
+				json_object_new_string(m->container));
+		if (m->claimed) { /* its other fields are being written */
+			json_object_array_add(mounts, o);
+			continue;
+		}
 		json_object_object_add(
 			o, "mode",
 			json_object_new_string(m->v->block ? "block"
@@ -1120,17 +1254,15 @@ static struct json_object *op_status(struct lf_daemon *d)
 			json_object_object_add(
 				o, "fsgroup",
 				json_object_new_int64(m->fsgroup));
-		if (m->container[0])
-			json_object_object_add(
-				o, "container",
-				json_object_new_string(m->container));
 		json_object_object_add(
 			o, "fuse_transport",
 			json_object_new_string(lf_mount_transport(m->m)));
 		json_object_object_add(o, "fuse_requests", requests_of(m->m));
 		json_object_array_add(mounts, o);
 	}
-	pthread_mutex_unlock(&d->lock);
+	pthread_mutex_unlock(&d->vt.lock);
+	/* The registry never holds its table lock across a login either. */
+	lf_registry_foreach(d->reg, add_session, sessions);
 	json_object_object_add(a, "sessions", sessions);
 	json_object_object_add(a, "volumes", vols);
 	json_object_object_add(a, "mounts", mounts);
@@ -1148,9 +1280,9 @@ struct json_object *lf_daemon_handle(struct lf_daemon *d,
 	if (!op)
 		return answer_err(EINVAL, "request without \"op\"");
 	if (strcmp(op, "mount") == 0)
-		return op_mount(d, req);
+		return op_mount(d, req, 0);
 	if (strcmp(op, "umount") == 0)
-		return op_umount(d, req);
+		return op_umount(d, req, 0);
 	if (strcmp(op, "fsck") == 0)
 		return op_fsck(d, req);
 	if (strcmp(op, "release") == 0)

@@ -97,7 +97,9 @@ static const char umount_usage[] =
 static const char status_usage[] =
 	"Usage: lunfs status [--json]\n"
 	"Show the daemon's sessions (target, portal, initiator, reference "
-	"count),\nvolumes and mounts. Secrets are never shown. --json adds, "
+	"count),\nvolumes and mounts, and what each is doing when it is not "
+	"serving yet or\nany more (attaching, recovering, detaching, "
+	"checking: since when). Secrets\nare never shown. --json adds, "
 	"for each mount,\nthe FUSE requests its kernel has sent since it was "
 	"mounted, by kind\n(\"fuse_requests\"), and how they reach lunfsd "
 	"(\"fuse_transport\": \"io_uring\"\nor \"/dev/fuse\").\n";
@@ -250,6 +252,23 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 	return 0;
 }
 
+static bool has_attach_records(const struct lf_client *c)
+{
+	char dir[PATH_MAX + 16];
+	struct dirent *de;
+	bool found = false;
+	DIR *dp;
+
+	snprintf(dir, sizeof(dir), "%s/volumes", c->state);
+	dp = opendir(dir);
+	if (!dp)
+		return false;
+	while (!found && (de = readdir(dp)))
+		found = strstr(de->d_name, ".json") != NULL;
+	closedir(dp);
+	return found;
+}
+
 static int cmd_umount(const struct lf_client *c, int argc, char **argv)
 {
 	struct json_object *req;
@@ -269,10 +288,15 @@ static int cmd_umount(const struct lf_client *c, int argc, char **argv)
 		else
 			snprintf(path, sizeof(path), "%s/%s", cwd, argv[1]);
 	}
+	/* Nothing runs and nothing is recorded: nothing is mounted, which is
+	 * what the caller wants. Records of a dead daemon: start one, it
+	 * serves them again, then unmount. */
+	if (!lf_client_daemon_running(c) && !has_attach_records(c))
+		return 0;
 	req = json_object_new_object();
 	json_object_object_add(req, "op", json_object_new_string("umount"));
 	json_object_object_add(req, "path", json_object_new_string(path));
-	json_object_put(call(c, req, false));
+	json_object_put(call(c, req, true));
 	return 0;
 }
 
@@ -285,21 +309,15 @@ static const char *jget(struct json_object *o, const char *k)
 	return json_object_get_string(v);
 }
 
-static bool has_attach_records(const struct lf_client *c)
+/* Ends a status line: what a volume or mount is doing, if not serving. */
+static void print_state(struct json_object *o)
 {
-	char dir[PATH_MAX + 16];
-	struct dirent *de;
-	bool found = false;
-	DIR *dp;
+	const char *st = jget(o, "state");
 
-	snprintf(dir, sizeof(dir), "%s/volumes", c->state);
-	dp = opendir(dir);
-	if (!dp)
-		return false;
-	while (!found && (de = readdir(dp)))
-		found = strstr(de->d_name, ".json") != NULL;
-	closedir(dp);
-	return found;
+	if (*st && strcmp(st, "attached"))
+		printf("  %s since %s (%.1f s)", st, jget(o, "since"),
+		       atof(jget(o, "elapsed_ms")) / 1000.0);
+	putchar('\n');
 }
 
 static int cmd_status(const struct lf_client *c, int argc, char **argv)
@@ -364,20 +382,26 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 	printf("\nVOLUMES (%zu)\n", json_object_array_length(arr));
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		struct json_object *v = json_object_array_get_idx(arr, i);
-		printf("  %s  %s%s  %s bytes  mounts %s\n", jget(v, "spec"),
-		       jget(v, "mode"),
-		       strcmp(jget(v, "read_only"), "true") ? "" : " ro",
-		       jget(v, "size"), jget(v, "mounts"));
+		if (*jget(v, "mode"))
+			printf("  %s  %s%s  %s bytes  mounts %s",
+			       jget(v, "spec"), jget(v, "mode"),
+			       strcmp(jget(v, "read_only"), "true") ? ""
+								    : " ro",
+			       jget(v, "size"), jget(v, "mounts"));
+		else
+			printf("  %s", jget(v, "spec"));
+		print_state(v);
 	}
 	json_object_object_get_ex(ans, "mounts", &arr);
 	printf("\nMOUNTS (%zu)\n", json_object_array_length(arr));
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		struct json_object *m = json_object_array_get_idx(arr, i);
-		printf("  %s  %s  %s%s%s%s%s%s\n", jget(m, "path"),
+		printf("  %s  %s  %s%s%s%s%s%s", jget(m, "path"),
 		       jget(m, "spec"), jget(m, "mode"),
 		       strcmp(jget(m, "read_only"), "true") ? "" : " ro",
 		       *jget(m, "uidmap") ? " uidmap=" : "", jget(m, "uidmap"),
 		       *jget(m, "gidmap") ? " gidmap=" : "", jget(m, "gidmap"));
+		print_state(m);
 	}
 	json_object_put(ans);
 	return 0;
