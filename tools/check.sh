@@ -4,6 +4,10 @@
 # scenarios against a private tgtd, with the ASan/UBSan binaries.
 # Extra arguments go to pytest (e.g. -k block -x).
 set -euo pipefail
+if [ "$(id -u)" != 0 ]; then # a user shell: run as root through sudo
+	command -v sudo >/dev/null || { echo "check.sh: run it as root (no sudo here)" >&2; exit 1; }
+	exec sudo -E -- "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 tools/setup.sh --asan
 

@@ -32,10 +32,18 @@ bool lf_client_daemon_running(const struct lf_client *c)
 	return true;
 }
 
+#ifndef LF_SBIN_FROM_BIN
+#define LF_SBIN_FROM_BIN "../sbin"
+#endif
+
+/* lunfsd next to us (the build tree), else in the sbin of our install
+ * prefix (lunfs in PREFIX/bin, lunfsd in PREFIX/sbin, which a user's PATH
+ * may lack), else from PATH. */
 static void find_daemon(char *buf, size_t len)
 {
 	const char *env = getenv("LUNFS_DAEMON");
 	char self[PATH_MAX];
+	const char *dir;
 	ssize_t n;
 
 	if (env && *env) {
@@ -45,7 +53,11 @@ static void find_daemon(char *buf, size_t len)
 	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	if (n > 0) {
 		self[n] = 0;
-		snprintf(buf, len, "%s/lunfsd", dirname(self));
+		dir = dirname(self);
+		snprintf(buf, len, "%s/lunfsd", dir);
+		if (access(buf, X_OK) == 0)
+			return;
+		snprintf(buf, len, "%s/" LF_SBIN_FROM_BIN "/lunfsd", dir);
 		if (access(buf, X_OK) == 0)
 			return;
 	}

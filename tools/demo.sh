@@ -2,11 +2,23 @@
 # demo.sh — the main job end to end: start a throwaway iSCSI target on a
 # loopback port, mount one of its LUNs as a filesystem and another as a
 # block file through lunfs, show them, and clean everything up.
+#
+# tools/demo.sh              install what is missing, build, run the build's lunfs
+# tools/demo.sh --installed  run the installed lunfs (from PATH), build nothing
+#
+# Runs as root; from a user shell it runs itself again through sudo.
 set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+	command -v sudo >/dev/null || { echo "demo.sh: run it as root (no sudo here)" >&2; exit 1; }
+	exec sudo -E -- "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
-tools/setup.sh
-
-LUNFS="$PWD/build/tools/lunfs"
+if [ "${1:-}" = --installed ]; then
+	LUNFS=$(command -v lunfs) || { echo "demo.sh: no lunfs on PATH" >&2; exit 1; }
+else
+	tools/setup.sh
+	LUNFS="$PWD/build/tools/lunfs"
+fi
 work=$(mktemp -d /tmp/lunfs-demo.XXXXXX)
 ctl=$(( (RANDOM % 30000) + 2000 ))  # tgtd -C caps at 32767
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
