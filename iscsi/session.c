@@ -154,13 +154,33 @@ fail:
 	return NULL;
 }
 
-/* Translates libiscsi's login error text into -errno and one line. */
-static int login_error(const struct lf_session_params *p, const char *portal,
+/* Translates libiscsi's login error text into -errno and one line.
+ * chap: the credentials this step offered (user "" = none). */
+static int login_error(const struct lf_session_params *p,
+		       const struct lf_chap *chap, const char *portal,
 		       const char *step, const char *why, char *err,
 		       size_t errlen)
 {
 	if (!why)
 		why = "unknown error";
+	/* A target that wants CHAP answers a login offering only
+	 * AuthMethod=None with the same status as a wrong secret (class 2,
+	 * detail 1, "Authentication failure"; libiscsi passes it on as text),
+	 * so which one it was is known only from what we offered. */
+	if ((strcasestr(why, "authentication") || strcasestr(why, "chap")) &&
+	    !chap->user[0]) {
+		snprintf(err, errlen,
+			 "iscsi://%s/%s: %s failed: the target requires CHAP "
+			 "and none was offered: name the CHAP user "
+			 "(iscsi://USER@host/... or \"%s\": true in a JSON "
+			 "spec) and give its secret with --chap-secret-file "
+			 "(%s)",
+			 portal, p->iqn, step,
+			 chap == &p->discovery_chap ? "chapAuthDiscovery"
+						    : "chapAuthSession",
+			 why);
+		return -EACCES;
+	}
 	if (strcasestr(why, "authentication") || strcasestr(why, "chap")) {
 		snprintf(err, errlen,
 			 "iscsi://%s/%s: %s failed: CHAP authentication "
@@ -227,14 +247,16 @@ static int discover(const struct lf_session_params *p, const char *portal,
 		return -ENOMEM;
 	}
 	if (iscsi_connect_sync(ctx, portal) || iscsi_login_sync(ctx)) {
-		r = login_error(p, portal, "discovery login",
-				iscsi_get_error(ctx), err, errlen);
+		r = login_error(p, &p->discovery_chap, portal,
+				"discovery login", iscsi_get_error(ctx), err,
+				errlen);
 		goto out;
 	}
 	da = iscsi_discovery_sync(ctx);
 	if (!da) {
-		r = login_error(p, portal, "SendTargets discovery",
-				iscsi_get_error(ctx), err, errlen);
+		r = login_error(p, &p->discovery_chap, portal,
+				"SendTargets discovery", iscsi_get_error(ctx),
+				err, errlen);
 		goto out_logout;
 	}
 	for (a = da; a; a = a->next)
@@ -278,8 +300,8 @@ static int login_portal(struct lf_session *s, const char *portal, char *err,
 	 * that libiscsi's reconnect dials again. LUN -1: no TEST UNIT
 	 * READY, LUNs are checked by lf_session_open_lun(). */
 	if (iscsi_full_connect_sync(ctx, portal, -1)) {
-		r = login_error(&s->p, portal, "login", iscsi_get_error(ctx),
-				err, errlen);
+		r = login_error(&s->p, &s->p.chap, portal, "login",
+				iscsi_get_error(ctx), err, errlen);
 		iscsi_destroy_context(ctx);
 		return r;
 	}

@@ -1324,6 +1324,34 @@ bool lf_secrets_empty(const struct lf_secrets *sec)
 	return true;
 }
 
+static bool chap_given(const struct lf_chap *c)
+{
+	return c->user[0] || c->secret[0] || c->user_in[0] || c->secret_in[0];
+}
+
+int lf_spec_check_secrets(const struct lf_spec *spec,
+			  const struct lf_secrets *sec, char *err,
+			  size_t errlen)
+{
+	if (chap_given(&sec->session) && !spec->chap_session &&
+	    !spec->url_user[0]) {
+		snprintf(err, errlen,
+			 "CHAP secrets were given but the spec does not use "
+			 "CHAP, so they would be ignored: name the CHAP user "
+			 "in the URL (iscsi://USER@host/IQN/LUN) or set "
+			 "\"chapAuthSession\": true in a JSON spec");
+		return -EINVAL;
+	}
+	if (chap_given(&sec->discovery) && !spec->chap_discovery) {
+		snprintf(err, errlen,
+			 "discovery CHAP secrets were given but the spec does "
+			 "not use discovery CHAP, so they would be ignored: "
+			 "set \"chapAuthDiscovery\": true in a JSON spec");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 void lf_secrets_wipe(struct lf_secrets *sec)
 {
 	explicit_bzero(sec, sizeof(*sec));

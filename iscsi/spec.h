@@ -113,6 +113,12 @@ char *lf_secrets_to_json(const struct lf_secrets *sec);
 int lf_secrets_parse_json(const char *text, struct lf_secrets *sec, char *err,
 			  size_t errlen);
 bool lf_secrets_empty(const struct lf_secrets *sec);
+/* Secrets the spec would not use are a mistake, not something to ignore:
+ * session CHAP keys need chapAuthSession (or a URL's "user@"), discovery
+ * keys chapAuthDiscovery. -EINVAL with a message saying how to enable it. */
+int lf_spec_check_secrets(const struct lf_spec *spec,
+			  const struct lf_secrets *sec, char *err,
+			  size_t errlen);
 void lf_secrets_wipe(struct lf_secrets *sec);
 
 #endif

@@ -314,3 +314,19 @@ def test_chap_secret_never_written(lunfs, daemon, targets, lundir):
         cli = [p for p in H.grep_tree(lundir, secret)
                if not p.startswith(sdir)]
         assert cli == [], f"secret in {cli}"
+
+
+def test_secrets_for_a_spec_without_chap_refused(lunfs, daemon, target, lundir):
+    """The daemon refuses, as the CLI does, session secrets next to a spec
+    that does not use CHAP (another client could send them)."""
+    b = H.make_file(os.path.join(lundir, "b"))
+    req = {"op": "mount", "path": b, "block": True,
+           "spec": {"targetPortal": target.tgt.portal, "iqn": target.iqn,
+                    "lun": 1},
+           "secrets": {"node.session.auth.username": "u",
+                       "node.session.auth.password": "Secret-Pa55word-y"}}
+    ans = raw_call(sock_path(lunfs), json.dumps(req).encode())
+    a = json.loads(ans)
+    assert a.get("ok") is not True and "does not use CHAP" in a["error"]
+    assert "Secret-Pa55word-y" not in ans.decode()
+    assert target.connections() == [] and not H.is_mountpoint(b)

@@ -213,6 +213,56 @@ def test_chap_wrong_secret_fails(lunfs, targets, lundir):
     assert st["volumes"] == [] and st["mounts"] == [] and st["sessions"] == []
 
 
+def test_chap_secret_file_needs_a_spec_that_uses_chap(lunfs, targets, lundir):
+    """A secret file next to a spec without CHAP (URL without user@, JSON
+    without chapAuthSession) is an error naming both ways to turn CHAP on,
+    made before any login; the same file with user@ in the URL works."""
+    t = chap_target(targets)
+    b = blockfile(lundir, "b")
+    sf = secret_file(lundir)
+    plain_json = H.write_json_spec(os.path.join(lundir, "plain.json"),
+                                   targetPortal=t.tgt.portal, iqn=t.iqn,
+                                   lun=1, volumeMode="Block")
+    for spec in (t.url(1), plain_json):
+        r = lunfs.run("mount", "--block", "--chap-secret-file", sf, spec, b)
+        line = H.assert_one_error_line(r, ["does not use CHAP"])
+        assert "iscsi://USER@" in line and '"chapAuthSession": true' in line
+        assert PASSWORD not in line
+        assert t.connections() == [] and not H.is_mountpoint(b)
+    # The hook's chapSecretFile goes the same way (lunfs fsck too).
+    r = lunfs.run("fsck", "--chap-secret-file", sf, t.url(1))
+    H.assert_one_error_line(r, ["does not use CHAP"])
+    lunfs.mount(t.url(1, user=USER), b, "--block", "--chap-secret-file", sf)
+    assert t.wait_connections(1) == 1
+    lunfs.umount(b)
+
+
+def test_target_requires_chap_is_not_a_wrong_secret(lunfs, targets, lundir):
+    """tgtd answers a login without CHAP with the status of a wrong secret
+    (Authentication failure, 0x0201); lunfs knows it offered none and says
+    the target requires CHAP. Session secrets in the environment are for
+    the mounts that use CHAP: a plain volume mounts with them set."""
+    t = chap_target(targets)
+    b = blockfile(lundir, "b")
+    r = lunfs.run("mount", "--block", t.url(1), b)
+    line = H.assert_one_error_line(r, ["the target requires CHAP"])
+    assert "check the CHAP user and secret" not in line
+    assert "iscsi://USER@" in line and "--chap-secret-file" in line
+    assert t.wait_connections(0, timeout=1) == 0
+    r = lunfs.run("mount", "--block", "--chap-secret-file",
+                  secret_file(lundir, password="Wrong-Pa55word-x"),
+                  t.url(1, user=USER), b)
+    line = H.assert_one_error_line(r, ["check the CHAP user and secret"])
+    assert "requires CHAP" not in line
+
+    plain = targets("plain", luns={1: 8 * MiB})
+    lunfs.mount(plain.url(1), b, "--block",
+                env={"LUNFS_CHAP_USERNAME": USER,
+                     "LUNFS_CHAP_PASSWORD": PASSWORD})
+    assert plain.wait_connections(1) == 1
+    lunfs.umount(b)
+
+
 def test_mutual_chap(lunfs, targets, lundir):
     t = chap_target(targets, mutual=True)
     b = blockfile(lundir, "b")

@@ -191,7 +191,7 @@ int lf_client_mount_request(struct lf_mount_req *m, struct json_object **out,
 	struct lf_spec *spec = m->spec;
 	struct json_object *req = NULL;
 	struct lf_secrets sec;
-	char *sj = NULL, *secj = NULL, abs[PATH_MAX];
+	char *sj = NULL, *secj = NULL, abs[PATH_MAX], e2[512];
 	int r;
 
 	memset(&sec, 0, sizeof(sec));
@@ -208,6 +208,22 @@ int lf_client_mount_request(struct lf_mount_req *m, struct json_object **out,
 		if (!sec.session.user[0])
 			snprintf(sec.session.user, sizeof(sec.session.user),
 				 "%s", spec->url_user);
+	}
+	if (m->secret_file) {
+		/* A file named on purpose for a volume without CHAP is a
+		 * mistake (the target would see no CHAP and refuse). */
+		r = lf_spec_check_secrets(spec, &sec, e2, sizeof(e2));
+		if (r) {
+			snprintf(err, errlen, "%s: %s", m->secret_file, e2);
+			goto out;
+		}
+	} else {
+		/* The environment serves every mount: keep only what this
+		 * spec uses. */
+		if (!spec->chap_session)
+			explicit_bzero(&sec.session, sizeof(sec.session));
+		if (!spec->chap_discovery)
+			explicit_bzero(&sec.discovery, sizeof(sec.discovery));
 	}
 	r = -EINVAL;
 	if (spec->chap_session && !sec.session.secret[0]) {

@@ -160,10 +160,34 @@ bad_type:
 	return -EINVAL;
 }
 
+/* Secrets next to a spec that would not use them: refused here too, for
+ * clients other than ours (keys already checked). */
+static int check_secrets_used(struct json_object *req, char *err, size_t errlen)
+{
+	struct json_object *js, *jsec;
+	struct lf_spec spec;
+	struct lf_secrets sec;
+	int r;
+
+	if (!json_object_object_get_ex(req, "spec", &js) ||
+	    !json_object_object_get_ex(req, "secrets", &jsec))
+		return 0;
+	if (lf_spec_parse_json(json_object_to_json_string(js), &spec, err,
+			       errlen))
+		return -EINVAL;
+	r = lf_secrets_parse_json(json_object_to_json_string(jsec), &sec, err,
+				  errlen);
+	if (!r)
+		r = lf_spec_check_secrets(&spec, &sec, err, errlen);
+	lf_secrets_wipe(&sec);
+	return r;
+}
+
 int lf_request_check(struct json_object *req, char *err, size_t errlen)
 {
 	const struct opdef *def = NULL;
 	struct json_object *op;
+	int r;
 
 	if (!json_object_is_type(req, json_type_object)) {
 		snprintf(err, errlen, "a request must be a JSON object");
@@ -185,7 +209,6 @@ int lf_request_check(struct json_object *req, char *err, size_t errlen)
 	json_object_object_foreach(req, key, val)
 	{
 		const struct key *k = NULL;
-		int r;
 		if (strcmp(key, "op") == 0)
 			continue;
 		for (const struct key *c = def->keys; c->name; c++)
@@ -200,6 +223,9 @@ int lf_request_check(struct json_object *req, char *err, size_t errlen)
 		if (r)
 			return r;
 	}
+	r = check_secrets_used(req, err, errlen);
+	if (r)
+		return r;
 	for (const char *const *rq = def->required; *rq; rq++) {
 		if (!json_object_object_get_ex(req, *rq, NULL)) {
 			snprintf(err, errlen, "%s: \"%s\" is required", def->op,

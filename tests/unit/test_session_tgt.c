@@ -322,7 +322,11 @@ static void test_login_errors(struct tgt *t)
 
 	params_init(&p, t, IQN2);
 	r = lf_session_login(&p, &s, err, sizeof(err));
-	CHECK(r < 0); /* CHAP required, none given */
+	/* CHAP required, none given: tgtd's answer is a wrong secret's
+	 * (Authentication failure), but we know we offered none. */
+	CHECK_EQ(r, -EACCES);
+	CHECK(strstr(err, "the target requires CHAP") != NULL);
+	CHECK(strstr(err, "check the CHAP user") == NULL);
 	snprintf(p.chap.user, sizeof(p.chap.user), "u");
 	snprintf(p.chap.secret, sizeof(p.chap.secret), "wrongsecret123");
 	r = lf_session_login(&p, &s, err, sizeof(err));
