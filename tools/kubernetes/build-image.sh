@@ -32,5 +32,9 @@ if [ -z "${LUNFS_BASE_IMAGE:-}" ] && ! podman image exists "$base" &&
 		rm -f "$ctx/base.tar"
 	fi
 fi
-podman build -q --build-arg BASE="$base" -t "$tag" "$ctx" >/dev/null
+# chroot isolation: the RUN step needs no OCI runtime or cgroups, so the
+# image builds also where crun cannot create containers (cgroup v1 hosts,
+# nested containers); LUNFS_BUILD_ISOLATION=oci for podman's default.
+podman build -q --isolation "${LUNFS_BUILD_ISOLATION:-chroot}" \
+	--build-arg BASE="$base" -t "$tag" "$ctx" >/dev/null
 echo "$tag"
