@@ -10,6 +10,7 @@ import subprocess
 import lunfs_harness as H
 
 LOCK = ["-o", "DPkg::Lock::Timeout=300"]
+WANTS = "/etc/systemd/system/multi-user.target.wants/lunfsd.service"
 
 
 def _install(tmp_path, *args, env=None):
@@ -118,7 +119,9 @@ def _dpkg_status(pkg):
 
 def test_deb_install_demo_purge(tmp_path):
     """tools/package.sh builds the .deb; apt installs it (unit not enabled),
-    the README's demo runs on the installed binaries, purge leaves nothing."""
+    the README's demo runs on the installed binaries, purge leaves nothing;
+    installed with LUNFS_ENABLE_UNIT=1 the unit is enabled, and purge
+    disables it."""
     assert "installed" not in _dpkg_status("lunfs").split()[-1:], \
         "a lunfs package is already installed on this machine"
     r = subprocess.run([f"{H.REPO}/tools/package.sh", str(tmp_path)],
@@ -152,8 +155,7 @@ def test_deb_install_demo_purge(tmp_path):
         assert _hook_path("/etc/containers/oci/hooks.d/lunfs.json") == \
             "/usr/bin/lunfs"
         # Not asked for: not enabled.
-        assert not os.path.lexists(
-            "/etc/systemd/system/multi-user.target.wants/lunfsd.service")
+        assert not os.path.lexists(WANTS)
         r = subprocess.run(["man", "-w", "lunfsd"], capture_output=True,
                            text=True, env=env)
         assert r.stdout.strip() == "/usr/share/man/man8/lunfsd.8.gz", r.stderr
@@ -175,3 +177,18 @@ def test_deb_install_demo_purge(tmp_path):
     assert left == []
     assert not [f for f in os.listdir("/var/lib/dpkg/info")
                 if f.startswith("lunfs.")]
+
+    # Asked for: enabled on install; purge takes the link away again.
+    env["LUNFS_ENABLE_UNIT"] = "1"
+    try:
+        r = subprocess.run(apt + ["install", "--no-install-recommends", deb],
+                           capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert os.readlink(WANTS).endswith("/systemd/system/lunfsd.service")
+    finally:
+        r = subprocess.run(apt + ["purge", "lunfs"], capture_output=True,
+                           text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not os.path.lexists(WANTS)
+    assert [f for f in files if os.path.isfile(f)] == []
