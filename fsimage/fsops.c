@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include "fsimage/acl.h"
 #include "fsimage/dirindex.h"
 #include "fsimage/fsops_int.h"
 #include "iscsi/log.h"
@@ -1325,6 +1326,7 @@ static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
 	ext2_filsys fs = v->fs;
 	struct lf_fsops *s;
 	struct ext2_inode_large pin, in;
+	struct lf_acl_new acl = {0};
 	struct timespec t = now_ts();
 	uint64_t xino;
 	uint32_t xtype, gid = o->gid;
@@ -1359,6 +1361,9 @@ static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
 		if (isdir)
 			mode |= S_ISGID;
 	}
+	r = lf_acl_inherit(v, parent, &mode, o->umask, &acl);
+	if (r)
+		goto out;
 
 	e = ext2fs_new_inode(fs, parent, mode, NULL, &ino);
 	if (e) {
@@ -1403,6 +1408,9 @@ static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
 		if (r)
 			goto out;
 	}
+	r = lf_acl_store(v, ino, &acl);
+	if (r)
+		goto out;
 
 	r = dir_link(v, s, parent, name, ino, mode, &pos);
 	if (r)
@@ -1418,6 +1426,7 @@ out:
 	if (reserved && ino)
 		free_inode(v, ino);
 	lf_vol_unlock(v);
+	lf_acl_new_free(&acl);
 	return r;
 }
 

@@ -76,6 +76,9 @@ struct lf_owner {
 	/* gid wins over a setgid parent's group (an fsGroup view presents
 	 * every directory as setgid with that group). */
 	bool gid_fixed;
+	/* The caller's umask: it masks the new mode unless the parent has a
+	 * default ACL, which then decides (as ext4 does). */
+	uint32_t umask;
 };
 
 int lf_fs_getattr(struct lf_vol *v, uint64_t ino, struct lf_stat *st);
@@ -85,7 +88,10 @@ int lf_fs_setattr(struct lf_vol *v, uint64_t ino, unsigned what,
 		  const struct lf_setattr *sa, struct lf_stat *st);
 
 /* Create: regular files, fifos, sockets, char/block devices (by mode). New
- * directories inherit setgid and group from a setgid parent, as ext4. */
+ * directories inherit setgid and group from a setgid parent, as ext4. A
+ * parent's default ACL becomes the new inode's access ACL (and a new
+ * directory's default ACL), with the mode bits as posix_acl_create()
+ * computes them (see fsimage/acl.h); symlinks take no ACL. */
 int lf_fs_mknod(struct lf_vol *v, uint64_t parent, const char *name,
 		uint32_t mode, uint64_t rdev, const struct lf_owner *o,
 		struct lf_stat *st);
@@ -162,9 +168,9 @@ int lf_fs_setxattr(struct lf_vol *v, uint64_t ino, const char *name,
 ssize_t lf_fs_listxattr(struct lf_vol *v, uint64_t ino, char *buf, size_t size);
 int lf_fs_removexattr(struct lf_vol *v, uint64_t ino, const char *name);
 
-/* What the kernel does before a write or truncate and leaves to the
+/* What the kernel does before a write, truncate or chown and leaves to the
  * filesystem under FUSE_HANDLE_KILLPRIV_V2: drop security.capability of a
- * regular file and, if suidgid (the caller lacks CAP_FSETID), setuid, and
+ * non-directory and, if suidgid (the caller lacks CAP_FSETID), setuid, and
  * setgid when group-executable or when in_group (may be NULL) says the
  * caller is not in the file's group (a DISK gid). 1 if something was
  * dropped (ctime moved), 0 if there was nothing to drop. */

@@ -18,5 +18,9 @@ int lf_fs_touch_ctime(struct lf_vol *v, uint64_t ino);
 /* chmod of an inode with an access ACL rewrites the ACL's owner, group
  * (mask) and other entries as the kernel does. Lock held. */
 int lf_fs_acl_chmod_locked(struct lf_vol *v, uint64_t ino, unsigned mode);
+/* Whether the inode holds any extended attribute; in holds the whole
+ * inode, isize bytes (fsops_xattr.c). */
+bool lf_fs_has_xattrs(struct lf_vol *v, const struct ext2_inode_large *in,
+		      unsigned isize);
 
 #endif

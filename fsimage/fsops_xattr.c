@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
+#include "fsimage/acl.h"
 #include "fsimage/fsops_int.h"
 
 #define LF_XATTR_NAME_MAX 255
@@ -93,16 +94,8 @@ out:
  * id, little endian). The kernel keeps an inode's mode and its access ACL
  * in step (posix_acl_update_mode, posix_acl_chmod); so do we, or the
  * kernel's ext4 would see modes that differ from what we served. */
-#define ACL_VERSION 2
-enum {
-	ACL_USER_OBJ = 1,
-	ACL_USER = 2,
-	ACL_GROUP_OBJ = 4,
-	ACL_GROUP = 8,
-	ACL_MASK = 0x10,
-	ACL_OTHER = 0x20
-};
-#define ACL_ACCESS_NAME "system.posix_acl_access"
+#define ACL_VERSION	POSIX_ACL_XATTR_VERSION
+#define ACL_ACCESS_NAME LF_ACL_ACCESS
 
 static uint16_t le16_at(const unsigned char *p)
 {
@@ -356,8 +349,8 @@ out:
  * in-inode area's magic. in holds the whole inode, isize bytes. Spares
  * parsing them for the common inode that has none, since a write asks
  * this every time. */
-static bool has_xattrs(struct lf_vol *v, const struct ext2_inode_large *in,
-		       unsigned isize)
+bool lf_fs_has_xattrs(struct lf_vol *v, const struct ext2_inode_large *in,
+		      unsigned isize)
 {
 	uint32_t magic;
 	size_t at;
@@ -374,7 +367,7 @@ static bool has_xattrs(struct lf_vol *v, const struct ext2_inode_large *in,
 int lf_fs_killpriv(struct lf_vol *v, uint64_t ino, bool suidgid,
 		   bool (*in_group)(void *opaque, uint32_t gid), void *opaque)
 {
-	/* The whole inode in one read, for has_xattrs(). */
+	/* The whole inode in one read, for lf_fs_has_xattrs(). */
 	union {
 		struct ext2_inode_large in;
 		uint8_t raw[1024];
@@ -396,7 +389,9 @@ int lf_fs_killpriv(struct lf_vol *v, uint64_t ino, bool suidgid,
 	lf_vol_lock(v);
 	r = lf_fs_iread_sized(v, ino, inp,
 			      isize > sizeof(u.in) ? isize : sizeof(u.in));
-	if (r || !LINUX_S_ISREG(inp->i_mode))
+	/* chown_common() kills on every non-directory, fifos and device
+	 * nodes included; write and truncate only reach regular files. */
+	if (r || LINUX_S_ISDIR(inp->i_mode))
 		goto out;
 	/* As the kernel's setattr_should_drop_sgid(): setgid without group
 	 * execute marks mandatory locking, and stays for group members. */
@@ -415,7 +410,7 @@ int lf_fs_killpriv(struct lf_vol *v, uint64_t ino, bool suidgid,
 		if (r)
 			goto out;
 	}
-	if (big || has_xattrs(v, inp, isize)) {
+	if (big || lf_fs_has_xattrs(v, inp, isize)) {
 		r = xopen(v, ino, &h);
 		if (r)
 			goto out;

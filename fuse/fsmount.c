@@ -4,12 +4,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/falloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "fsimage/fsops.h"
+#include "fuse/aclmap.h"
 #include "fuse/mount_int.h"
 #include "iscsi/log.h"
 
@@ -249,6 +251,9 @@ static int new_owner(const struct lf_mount *m, fuse_req_t req,
 	if (!lf_idmap_to_disk(&m->opts.uidmap, ctx->uid, &o->uid))
 		return -EOVERFLOW;
 	o->gid_fixed = false;
+	/* The kernel leaves the umask to us (FUSE_CAP_DONT_MASK): a default
+	 * ACL of the parent replaces it. */
+	o->umask = ctx->umask;
 	if (m->opts.fsgroup >= 0 &&
 	    lf_idmap_to_disk(&m->opts.gidmap, (uint32_t)m->opts.fsgroup,
 			     &o->gid)) {
@@ -280,6 +285,10 @@ static bool refuse_ro(struct lf_mount *m, fuse_req_t req)
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	lf_mount_init_conn(conn, true);
+	/* Modes arrive unmasked, with the caller's umask beside them, so
+	 * that a default ACL can decide instead (fsops' create). */
+	if (conn->capable & FUSE_CAP_DONT_MASK)
+		conn->want |= FUSE_CAP_DONT_MASK;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -926,15 +935,39 @@ static void xattr_changed(struct lf_mount *m, fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, ret < 0 ? -ret : 0);
 }
 
+static bool maps_ids(const struct lf_mount *m)
+{
+	return m->opts.uidmap.n || m->opts.gidmap.n;
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			const char *value, size_t size, int flags)
 {
 	struct lf_mount *m = mnt(req);
+	unsigned char *disk = NULL;
 	int ret;
 
 	if (refuse_ro(m, req))
 		return;
+	/* ACL entries name HOST ids, stored as DISK ids like owners. */
+	if (lf_aclmap_kind(name) && maps_ids(m)) {
+		disk = malloc(size ? size : 1);
+		if (!disk) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(disk, value, size);
+		ret = lf_aclmap_to_disk(&m->opts.uidmap, &m->opts.gidmap, disk,
+					size);
+		if (ret < 0) {
+			free(disk);
+			fuse_reply_err(req, -ret);
+			return;
+		}
+		value = (const char *)disk;
+	}
 	ret = lf_fs_setxattr(m->vol, to_disk(ino), name, value, size, flags);
+	free(disk);
 	xattr_changed(m, req, ino, ret);
 }
 
@@ -953,13 +986,29 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 {
 	struct lf_mount *m = mnt(req);
 	void *buf = size ? lf_mount_buf(m, size) : NULL;
+	ssize_t n;
+	int kind;
 
 	if (size && !buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	reply_sized(req, lf_fs_getxattr(m->vol, to_disk(ino), name, buf, size),
-		    buf, size);
+	n = lf_fs_getxattr(m->vol, to_disk(ino), name, buf, size);
+	kind = n > 0 && size ? lf_aclmap_kind(name) : 0;
+	if (kind && (maps_ids(m) || m->opts.fsgroup >= 0)) {
+		unsigned extra = 0;
+		struct lf_stat s;
+
+		/* The fsGroup view's mode bits, as present() adds them. */
+		if (kind == 1 && m->opts.fsgroup >= 0 &&
+		    lf_fs_getattr(m->vol, to_disk(ino), &s) == 0 &&
+		    !S_ISLNK(s.mode))
+			extra = (m->opts.read_only ? 0440 : 0660) |
+				(S_ISDIR(s.mode) ? 0110 : 0);
+		lf_aclmap_to_host(&m->opts.uidmap, &m->opts.gidmap, buf,
+				  (size_t)n, extra);
+	}
+	reply_sized(req, n, buf, size);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
@@ -1043,7 +1092,11 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 	ret = lf_fs_fallocate(m->vol, to_disk(ino), mode, (uint64_t)offset,
 			      (uint64_t)length);
 	if (ret == 0) {
-		struct lf_inval iv = iv_data(to_disk(ino), offset, length);
+		/* Collapse and insert move everything after offset. */
+		bool shift = mode & (FALLOC_FL_COLLAPSE_RANGE |
+				     FALLOC_FL_INSERT_RANGE);
+		struct lf_inval iv =
+			iv_data(to_disk(ino), offset, shift ? 0 : length);
 
 		lf_op_notify(m, &op, &iv, 1);
 	}

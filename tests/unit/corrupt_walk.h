@@ -371,7 +371,7 @@ static uint64_t cw_walk_tree(struct lf_vol *v, struct cw_counts *c)
 static void cw_write_one(struct lf_vol *v, uint64_t dir, const char *name,
 			 struct cw_result *res)
 {
-	static const struct lf_owner owner = {0, 0, false};
+	static const struct lf_owner owner = {0, 0, false, 0};
 	unsigned char *buf = malloc(CW_WRITE_BYTES), *back;
 	struct lf_stat st;
 	ssize_t n;
@@ -542,7 +542,7 @@ static void cw_run_image(const char *path, const char *label,
 		cw_write_one(v, LF_ROOT_INO, "lunfs-corrupt-test", res);
 		if (!sub) {
 			struct lf_stat st;
-			static const struct lf_owner owner = {0, 0, false};
+			static const struct lf_owner owner = {0, 0, false, 0};
 
 			if (lf_fs_mkdir(v, LF_ROOT_INO, "lunfs-corrupt-dir",
 					S_IFDIR | 0755, &owner, &st) == 0)

@@ -162,7 +162,7 @@ static void die(const char *what, long r)
 int main(int argc, char **argv)
 {
 	const char *img = argc > 1 ? argv[1] : "/dev/shm/perf_fsops.img";
-	const struct lf_owner o = {1000, 1000, false};
+	const struct lf_owner o = {1000, 1000, false, 0};
 	struct lf_vol *v = open_img(img, 2048ull * MIB, true);
 	char *buf = malloc(MIB), name[64];
 	struct lf_stat st;

@@ -26,7 +26,7 @@
 #define IMG_BYTES (64 * MIB)
 #define NBIGDIR	  500
 
-static const struct lf_owner owner = {1000, 1000, false};
+static const struct lf_owner owner = {1000, 1000, false, 0};
 
 /* What the damage functions poke at. */
 struct good {

@@ -21,7 +21,7 @@
 #define MIB  (1024 * 1024)
 #define NBIG 10000
 
-static const struct lf_owner owner = {1000, 1000, false};
+static const struct lf_owner owner = {1000, 1000, false, 0};
 
 static double now_s(void)
 {
