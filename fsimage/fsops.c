@@ -3002,6 +3002,8 @@ int lf_fs_fallocate(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 
 	if (len == 0)
 		return -EINVAL;
+	if (mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE))
+		return lf_fs_shift_range(v, ino, mode, off, len);
 	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE |
 		     FALLOC_FL_ZERO_RANGE))
 		return -EOPNOTSUPP;
@@ -3071,4 +3073,45 @@ out:
 	lf_vol_unlock(v);
 	ilock_put(v, l);
 	return r;
+}
+
+/* ---- for fsops_range.c (see fsops_int.h) ---- */
+
+struct lf_ilock *lf_fs_ilock_get(struct lf_vol *v, uint64_t ino)
+{
+	return ilock_get(v, ino, true);
+}
+
+void lf_fs_ilock_put(struct lf_vol *v, struct lf_ilock *l)
+{
+	ilock_put(v, l);
+}
+
+int lf_fs_iread_regular(struct lf_vol *v, uint64_t ino,
+			struct ext2_inode_large *in)
+{
+	return iread_regular(v, ino, in, -ENODEV);
+}
+
+int lf_fs_punch_locked(struct lf_vol *v, uint64_t ino,
+		       struct ext2_inode_large *in, uint64_t start,
+		       uint64_t end)
+{
+	return punch_blocks(v, ino, in, start, end);
+}
+
+int lf_fs_extents_in(ext2_extent_handle_t h, uint64_t from, uint64_t to,
+		     struct ext2fs_extent **out, size_t *nout)
+{
+	return extents_in(h, from, to, out, nout);
+}
+
+uint64_t lf_fs_max_size(struct lf_vol *v)
+{
+	return max_file_size(v->fs);
+}
+
+void lf_fs_touch_mc(struct lf_vol *v, struct ext2_inode_large *in)
+{
+	touch_mc(v, in);
 }

@@ -1,6 +1,7 @@
 /* test_idmap.c — DISK:HOST:COUNT parsing and mapping. */
 #include <errno.h>
 
+#include "fuse/aclmap.h"
 #include "fuse/idmap.h"
 #include "tests/unit/check.h"
 
@@ -130,10 +131,79 @@ static void test_mapping(void)
 	CHECK(!lf_idmap_to_disk(&m, 6, &d));
 }
 
+/* An ACL value: version 2, then (tag, perm, id) entries. */
+static size_t acl_put(unsigned char *b, const unsigned (*e)[3], int n)
+{
+	memset(b, 0, 4 + 8 * (size_t)n);
+	b[0] = 2;
+	for (int i = 0; i < n; i++) {
+		unsigned char *p = b + 4 + 8 * i;
+
+		p[0] = (unsigned char)e[i][0];
+		p[2] = (unsigned char)e[i][1];
+		for (int k = 0; k < 4; k++)
+			p[4 + k] = (unsigned char)(e[i][2] >> (8 * k));
+	}
+	return 4 + 8 * (size_t)n;
+}
+
+static unsigned acl_id(const unsigned char *b, int i)
+{
+	const unsigned char *p = b + 4 + 8 * i + 4;
+
+	return p[0] | p[1] << 8 | p[2] << 16 | (unsigned)p[3] << 24;
+}
+
+static void test_aclmap(void)
+{
+	static const unsigned ents[][3] = {
+		{1, 6, 0xFFFFFFFF},    {2, 6, 101000},
+		{4, 4, 0xFFFFFFFF},    {8, 4, 102000},
+		{0x10, 4, 0xFFFFFFFF}, {0x20, 0, 0xFFFFFFFF},
+	};
+	struct lf_idmap u, g, u2, g2;
+	unsigned char b[64];
+	char err[128];
+	size_t n = acl_put(b, ents, 6);
+
+	lf_idmap_init(&u);
+	lf_idmap_init(&g);
+	lf_idmap_add(&u, "0:100000:65536", err, sizeof(err));
+	lf_idmap_add(&g, "0:100000:65536", err, sizeof(err));
+	lf_idmap_init(&u2);
+	lf_idmap_init(&g2);
+	lf_idmap_add(&u2, "0:200000:1000", err, sizeof(err));
+	lf_idmap_add(&g2, "0:200000:65536", err, sizeof(err));
+	CHECK_EQ(lf_aclmap_kind("system.posix_acl_access"), 1);
+	CHECK_EQ(lf_aclmap_kind("system.posix_acl_default"), 2);
+	CHECK_EQ(lf_aclmap_kind("user.x"), 0);
+	CHECK_EQ(lf_aclmap_to_disk(&u, &g, b, n), 0);
+	CHECK_EQ(acl_id(b, 1), 1000);
+	CHECK_EQ(acl_id(b, 3), 2000);
+	CHECK_EQ(acl_id(b, 0), 0xFFFFFFFFu); /* the owner's has no id */
+	lf_aclmap_to_host(&u2, &g2, b, n, 0);
+	CHECK_EQ(acl_id(b, 1), LF_OVERFLOW_ID); /* 1000 is past u2 */
+	CHECK_EQ(acl_id(b, 3), 202000);
+	CHECK_EQ(b[4 + 8 * 4 + 2], 4); /* no view: the mask as stored */
+	/* An fsGroup view's bits: owner and the mask (not the group). */
+	lf_aclmap_to_host(&u2, &g2, b, n, 0660);
+	CHECK_EQ(b[4 + 2], 6);
+	CHECK_EQ(b[4 + 8 * 2 + 2], 4);
+	CHECK_EQ(b[4 + 8 * 4 + 2], 6);
+	CHECK_EQ(b[4 + 8 * 5 + 2], 0);
+	/* Unmapped on set: refused; malformed: refused. */
+	n = acl_put(b, ents, 6);
+	CHECK_EQ(lf_aclmap_to_disk(&u2, &g2, b, n), -EINVAL);
+	CHECK_EQ(lf_aclmap_to_disk(&u, &g, b, n - 1), -EINVAL);
+	b[0] = 1;
+	CHECK_EQ(lf_aclmap_to_disk(&u, &g, b, n), -EINVAL);
+}
+
 int main(void)
 {
 	test_parse_errors();
 	test_overlap();
 	test_mapping();
+	test_aclmap();
 	return check_report("test_idmap");
 }
