@@ -289,6 +289,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * that a default ACL can decide instead (fsops' create). */
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
+	/* The kernel then evaluates ACLs in its permission checks (named
+	 * entries grant and deny as on ext4), asking for them with
+	 * GETXATTR and caching the answer until an invalidation. */
+	if (conn->capable & FUSE_CAP_POSIX_ACL)
+		conn->want |= FUSE_CAP_POSIX_ACL;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)

@@ -109,6 +109,33 @@ os.umask(0o022)
 for root in ("acl", "equiv", "plain", "sgid"):
     dump(d, root)
 
+# The kernel enforces the entries: named users and groups, under the mask.
+def access(name, p, flags, uid, groups=()):
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.setgroups(list(groups)); os.setgid(uid); os.setuid(uid)
+        try:
+            os.close(os.open(p, flags)); res = "ok"
+        except OSError as ex:
+            res = os.strerror(ex.errno)
+        os.write(1, ("access %s %s\n" % (name, res)).encode()); os._exit(0)
+    os.waitpid(pid, 0)
+q = os.path.join(d, "enforce"); os.mkdir(q); os.chmod(q, 0o755)
+for name, text in (("named-user", "u::rw-,u:1000:r--,g::---,m::r--,o::---"),
+                   ("masked", "u::rw-,u:1000:rw-,g::---,m::r--,o::---"),
+                   ("named-group", "u::rw-,g::---,g:2000:rw-,m::rw-,o::---")):
+    p = os.path.join(q, name); open(p, "w").close(); os.chmod(p, 0o600)
+    os.setxattr(p, "system.posix_acl_access", enc(text))
+    access(name + " read 1000", p, os.O_RDONLY, 1000)
+    access(name + " write 1000", p, os.O_WRONLY, 1000)
+    access(name + " write 1001+2000", p, os.O_WRONLY, 1001, (2000,))
+    access(name + " read 1002", p, os.O_RDONLY, 1002)
+access("inherited read 1002", os.path.join(a, "file"), os.O_RDONLY, 1002)
+access("inherited write 1002", os.path.join(a, "file"), os.O_WRONLY, 1002)
+access("inherited write 1003+2001", os.path.join(a, "file"), os.O_WRONLY,
+       1003, (2001,))
+
 # chown on every kind of non-directory (and a directory): setuid always
 # goes, setgid as setattr_should_drop_sgid() decides.
 c = os.path.join(d, "chown"); os.mkdir(c); os.chmod(c, 0o777)
@@ -214,6 +241,10 @@ def test_acl_inheritance_chown_and_ranges_like_kernel_ext4(lunfs, targets,
     assert "acl/file 0o100660 0 0 u::rw-,u:1002:r-x,g::r-x,g:2001:rwx,m::rw-,o::---" \
         in kern
     assert "nobody chgrp 0o555" in kern
+    assert "access named-user read 1000 ok" in kern
+    assert "access masked write 1000 Permission denied" in kern
+    assert "access named-group write 1001+2000 ok" in kern
+    assert "access inherited write 1003+2001 ok" in kern
     # The kernel's ext4 reads lunfs's ACLs and modes as lunfs served them.
     with kernel_mount(t.luns[1], lundir) as kmp:
         assert dump_tree(kmp) == lunfs_dump
@@ -292,6 +323,14 @@ def test_acl_ids_through_each_mounts_maps(lunfs, targets, lundir):
         except OSError as ex:
             assert ex.errno == 22, ex
         assert acl_of(os.path.join(plain, "f")).startswith("u::rw-,u:1000:rw-")
+        # A change through one mount is seen at once through another that
+        # has read the ACL before, chmod's rewrite of the mask included.
+        os.setxattr(os.path.join(a, "f"), "system.posix_acl_access",
+                    enc("u::rw-,u:101000:rw-,u:103000:r--,g::r--,"
+                        "g:102000:r--,m::rw-,o::---"))
+        assert acl_of(os.path.join(b, "f")).endswith("g:202000:r--,m::rw-,o::---")
+        os.chmod(os.path.join(a, "f"), 0o640)
+        assert acl_of(os.path.join(b, "f")).endswith("g:202000:r--,m::r--,o::---")
         # A file made in d inherits the entry (DISK 1000) and every mount
         # shows it in its own ids.
         open(os.path.join(plain, "d", "new"), "w").close()
