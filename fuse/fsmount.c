@@ -945,6 +945,27 @@ static bool maps_ids(const struct lf_mount *m)
 	return m->opts.uidmap.n || m->opts.gidmap.n;
 }
 
+/* The kernel's posix_acl_update_mode(): setting an access ACL drops setgid
+ * unless the caller is in the file's group or capable. The kernel tells a
+ * FUSE server so only through FUSE_SETXATTR_EXT, which libfuse 3.14 does
+ * not negotiate: lunfs decides itself, as for chown. */
+static int acl_drop_sgid(struct lf_mount *m, fuse_req_t req, fuse_ino_t ino)
+{
+	struct caller c = {m, req};
+	struct lf_setattr sa = {0};
+	struct lf_stat s;
+	int ret = lf_fs_getattr(m->vol, to_disk(ino), &s);
+
+	if (ret < 0 || !(s.mode & S_ISGID) ||
+	    caller_in_group_or_root(&c, s.gid))
+		return ret < 0 ? ret : 0;
+	sa.mode = s.mode & 07777 & ~(uint32_t)S_ISGID;
+	ret = lf_fs_setattr(m->vol, to_disk(ino), LF_SET_MODE, &sa, &s);
+	if (ret == 0)
+		fuse_lowlevel_notify_inval_inode(m->se, ino, -1, 0);
+	return ret;
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			const char *value, size_t size, int flags)
 {
@@ -973,6 +994,8 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	}
 	ret = lf_fs_setxattr(m->vol, to_disk(ino), name, value, size, flags);
 	free(disk);
+	if (ret == 0 && lf_aclmap_kind(name) == 1)
+		ret = acl_drop_sgid(m, req, ino);
 	xattr_changed(m, req, ino, ret);
 }
 

@@ -136,6 +136,15 @@ access("inherited write 1002", os.path.join(a, "file"), os.O_WRONLY, 1002)
 access("inherited write 1003+2001", os.path.join(a, "file"), os.O_WRONLY,
        1003, (2001,))
 
+# Setting an access ACL drops setgid unless the caller is in the group.
+for who, groups in (("nonmember", ()), ("member", (3000,))):
+    p = os.path.join(q, "sgid-" + who); open(p, "w").close()
+    os.chown(p, 1000, 3000); os.chmod(p, 0o2775)
+    as_user(lambda: os.setxattr(p, "system.posix_acl_access",
+                                enc("u::rwx,u:1001:r--,g::rwx,m::rwx,o::r-x")),
+            groups=groups)
+    print("setfacl", who, oct(os.stat(p).st_mode & 0o7777))
+
 # chown on every kind of non-directory (and a directory): setuid always
 # goes, setgid as setattr_should_drop_sgid() decides.
 c = os.path.join(d, "chown"); os.mkdir(c); os.chmod(c, 0o777)
@@ -245,6 +254,8 @@ def test_acl_inheritance_chown_and_ranges_like_kernel_ext4(lunfs, targets,
     assert "access masked write 1000 Permission denied" in kern
     assert "access named-group write 1001+2000 ok" in kern
     assert "access inherited write 1003+2001 ok" in kern
+    assert "setfacl nonmember 0o775" in kern
+    assert "setfacl member 0o2775" in kern
     # The kernel's ext4 reads lunfs's ACLs and modes as lunfs served them.
     with kernel_mount(t.luns[1], lundir) as kmp:
         assert dump_tree(kmp) == lunfs_dump
