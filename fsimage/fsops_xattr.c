@@ -55,6 +55,22 @@ static int xopen(struct lf_vol *v, uint64_t ino, struct ext2_xattr_handle **h)
 	return e ? lf_errno_from_ext2(e) : 0;
 }
 
+/* libext2fs reads the ids of unnamed ACL entries back as 0; the kernel
+ * (and so ext4) shows ACL_UNDEFINED_ID there. */
+static void acl_undefined_ids(const char *name, unsigned char *acl, size_t len)
+{
+	if (strcmp(name, LF_ACL_ACCESS) != 0 &&
+	    strcmp(name, LF_ACL_DEFAULT) != 0)
+		return;
+	for (size_t o = LF_ACL_HDR; o + LF_ACL_ENTRY <= len;
+	     o += LF_ACL_ENTRY) {
+		unsigned tag = lf_acl_tag(acl + o);
+
+		if (tag != ACL_USER && tag != ACL_GROUP)
+			memset(acl + o + 4, 0xff, 4);
+	}
+}
+
 ssize_t lf_fs_getxattr(struct lf_vol *v, uint64_t ino, const char *name,
 		       void *buf, size_t size)
 {
@@ -79,8 +95,10 @@ ssize_t lf_fs_getxattr(struct lf_vol *v, uint64_t ino, const char *name,
 	} else if (size && len > size) {
 		r = -ERANGE;
 	} else {
-		if (size)
+		if (size) {
 			memcpy(buf, val, len);
+			acl_undefined_ids(name, buf, len);
+		}
 		r = (ssize_t)len;
 	}
 	ext2fs_free_mem(&val);
