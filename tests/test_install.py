@@ -119,9 +119,8 @@ def _dpkg_status(pkg):
 
 def test_deb_install_demo_purge(tmp_path):
     """tools/package.sh builds the .deb; apt installs it (unit not enabled),
-    the README's demo runs on the installed binaries, purge leaves nothing;
-    installed with LUNFS_ENABLE_UNIT=1 the unit is enabled, and purge
-    disables it."""
+    the README's demo runs on the installed binaries; reinstalled with
+    LUNFS_ENABLE_UNIT=1 the unit is enabled; purge leaves nothing."""
     assert "installed" not in _dpkg_status("lunfs").split()[-1:], \
         "a lunfs package is already installed on this machine"
     r = subprocess.run([f"{H.REPO}/tools/package.sh", str(tmp_path)],
@@ -167,6 +166,13 @@ def test_deb_install_demo_purge(tmp_path):
         assert "$ /usr/bin/lunfs --state-dir" in r.stdout
         assert "hello from lunfs" in r.stdout
         assert "connections left at the target: 0" in r.stdout
+
+        # Asked for (here on a reinstall, which configures again): enabled.
+        r = subprocess.run(apt + ["install", "--reinstall", deb],
+                           capture_output=True, text=True, timeout=600,
+                           env=dict(env, LUNFS_ENABLE_UNIT="1"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert os.readlink(WANTS).endswith("/systemd/system/lunfsd.service")
     finally:
         r = subprocess.run(apt + ["purge", "lunfs"], capture_output=True,
                            text=True, env=env, timeout=600)
@@ -175,20 +181,7 @@ def test_deb_install_demo_purge(tmp_path):
     left = [f for f in files if os.path.isfile(f) or f.endswith("/lunfs")
             and os.path.exists(f)]
     assert left == []
+    assert not os.path.lexists(WANTS)
     assert not [f for f in os.listdir("/var/lib/dpkg/info")
                 if f.startswith("lunfs.")]
 
-    # Asked for: enabled on install; purge takes the link away again.
-    env["LUNFS_ENABLE_UNIT"] = "1"
-    try:
-        r = subprocess.run(apt + ["install", "--no-install-recommends", deb],
-                           capture_output=True, text=True, env=env,
-                           timeout=600)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert os.readlink(WANTS).endswith("/systemd/system/lunfsd.service")
-    finally:
-        r = subprocess.run(apt + ["purge", "lunfs"], capture_output=True,
-                           text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert not os.path.lexists(WANTS)
-    assert [f for f in files if os.path.isfile(f)] == []
