@@ -29,6 +29,9 @@
 /* FUSE_OVER_IO_URING (1 << 41) as a flags2 bit; newer than Debian 12's
  * header. */
 #define LF_FUSE_OVER_IO_URING2 (1u << 9)
+/* FUSE_ALLOW_IDMAP (1 << 40) as a flags2 bit (kernel 6.12, protocol 7.40),
+ * newer than Debian 12's header too. */
+#define LF_FUSE_ALLOW_IDMAP2 (1u << 8)
 
 /* Per FUSE worker thread: the request just read, until the next. */
 static __thread bool req_kill;
@@ -80,6 +83,8 @@ size_t lf_mount_requests(struct lf_mount *m, const char **names,
 {
 	size_t k = 0;
 
+	if (m->kind == LF_MOUNT_BIND)
+		m = m->view->fuse;
 	for (unsigned op = 0; op < LF_MOUNT_REQUEST_KINDS && k < n; op++) {
 		uint64_t c = atomic_load_explicit(&m->nreq[op],
 						  memory_order_relaxed);
@@ -134,6 +139,11 @@ void lf_devio_note(struct lf_mount *m, const void *buf, size_t n)
 				arg_has(arg, alen,
 					offsetof(struct fuse_init_in, flags2),
 					LF_FUSE_OVER_IO_URING2);
+			m->kernel_idmap =
+				(f & FUSE_INIT_EXT) &&
+				arg_has(arg, alen,
+					offsetof(struct fuse_init_in, flags2),
+					LF_FUSE_ALLOW_IDMAP2);
 		}
 		break;
 	case FUSE_WRITE:
@@ -171,6 +181,23 @@ static uint32_t get32(const struct iovec *v, size_t off)
 static void put32(struct iovec *v, size_t off, uint32_t x)
 {
 	memcpy((char *)v->iov_base + off, &x, sizeof(x));
+}
+
+/* Allow idmapped mounts of this one (a mount served as a single view of
+ * its volume), if the kernel offers it, in the INIT reply v. From then on
+ * the kernel sends the caller's ids only with requests that create an
+ * inode (through the idmap of the mount used) and -1 with all others. */
+static void init_idmap(struct lf_mount *m, struct iovec *v)
+{
+	size_t fl = offsetof(struct fuse_init_out, flags),
+	       f2 = offsetof(struct fuse_init_out, flags2);
+
+	if (!m->opts.allow_idmap || !m->kernel_idmap ||
+	    v->iov_len < f2 + sizeof(uint32_t))
+		return;
+	put32(v, fl, get32(v, fl) | FUSE_INIT_EXT);
+	put32(v, f2, get32(v, f2) | LF_FUSE_ALLOW_IDMAP2);
+	atomic_store(&m->idmap, true);
 }
 
 /* Set up FUSE over io_uring if the kernel offers it and the mount wants
@@ -231,8 +258,10 @@ static ssize_t dev_writev(int fd, struct iovec *iov, int count, void *userdata)
 				       sizeof(f));
 				atomic_store(&m->killpriv_v2, true);
 			}
-			if (oh.error == 0)
+			if (oh.error == 0) {
+				init_idmap(m, &iov[1]);
 				u = init_uring(m, fd, &iov[1]);
+			}
 			n = writev(fd, iov, count);
 			if (u && n < 0) {
 				lf_uring_free(u);

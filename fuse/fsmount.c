@@ -248,6 +248,12 @@ static int new_owner(const struct lf_mount *m, fuse_req_t req,
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 
+	/* Under FUSE_ALLOW_IDMAP the kernel sends the creator's ids, mapped
+	 * through the idmapped mount used, with every request that creates
+	 * an inode, and refuses (EOVERFLOW) a creator it cannot map: -1
+	 * here would be a kernel that breaks that promise. */
+	if (ctx->uid == (uid_t)-1 || ctx->gid == (gid_t)-1)
+		return -EOVERFLOW;
 	if (!lf_idmap_to_disk(&m->opts.uidmap, ctx->uid, &o->uid))
 		return -EOVERFLOW;
 	o->gid_fixed = false;
@@ -363,7 +369,13 @@ struct caller {
 };
 
 /* Whether the caller is in the group the file shows (an fsGroup view
- * shows that group). Asked only of a setgid file without group execute. */
+ * shows that group). Asked only of a setgid file without group execute,
+ * a bit that gives no privilege (exec sets no group without group
+ * execute).
+ *
+ * A mount that allows idmapped binds (FUSE_ALLOW_IDMAP) is not told the
+ * caller's ids outside of inode creation (they are -1): the view reads
+ * them from /proc and maps them through its binds (lf_view_caller). */
 static bool caller_in_group(void *opaque, uint32_t disk_gid)
 {
 	const struct caller *c = opaque;
@@ -374,6 +386,11 @@ static bool caller_in_group(void *opaque, uint32_t disk_gid)
 	gid_t groups[64];
 	int n;
 
+	if (ctx->gid == (gid_t)-1)
+		return lf_view_caller(c->m, ctx->pid, false,
+				      c->m->opts.fsgroup >= 0
+					      ? (uint32_t)c->m->opts.fsgroup
+					      : disk_gid);
 	if (ctx->gid == gid)
 		return true;
 	n = fuse_req_getgroups(c->req, 64, groups);
@@ -384,13 +401,17 @@ static bool caller_in_group(void *opaque, uint32_t disk_gid)
 }
 
 /* A chown keeps setgid for a member of the file's group or for root, as
- * the kernel's in_group_or_capable(). */
+ * the kernel's in_group_or_capable(); under FUSE_ALLOW_IDMAP see
+ * caller_in_group. */
 static bool caller_in_group_or_root(void *opaque, uint32_t disk_gid)
 {
 	const struct caller *c = opaque;
+	const struct fuse_ctx *ctx = fuse_req_ctx(c->req);
+	bool root = ctx->uid == (uid_t)-1
+			    ? lf_view_caller(c->m, ctx->pid, true, 0)
+			    : ctx->uid == 0;
 
-	return fuse_req_ctx(c->req)->uid == 0 ||
-	       caller_in_group(opaque, disk_gid);
+	return root || caller_in_group(opaque, disk_gid);
 }
 
 /* Under FUSE_HANDLE_KILLPRIV_V2 (devio.c) the kernel leaves dropping
@@ -1167,10 +1188,11 @@ static const struct fuse_lowlevel_ops fs_ops = {
 	.fallocate = op_fallocate,
 };
 
-int lf_mount_fs(struct lf_served *sv, const char *path,
-		const struct lf_mount_opts *o, struct lf_mount **out, char *err,
-		size_t errlen)
+int lf_mount_fs_fuse(struct lf_served *sv, const char *path,
+		     const struct lf_mount_opts *o, struct lf_mount **out,
+		     char *err, size_t errlen)
 {
+	struct fuse_lowlevel_ops ops;
 	struct lf_mount *m;
 	int ret;
 
@@ -1194,8 +1216,12 @@ int lf_mount_fs(struct lf_served *sv, const char *path,
 		snprintf(err, errlen, "%s: out of memory", path);
 		return -ENOMEM;
 	}
-	ret = lf_mount_start(m, path, true, &fs_ops, sizeof(fs_ops), err,
-			     errlen);
+	/* Locks are the kernel's on a shared view; the per-mount views
+	 * keep them in the volume's table, to exclude across mounts. */
+	ops = fs_ops;
+	if (!o->allow_idmap && sv->locks)
+		lf_fslocks_ops(&ops);
+	ret = lf_mount_start(m, path, true, &ops, sizeof(ops), err, errlen);
 	if (ret < 0) {
 		lf_mount_free(m);
 		return ret;

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fuse/locks.h"
 #include "fuse/mount_int.h"
 #include "fuse/uring.h"
 #include "iscsi/log.h"
@@ -37,6 +38,8 @@ const char *lf_mount_path(const struct lf_mount *m)
 
 const char *lf_mount_transport(struct lf_mount *m)
 {
+	if (m->kind == LF_MOUNT_BIND)
+		m = m->view->fuse;
 	return atomic_load(&m->uring) ? "io_uring" : "/dev/fuse";
 }
 
@@ -315,6 +318,7 @@ struct lf_served *lf_served_alloc(void)
 		return NULL;
 	sv->tail = &sv->head;
 	pthread_mutex_init(&sv->lock, NULL);
+	pthread_mutex_init(&sv->vlock, NULL);
 	pthread_cond_init(&sv->wake, NULL);
 	pthread_cond_init(&sv->idle, NULL);
 	pthread_rwlock_init(&sv->rmw, NULL);
@@ -324,6 +328,7 @@ struct lf_served *lf_served_alloc(void)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (ret != 0) {
 		pthread_mutex_destroy(&sv->lock);
+		pthread_mutex_destroy(&sv->vlock);
 		pthread_cond_destroy(&sv->wake);
 		pthread_cond_destroy(&sv->idle);
 		pthread_rwlock_destroy(&sv->rmw);
@@ -337,8 +342,14 @@ struct lf_served *lf_served_new(struct lf_vol *v)
 {
 	struct lf_served *sv = lf_served_alloc();
 
-	if (sv)
-		sv->vol = v;
+	if (!sv)
+		return NULL;
+	sv->vol = v;
+	sv->locks = lf_locks_new();
+	if (!sv->locks) {
+		lf_served_free(sv);
+		return NULL;
+	}
 	return sv;
 }
 
@@ -364,7 +375,9 @@ void lf_served_free(struct lf_served *sv)
 	pthread_cond_signal(&sv->wake);
 	pthread_mutex_unlock(&sv->lock);
 	pthread_join(sv->worker, NULL);
+	lf_locks_free(sv->locks);
 	pthread_mutex_destroy(&sv->lock);
+	pthread_mutex_destroy(&sv->vlock);
 	pthread_cond_destroy(&sv->wake);
 	pthread_cond_destroy(&sv->idle);
 	pthread_rwlock_destroy(&sv->rmw);
@@ -852,6 +865,10 @@ void lf_mount_stop(struct lf_mount *m)
 {
 	if (!m)
 		return;
+	if (m->kind == LF_MOUNT_BIND) {
+		lf_view_unbind(m);
+		return;
+	}
 	atomic_store(&m->claimed, true);
 	if (m->sv)
 		lf_served_unlink_mount(m->sv, m);
@@ -867,6 +884,8 @@ void lf_mount_stop(struct lf_mount *m)
 			abort_connection(m);
 		fuse_session_unmount(m->se);
 		remove_dead(m);
+		if (m->kind == LF_MOUNT_FS)
+			lf_fslocks_drop_mount(m);
 	}
 	if (m->kind == LF_MOUNT_FS)
 		lf_mount_drop_counts(m);

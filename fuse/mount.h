@@ -52,6 +52,18 @@ struct lf_mount_opts {
 	bool allow_other; /* needs root or user_allow_other */
 	/* Keep FUSE on /dev/fuse even where the kernel offers io_uring. */
 	bool no_fuse_uring;
+	/* Offer FUSE_ALLOW_IDMAP to the kernel, so that idmapped binds of
+	 * this mount can be made: only for a mount with identity maps that
+	 * serves as a volume's one view (see views below). */
+	bool allow_idmap;
+	/* Filesystem volumes: serve the mounts of a volume through one FUSE
+	 * mount per (fsGroup, read-only) of it, made in a fresh directory
+	 * under view_dir (created 0700 if missing), each mount an idmapped
+	 * bind of it: one kernel inode, page cache, lock and mmap for all.
+	 * Where the kernel cannot (no FUSE idmap before Linux 6.12, no
+	 * CAP_SYS_ADMIN) the mount gets its own FUSE mount with lunfs's
+	 * maps instead. NULL: always the latter. */
+	const char *view_dir;
 	void (*on_exit)(void *ctx, struct lf_mount *m);
 	void *on_exit_ctx;
 	/* Reply buffers kept for reuse, shared by the mounts given the same
@@ -84,6 +96,11 @@ const char *lf_mount_path(const struct lf_mount *m);
  * CPU) or "/dev/fuse". Known once the kernel's first request (INIT) was
  * answered, which lf_mount_fs() and lf_mount_block() wait for. */
 const char *lf_mount_transport(struct lf_mount *m);
+/* How the mount is served: "idmapped" (a bind of its volume's shared
+ * view) or "fuse-map" (its own FUSE mount, lunfs mapping ids). Transport
+ * and request counts of an "idmapped" mount are its view's, shared with
+ * the other mounts of that view. */
+const char *lf_mount_view(const struct lf_mount *m);
 
 /* The FUSE requests this mount has received so far, by kind: for each
  * opcode seen, its name (the kernel's, without "FUSE_") and count, at

@@ -27,7 +27,26 @@ struct lf_icount {
 	size_t cap, used;
 };
 
-enum lf_mount_kind { LF_MOUNT_FS, LF_MOUNT_BLOCK };
+/* LF_MOUNT_BIND: an idmapped bind of a view (view.c), no FUSE session
+ * of its own. */
+enum lf_mount_kind { LF_MOUNT_FS, LF_MOUNT_BLOCK, LF_MOUNT_BIND };
+
+/* view.c: one FUSE mount of a filesystem volume, with identity maps and
+ * FUSE_ALLOW_IDMAP, at a private directory; each mount asked for becomes
+ * an idmapped bind of it. One per (fsGroup, read-only) of a volume. */
+struct lf_view {
+	struct lf_view *next; /* in sv->views, protected by sv->vlock */
+	struct lf_served *sv;
+	int64_t fsgroup; /* DISK gid, -1 = none */
+	bool read_only;
+	struct lf_mount *fuse; /* the FUSE mount at dir */
+	char *dir;
+	int refs; /* binds, and a notifier at work; vlock */
+	/* Via bnext; changed under sv->vlock and mlock, read under either:
+	 * handlers take only mlock (see lf_view_caller). */
+	struct lf_mount *binds;
+	pthread_mutex_t mlock;
+};
 
 /* One cache invalidation for the other mounts of a group. */
 struct lf_inval {
@@ -69,6 +88,14 @@ struct lf_served {
 	struct lf_mount *busy; /* protected by lock */
 	bool quit;	       /* protected by lock */
 	pthread_t worker;
+	/* Views (view.c) of a filesystem group. Taken before lock, never
+	 * while a FUSE handler runs (only mount and unmount take it). */
+	pthread_mutex_t vlock;
+	struct lf_view *views; /* protected by vlock */
+	bool no_views;	       /* idmapped binds failed here; vlock */
+	/* Filesystem groups: the locks of the per-mount views (fslocks.c);
+	 * thread-safe itself. */
+	struct lf_locks *locks;
 	/* Block groups: unaligned writes read-modify-write edge blocks and
 	 * take it for writing, aligned writes for reading, so no update is
 	 * lost across the group's mounts. */
@@ -119,6 +146,10 @@ struct lf_mount {
 	/* FUSE over io_uring (uring.c): offered by the kernel in INIT, and
 	 * the rings, set once while INIT is answered. */
 	bool kernel_uring;
+	/* FUSE_ALLOW_IDMAP: offered by the kernel in INIT; granted in the
+	 * reply when opts.allow_idmap (set once while INIT is answered). */
+	bool kernel_idmap;
+	atomic_bool idmap;
 	_Atomic(struct lf_uring *) uring;
 	/* Requests received, by opcode; [0] counts opcodes beyond the
 	 * table (opcode 0 does not exist). */
@@ -134,6 +165,15 @@ struct lf_mount {
 	struct lf_vol *vol;
 	pthread_mutex_t ilock; /* protects icount */
 	struct lf_icount icount;
+
+	/* LF_MOUNT_BIND: the view it shows (and for LF_MOUNT_FS, the view
+	 * it is, if any); the other fields protected by
+	 * view->sv->vlock. holds: notifiers using it; stopped: it was
+	 * stopped while held, the last holder frees it. */
+	struct lf_view *view;
+	struct lf_mount *bnext;
+	int holds;
+	bool stopped;
 
 	/* LF_MOUNT_BLOCK */
 	struct lf_bdev *bdev;
@@ -186,5 +226,30 @@ void lf_mount_abort(struct lf_mount *m);
 
 /* fsmount.c */
 void lf_mount_drop_counts(struct lf_mount *m);
+/* A FUSE mount of sv's volume at path (with o's maps), outside views. */
+int lf_mount_fs_fuse(struct lf_served *sv, const char *path,
+		     const struct lf_mount_opts *o, struct lf_mount **out,
+		     char *err, size_t errlen);
+
+/* fslocks.c: the lock ops (and flush, release) of a mount whose locks
+ * the volume's lock table keeps; lf_fslocks_drop_mount() once its loop
+ * has ended, before its session goes. */
+void lf_fslocks_ops(struct fuse_lowlevel_ops *ops);
+void lf_fslocks_drop_mount(struct lf_mount *m);
+
+/* view.c. lf_view_bind() returns -EOPNOTSUPP (with the reason in err)
+ * where idmapped binds cannot be made, for the caller to fall back to a
+ * FUSE mount of its own; lf_view_unbind() is lf_mount_stop() of a bind. */
+int lf_view_bind(struct lf_served *sv, const char *path,
+		 const struct lf_mount_opts *o, struct lf_mount **out,
+		 char *err, size_t errlen);
+void lf_view_unbind(struct lf_mount *m);
+/* For a handler of view m, which the kernel tells no caller ids: whether
+ * process pid, through one of the view's binds, is root (root_only) or a
+ * member of the DISK group gid, read from /proc and mapped through each
+ * bind's maps. Any bind will do: a process may use any, and the answer
+ * only decides whether a setgid bit without group execute stays. */
+bool lf_view_caller(struct lf_mount *m, pid_t pid, bool root_only,
+		    uint32_t gid);
 
 #endif

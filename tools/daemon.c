@@ -32,6 +32,8 @@
 struct lf_daemon {
 	struct lf_daemon_opts o;
 	char state_dir[PATH_MAX];
+	/* Shared FUSE views of volumes (fuse/view.c); "" = none. */
+	char view_dir[PATH_MAX + 8];
 	char node_initiator[LF_NAME_MAX];
 	struct lf_registry *reg;
 	struct lf_voltable
@@ -282,6 +284,28 @@ static void *reaper_main(void *arg)
 	return NULL;
 }
 
+/* A killed daemon's views are dead FUSE mounts (ENOTCONN): take them
+ * away before the attach records are replayed. */
+static void clean_views(const char *dir)
+{
+	char p[PATH_MAX * 2];
+	struct dirent *de;
+	DIR *dp = opendir(dir);
+
+	if (!dp)
+		return;
+	while ((de = readdir(dp))) {
+		if (strncmp(de->d_name, "view", 4))
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+		if (umount2(p, MNT_DETACH) == 0)
+			lf_info(MOD, "%s: removed a dead view", p);
+		if (rmdir(p) < 0)
+			lf_warn(MOD, "%s: cannot remove: %m", p);
+	}
+	closedir(dp);
+}
+
 int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 {
 	struct lf_daemon *d = calloc(1, sizeof(*d));
@@ -309,6 +333,11 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 			free(d);
 			return r;
 		}
+	}
+	if (geteuid() == 0 && !o->per_mount_views) {
+		snprintf(d->view_dir, sizeof(d->view_dir), "%s/views",
+			 d->state_dir);
+		clean_views(d->view_dir);
 	}
 	d->reg = lf_registry_new_iscsi();
 	d->pool = lf_bufpool_new();
@@ -832,6 +861,7 @@ op_mount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 	lf_mount_opts_init(&mo);
 	mo.pool = d->pool;
 	mo.no_fuse_uring = d->o.no_fuse_uring;
+	mo.view_dir = d->view_dir[0] ? d->view_dir : NULL;
 	if (!json_object_object_get_ex(req, "spec", &j)) {
 		return answer_err(EINVAL, "mount: no spec");
 	}
@@ -1254,6 +1284,8 @@ static struct json_object *op_status(struct lf_daemon *d)
 			json_object_object_add(
 				o, "fsgroup",
 				json_object_new_int64(m->fsgroup));
+		json_object_object_add(
+			o, "view", json_object_new_string(lf_mount_view(m->m)));
 		json_object_object_add(
 			o, "fuse_transport",
 			json_object_new_string(lf_mount_transport(m->m)));

@@ -29,6 +29,10 @@ struct lf_daemon_opts {
 	size_t cache_bytes;
 	/* Keep FUSE on /dev/fuse even where the kernel offers io_uring. */
 	bool no_fuse_uring;
+	/* Every mount of a filesystem volume its own FUSE mount with lunfs's
+	 * id maps, never idmapped binds of a shared one (which also need
+	 * root). */
+	bool per_mount_views;
 	/* Called (from any thread) when a shutdown request arrives. */
 	void (*on_shutdown)(void *ctx);
 	void *ctx;

@@ -70,6 +70,12 @@ static void usage(FILE *f)
 		"                    io_uring (fuse.enable_uring=1, Linux >= "
 		"6.14; env\n"
 		"                    LUNFS_FUSE_URING=0)\n"
+		"  --per-mount-views give every mount of a volume its own FUSE "
+		"mount with\n"
+		"                    lunfs's id maps, instead of idmapped "
+		"binds of one\n"
+		"                    shared mount (env "
+		"LUNFS_PER_MOUNT_VIEWS=1)\n"
 		"  -h, --help        this help\n\n"
 		"Logs go to stderr. Debug logging: LUNFS_DEBUG=all (or a list "
 		"of modules:\niscsi,fsimage,fuse,daemon).\n");
@@ -197,6 +203,7 @@ int main(int argc, char **argv)
 		{"replacement-timeout", required_argument, NULL, 'R'},
 		{"cache-size", required_argument, NULL, 'C'},
 		{"no-fuse-uring", no_argument, NULL, 'U'},
+		{"per-mount-views", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -216,6 +223,8 @@ int main(int argc, char **argv)
 
 	lf_log_init("lunfsd");
 	o.no_fuse_uring = uring_env && strcmp(uring_env, "0") == 0;
+	o.per_mount_views = getenv("LUNFS_PER_MOUNT_VIEWS") &&
+			    strcmp(getenv("LUNFS_PER_MOUNT_VIEWS"), "1") == 0;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
@@ -235,6 +244,9 @@ int main(int argc, char **argv)
 			break;
 		case 'U':
 			o.no_fuse_uring = true;
+			break;
+		case 'V':
+			o.per_mount_views = true;
 			break;
 		case 'h':
 			usage(stdout);
