@@ -1,0 +1,307 @@
+"""Mounts of one volume with different id maps: by default one kernel view
+(a FUSE mount per volume that allows idmapped mounts, each mount an
+idmapped bind of it), and with `lunfsd --per-mount-views` (or where the
+kernel cannot) a FUSE mount each with lunfs's own maps and lunfs's lock
+table. Oracles: the kernel's ext4 (loop mount of tgtd's backing file),
+e2fsck, sqlite3's own integrity check, and the kernel's lock and mmap
+behaviour as processes see it."""
+import errno
+import fcntl
+import mmap
+import os
+import subprocess
+import sys
+
+import pytest
+
+import lunfs_harness as H
+
+MAP_A = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]
+MAP_B = ["--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536"]
+PER_MOUNT = {"LUNFS_PER_MOUNT_VIEWS": "1"}
+ROWS = 150
+
+
+@pytest.fixture
+def vtarget(targets):
+    return targets("v", luns={1: 32 * H.MiB})
+
+
+def two_mounts(lunfs, t, lundir, env=None):
+    os.chmod(lundir, 0o755)  # the mapped users reach the mountpoints
+    a, b = os.path.join(lundir, "a"), os.path.join(lundir, "b")
+    os.mkdir(a)
+    os.mkdir(b)
+    lunfs.mount(t.url(1), a, *MAP_A, env=env)
+    lunfs.mount(t.url(1), b, *MAP_B)
+    return a, b
+
+
+def as_user(uid, argv, **kw):
+    return H.run(["setpriv", "--reuid", str(uid), "--regid", str(uid),
+                  "--clear-groups", "--"] + argv, **kw)
+
+
+def views_of(lunfs):
+    return {m["path"]: m["view"] for m in lunfs.status()["mounts"]}
+
+
+# A lock waiter: announces itself, blocks for the lock through its own
+# mount, and reports whether the holder had released when it got it (the
+# holder creates MARK, then releases).
+WAITER = r"""
+import fcntl, os, sys
+path, kind, mark = sys.argv[1:4]
+f = open(path, "r+")
+print("waiting", flush=True)
+if kind == "flock":
+    fcntl.flock(f, fcntl.LOCK_EX)
+else:
+    fcntl.lockf(f, fcntl.LOCK_EX, 100, 0)
+print("after-release" if os.path.exists(mark) else "OVERLAP", flush=True)
+"""
+
+TRY = r"""
+import fcntl, sys
+path, kind, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
+f = open(path, "r+")
+try:
+    if kind == "flock":
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, start)
+    print("granted")
+except BlockingIOError:
+    print("refused")
+"""
+
+INTERRUPTED = r"""
+import fcntl, signal, sys
+def alarm(*a):
+    raise TimeoutError
+signal.signal(signal.SIGALRM, alarm)
+f = open(sys.argv[1], "r+")
+signal.alarm(1)
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX, 100, 0)
+    print("granted")
+except TimeoutError:
+    print("interrupted")
+"""
+
+
+def py(code, *args):
+    return H.run([sys.executable, "-c", code] + [str(a) for a in args])
+
+
+def make_file(uid, path, size):
+    """Created by a mapped user: host root has no id on a mapped mount."""
+    r = as_user(uid, ["truncate", "-s", str(size), path])
+    assert r.returncode == 0, r.stderr
+
+
+def check_locks(a, b, lundir):
+    """flock and lockf taken through a exclude through b; a blocked waiter
+    through b is woken by the release through a; a signal interrupts a
+    waiter, and a killed waiter leaves nothing behind."""
+    fa, fb = os.path.join(a, "lockfile"), os.path.join(b, "lockfile")
+    make_file(100000, fa, 300)
+    for kind in ("flock", "lockf"):
+        mark = os.path.join(lundir, "released-" + kind)
+        holder = open(fa, "r+")
+        if kind == "flock":
+            fcntl.flock(holder, fcntl.LOCK_EX)
+        else:
+            fcntl.lockf(holder, fcntl.LOCK_EX, 100, 0)
+        assert py(TRY, fb, kind, 0).stdout.strip() == "refused", kind
+        if kind == "lockf":
+            # Another byte range is free.
+            assert py(TRY, fb, kind, 100).stdout.strip() == "granted"
+        w = subprocess.Popen([sys.executable, "-c", WAITER, fb, kind, mark],
+                             stdout=subprocess.PIPE, text=True)
+        assert w.stdout.readline().strip() == "waiting"
+        if kind == "lockf":
+            assert py(INTERRUPTED, fb).stdout.strip() == "interrupted"
+        open(mark, "w").close()
+        holder.close()  # releases both kinds
+        out, _ = w.communicate(timeout=30)
+        assert out.strip() == "after-release", kind
+        assert w.returncode == 0
+    # A waiter killed while it waits leaves no lock behind.
+    holder = open(fa, "r+")
+    fcntl.lockf(holder, fcntl.LOCK_EX, 100, 0)
+    w = subprocess.Popen([sys.executable, "-c", WAITER, fb, "lockf", "/none"],
+                         stdout=subprocess.PIPE, text=True)
+    assert w.stdout.readline().strip() == "waiting"
+    w.kill()
+    w.wait()
+    holder.close()
+    assert py(TRY, fb, "lockf", 0).stdout.strip() == "granted"
+
+
+SQL_ROWS = "".join(f"INSERT INTO t(who, n) VALUES ('{{who}}', {i});\n"
+                   for i in range(ROWS))
+
+
+def sqlite_concurrent(a, b, uid_a, uid_b, journal):
+    """Two sqlite3 processes, one through each mount, insert at once."""
+    r = as_user(uid_a, ["sqlite3", os.path.join(a, "db"),
+                        f"PRAGMA journal_mode={journal};"
+                        "CREATE TABLE t(who TEXT, n INT);"])
+    assert r.returncode == 0, r.stderr
+    procs = []
+    for uid, mp, who in ((uid_a, a, "a"), (uid_b, b, "b")):
+        procs.append(subprocess.Popen(
+            ["setpriv", "--reuid", str(uid), "--regid", str(uid),
+             "--clear-groups", "--", "sqlite3", os.path.join(mp, "db")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    for p, who in zip(procs, "ab"):
+        p.stdin.write(".timeout 20000\n" + SQL_ROWS.replace("{who}", who))
+        p.stdin.close()
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+        assert p.stderr.read() == ""
+    for mp, uid in ((a, uid_a), (b, uid_b)):
+        r = as_user(uid, ["sqlite3", os.path.join(mp, "db"),
+                          "PRAGMA integrity_check;"
+                          "SELECT who, count(*) FROM t GROUP BY who;"])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["ok", f"a|{ROWS}", f"b|{ROWS}"]
+
+
+def test_idmapped_binds_share_one_kernel_view(lunfs, vtarget, lundir):
+    """Different maps, one view: owners right in each and on disk, locks
+    and shared mappings are the kernel's own across the mounts, SQLite in
+    WAL mode from both at once stays intact; unmount in any order."""
+    a, b = two_mounts(lunfs, vtarget, lundir)
+    assert views_of(lunfs) == {a: "idmapped", b: "idmapped"}
+    views = [m for m in H.mounts_under(lunfs.state_dir)]
+    assert len(views) == 1 and views[0][1] == "fuse.lunfs", views
+    st = lunfs.status()["mounts"]
+    assert st[0]["fuse_requests"] == st[1]["fuse_requests"], \
+        "binds of one view report its counts"
+
+    r = as_user(100000, ["mkdir", "-m", "1777", os.path.join(a, "pub")])
+    assert r.returncode == 0, r.stderr  # a's root: owns / (0 on disk)
+    r = as_user(100005, ["mkdir", os.path.join(a, "pub/by-a")])
+    assert r.returncode == 0, r.stderr
+    r = as_user(200007, ["touch", os.path.join(b, "pub/by-b")])
+    assert r.returncode == 0, r.stderr
+    assert os.stat(os.path.join(a, "pub/by-a")).st_uid == 100005
+    assert os.stat(os.path.join(b, "pub/by-a")).st_uid == 200005
+    assert os.stat(os.path.join(a, "pub/by-b"))[4:6] == (100007, 100007)
+    assert os.stat(os.path.join(a, "pub"))[4:6] == (100000, 100000)
+    # Host root has no id through either map.
+    with pytest.raises(OSError) as e:
+        open(os.path.join(a, "by-root"), "w").close()
+    assert e.value.errno == errno.EOVERFLOW
+
+    check_locks(a, b, lundir)
+
+    make_file(100000, os.path.join(a, "shared"), 8192)
+    fa = os.open(os.path.join(a, "shared"), os.O_RDWR)
+    fb = os.open(os.path.join(b, "shared"), os.O_RDWR)
+    ma, mb = mmap.mmap(fa, 8192), mmap.mmap(fb, 8192)
+    assert mb[4096:4101] == b"\0" * 5
+    ma[4096:4101] = b"store"
+    assert mb[4096:4101] == b"store", "one page cache: seen at once"
+    ma.close(), mb.close(), os.close(fa), os.close(fb)
+
+    sqlite_concurrent(a, b, 100000, 200000, "WAL")
+
+    lunfs.umount(a)  # the first one first: the view stays for b
+    assert os.path.isdir(os.path.join(b, "pub/by-a"))
+    lunfs.umount(b)
+    assert H.mounts_under(lunfs.state_dir) == []
+    assert os.listdir(os.path.join(lunfs.state_dir, "views")) == []
+    assert lunfs.status()["sessions"] == []
+    assert vtarget.wait_connections(0) == 0
+    r = H.run(["e2fsck", "-fn", vtarget.luns[1]], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kmp = os.path.join(lundir, "kernel")
+    os.mkdir(kmp)
+    r = H.run(["mount", "-t", "ext4", "-o", "loop,ro", vtarget.luns[1], kmp])
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.stat(os.path.join(kmp, "pub/by-a"))[4:6] == (5, 5)
+        assert os.stat(os.path.join(kmp, "pub/by-b"))[4:6] == (7, 7)
+    finally:
+        H.run(["umount", kmp])
+
+
+def test_per_mount_views_lock_across_mounts(lunfs, vtarget, lundir):
+    """The fallback: each mount its own FUSE mount and map. Locks still
+    exclude across them (lunfs's lock table), and SQLite with a rollback
+    journal (locks only) stays intact; a MAP_SHARED store is not seen
+    through the other mount's mapping until msync, the documented limit."""
+    a, b = two_mounts(lunfs, vtarget, lundir, env=PER_MOUNT)
+    assert views_of(lunfs) == {a: "fuse-map", b: "fuse-map"}
+    assert H.mounts_under(lunfs.state_dir) == []
+    r = as_user(100000, ["mkdir", os.path.join(a, "by-a")])
+    assert r.returncode == 0, r.stderr
+    assert os.stat(os.path.join(b, "by-a")).st_uid == 200000
+
+    check_locks(a, b, lundir)
+    sqlite_concurrent(a, b, 100000, 200000, "DELETE")
+
+    make_file(100000, os.path.join(a, "shared"), 8192)
+    fa = os.open(os.path.join(a, "shared"), os.O_RDWR)
+    fb = os.open(os.path.join(b, "shared"), os.O_RDWR)
+    ma, mb = mmap.mmap(fa, 8192), mmap.mmap(fb, 8192)
+    assert mb[0:5] == b"\0" * 5
+    ma[0:5] = b"store"
+    # Two kernels' page caches: the store is in a's until written back.
+    assert mb[0:5] == b"\0" * 5
+    ma.flush()  # msync: written through a, b's copy invalidated
+    assert mb[0:5] == b"store"
+    assert os.pread(fb, 5, 0) == b"store"
+    ma.close(), mb.close(), os.close(fa), os.close(fb)
+
+    # Unmounting one drops its locks, not the other's.
+    holder = open(os.path.join(b, "lockfile"), "r+")
+    fcntl.lockf(holder, fcntl.LOCK_EX, 100, 0)
+    lunfs.umount(a)
+    c = os.path.join(lundir, "c")
+    os.mkdir(c)
+    lunfs.mount(vtarget.url(1), c)
+    assert py(TRY, os.path.join(c, "lockfile"), "lockf", 0).stdout.strip() \
+        == "refused"
+    holder.close()
+    assert py(TRY, os.path.join(c, "lockfile"), "lockf", 0).stdout.strip() \
+        == "granted"
+    lunfs.umount(b)
+    lunfs.umount(c)
+    assert vtarget.wait_connections(0) == 0
+    r = H.run(["e2fsck", "-fn", vtarget.luns[1]], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_idmapped_binds_after_daemon_kill(lunfs, vtarget, lundir):
+    """kill -9 of lunfsd: the binds answer ENOTCONN (their FUSE connection
+    died with it; nothing can serve them again), and the restarted daemon
+    takes the dead view and binds away and mounts both paths again."""
+    a, b = two_mounts(lunfs, vtarget, lundir)
+    make_file(200000, os.path.join(b, "kept"), 4)
+    with open(os.path.join(b, "kept"), "w") as f:
+        f.write("kept")
+        f.flush()
+        os.fsync(f.fileno())
+    old = lunfs.daemon_pid()
+    lunfs.kill_daemon()
+    for mp in (a, b):
+        with pytest.raises(OSError) as e:
+            os.listdir(mp)
+        assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED,
+                                 errno.ECANCELED)
+    assert H.wait_until(lambda: len(lunfs.status()["mounts"]) == 2,
+                        timeout=30), lunfs.log_tail()
+    assert lunfs.daemon_pid() != old
+    assert views_of(lunfs) == {a: "idmapped", b: "idmapped"}
+    assert len(H.mounts_under(lunfs.state_dir)) == 1, "dead view left"
+    assert sum(1 for m in H.mounts() if m[0] == a) == 1
+    with open(os.path.join(a, "kept")) as f:
+        assert f.read() == "kept"
+    lunfs.umount(b)
+    lunfs.umount(a)
+    assert vtarget.wait_connections(0) == 0
