@@ -294,8 +294,11 @@ def test_idmapped_binds_after_daemon_kill(lunfs, vtarget, lundir):
             os.listdir(mp)
         assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED,
                                  errno.ECANCELED)
-    assert H.wait_until(lambda: len(lunfs.status()["mounts"]) == 2,
-                        timeout=30), lunfs.log_tail()
+    # Each is listed from the start of its re-attachment, and has its
+    # view once served.
+    assert H.wait_until(lambda: [m.get("view") for m in
+                                 lunfs.status()["mounts"]]
+                        == ["idmapped"] * 2, timeout=30), lunfs.log_tail()
     assert lunfs.daemon_pid() != old
     assert views_of(lunfs) == {a: "idmapped", b: "idmapped"}
     assert len(H.mounts_under(lunfs.state_dir)) == 1, "dead view left"
