@@ -295,11 +295,12 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * that a default ACL can decide instead (fsops' create). */
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
-	/* The kernel then evaluates ACLs in its permission checks (named
-	 * entries grant and deny as on ext4), asking for them with
-	 * GETXATTR and caching the answer until an invalidation. */
-	if (conn->capable & FUSE_CAP_POSIX_ACL)
-		conn->want |= FUSE_CAP_POSIX_ACL;
+	/* Not FUSE_CAP_POSIX_ACL, which would have the kernel evaluate ACLs
+	 * in its permission checks: Linux 6.18 never caches the ACL of a
+	 * FUSE mount's root (its inode exists before INIT), so every path
+	 * walk through the root by a non-owner would cost a GETXATTR round
+	 * trip, as would every check on a directory after each change in
+	 * it (README, Not finished). */
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)

@@ -109,32 +109,7 @@ os.umask(0o022)
 for root in ("acl", "equiv", "plain", "sgid"):
     dump(d, root)
 
-# The kernel enforces the entries: named users and groups, under the mask.
-def access(name, p, flags, uid, groups=()):
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        os.setgroups(list(groups)); os.setgid(uid); os.setuid(uid)
-        try:
-            os.close(os.open(p, flags)); res = "ok"
-        except OSError as ex:
-            res = os.strerror(ex.errno)
-        os.write(1, ("access %s %s\n" % (name, res)).encode()); os._exit(0)
-    os.waitpid(pid, 0)
-q = os.path.join(d, "enforce"); os.mkdir(q); os.chmod(q, 0o755)
-for name, text in (("named-user", "u::rw-,u:1000:r--,g::---,m::r--,o::---"),
-                   ("masked", "u::rw-,u:1000:rw-,g::---,m::r--,o::---"),
-                   ("named-group", "u::rw-,g::---,g:2000:rw-,m::rw-,o::---")):
-    p = os.path.join(q, name); open(p, "w").close(); os.chmod(p, 0o600)
-    os.setxattr(p, "system.posix_acl_access", enc(text))
-    access(name + " read 1000", p, os.O_RDONLY, 1000)
-    access(name + " write 1000", p, os.O_WRONLY, 1000)
-    access(name + " write 1001+2000", p, os.O_WRONLY, 1001, (2000,))
-    access(name + " read 1002", p, os.O_RDONLY, 1002)
-access("inherited read 1002", os.path.join(a, "file"), os.O_RDONLY, 1002)
-access("inherited write 1002", os.path.join(a, "file"), os.O_WRONLY, 1002)
-access("inherited write 1003+2001", os.path.join(a, "file"), os.O_WRONLY,
-       1003, (2001,))
+q = os.path.join(d, "setfacl"); os.mkdir(q); os.chmod(q, 0o755)
 
 # Setting an access ACL drops setgid unless the caller is in the group.
 for who, groups in (("nonmember", ()), ("member", (3000,))):
@@ -250,10 +225,6 @@ def test_acl_inheritance_chown_and_ranges_like_kernel_ext4(lunfs, targets,
     assert "acl/file 0o100660 0 0 u::rw-,u:1002:r-x,g::r-x,g:2001:rwx,m::rw-,o::---" \
         in kern
     assert "nobody chgrp 0o555" in kern
-    assert "access named-user read 1000 ok" in kern
-    assert "access masked write 1000 Permission denied" in kern
-    assert "access named-group write 1001+2000 ok" in kern
-    assert "access inherited write 1003+2001 ok" in kern
     assert "setfacl nonmember 0o775" in kern
     assert "setfacl member 0o2775" in kern
     # The kernel's ext4 reads lunfs's ACLs and modes as lunfs served them.
