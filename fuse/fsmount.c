@@ -296,11 +296,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
 	/* Not FUSE_CAP_POSIX_ACL, which would have the kernel evaluate ACLs
-	 * in its permission checks: Linux 6.18 never caches the ACL of a
-	 * FUSE mount's root (its inode exists before INIT), so every path
-	 * walk through the root by a non-owner would cost a GETXATTR round
-	 * trip, as would every check on a directory after each change in
-	 * it (README, Not finished). */
+	 * in its permission checks: Linux 6.18 was measured never to cache
+	 * the ACL of a FUSE mount's root, so every path walk through the
+	 * root by a non-owner would cost a GETXATTR round trip, as would
+	 * the first check on a directory after each change in it (README,
+	 * Not finished). */
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
