@@ -9,6 +9,8 @@ import stat
 import struct
 import sys
 
+import pytest
+
 import lunfs_harness as H
 from test_filesystem import e2fsck, kernel_mount, mkdir
 
@@ -265,21 +267,28 @@ def dec(value):
     return ns["dec"](value)
 
 
-def test_acl_ids_through_each_mounts_maps(lunfs, targets, lundir):
+@pytest.mark.parametrize("views", ["default", "per-mount"])
+def test_acl_ids_through_each_mounts_maps(lunfs, targets, lundir, views):
     """ACL entries name HOST ids and are stored as DISK ids, as owners
     are: set through one map, seen through another as that mount's ids
     (unmapped: 65534), refused (EINVAL) when the id has no mapping, kept
     on disk as the kernel's ext4 reads them; an fsGroup view shows the
-    group-writable ACL its mode implies."""
+    group-writable ACL its mode implies. Both with idmapped binds of one
+    view (the kernel maps) and with lunfs's own per-mount views (lunfs
+    maps, fuse/aclmap.c)."""
+    env = {"LUNFS_PER_MOUNT_VIEWS": "1"} if views == "per-mount" else None
     t = targets("aclmap", luns={1: LUN_SIZE})
     os.chmod(lundir, 0o755)
     plain, a, b, g = (mkdir(lundir, n) for n in ("plain", "a", "b", "g"))
-    lunfs.mount(t.url(1), plain)
+    lunfs.mount(t.url(1), plain, env=env)
     lunfs.mount(t.url(1), a, "--uidmap", "0:100000:65536",
-                "--gidmap", "0:100000:65536")
+                "--gidmap", "0:100000:65536", env=env)
     lunfs.mount(t.url(1), b, "--uidmap", "0:200000:2000",
-                "--gidmap", "0:200000:65536")
-    lunfs.mount(t.url(1), g, "--fsgroup", "5000")
+                "--gidmap", "0:200000:65536", env=env)
+    lunfs.mount(t.url(1), g, "--fsgroup", "5000", env=env)
+    got = {m["path"]: m["view"] for m in lunfs.status()["mounts"]}
+    if views == "per-mount":
+        assert got[a] == got[b] == "fuse-map", got
     try:
         f = os.path.join(plain, "f")
         open(f, "w").close()
