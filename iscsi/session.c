@@ -135,7 +135,10 @@ static struct iscsi_context *new_context(const struct lf_session_params *p,
 	iscsi_set_tcp_syncnt(ctx, 2);
 	iscsi_set_tcp_user_timeout(ctx, 15000);
 	iscsi_set_tcp_keepalive(ctx, 10, 3, 5);
-	iscsi_set_timeout(ctx, LOGIN_TIMEOUT_S);
+	iscsi_set_timeout(ctx, p->login_timeout > 0 && p->login_timeout <
+							       LOGIN_TIMEOUT_S
+				       ? p->login_timeout
+				       : LOGIN_TIMEOUT_S);
 	/* Reconnecting is for established sessions; a failed login must
 	 * fail, not loop inside the sync call. */
 	iscsi_set_noautoreconnect(ctx, 1);

@@ -38,6 +38,9 @@ struct lf_session_params {
 	struct lf_chap chap; /* session CHAP; user "" = none */
 	struct lf_chap discovery_chap;
 	int replacement_timeout; /* seconds; default 120 */
+	/* Seconds each login or discovery PDU may wait for its answer; 0 or
+	 * more than the default: 10. A request's deadline lowers it. */
+	int login_timeout;
 };
 
 int lf_session_login(const struct lf_session_params *params,

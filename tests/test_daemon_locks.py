@@ -141,3 +141,91 @@ def test_hung_target_stalls_nothing_else(lunfs, target, lundir):
         lunfs.umount(b)
     finally:
         hung.close()
+
+
+def test_timeout_leaves_nothing_behind(lunfs, target, lundir):
+    """A mount whose login cannot finish within --timeout fails at its
+    deadline with nothing mounted; what it started (the login) ends soon
+    after and leaves no session, volume, mount or record. A request that
+    finishes in time is unaffected."""
+    hung = HungPortal()
+    h, a = os.path.join(lundir, "h"), os.path.join(lundir, "a")
+    os.mkdir(h)
+    os.mkdir(a)
+    try:
+        r, took = timed(lunfs.run, "mount", "--timeout", "1.5", hung.url(1), h)
+        H.assert_one_error_line(r, ["timed out"])
+        assert not H.is_mountpoint(h)
+        # The login goes on in the background until its own (shortened)
+        # timeout, then everything it made is undone.
+        assert H.wait_until(lambda: hung.open_connections() == 0, 10)
+        assert H.wait_until(
+            lambda: not lunfs.status()["volumes"]
+            and not lunfs.status()["mounts"], 5)
+        assert lunfs.status()["sessions"] == []
+        assert os.listdir(os.path.join(lunfs.state_dir, "volumes")) == []
+        print(f"\nmount --timeout 1.5 against a hung target answered in "
+              f"{took:.2f} s")
+        lunfs.mount(target.url(1), a, "--timeout", "60")
+        assert lunfs.status()["mounts"][0]["state"] == "attached"
+        lunfs.ok("umount", "--timeout", "60", a)
+        for bad in ("0", "-1", "x", "100000"):
+            r = lunfs.run("mount", "--timeout", bad, target.url(1), a)
+            assert r.returncode == 2 and "--timeout" in r.stderr, r.stderr
+    finally:
+        hung.close()
+
+
+def test_idempotent_after_kill9(lunfs, target, lundir):
+    """The same mount again is success and changes nothing — also right
+    after a kill -9 and restart, while the new daemon re-serves the
+    recorded mounts; other options are an error; unmounting twice is
+    success, after a restart too."""
+    a, b = os.path.join(lundir, "a"), H.make_file(
+        os.path.join(lundir, "b"))
+    os.mkdir(a)
+    fs_opts = ("--uidmap", "0:0:1000", "--fsgroup", "2000")
+    lunfs.mount(target.url(1), a, *fs_opts)
+    lunfs.mount(target.url(2), b, "--block")
+    with open(os.path.join(a, "f"), "w") as f:
+        f.write("before")
+        f.flush()
+        os.fsync(f.fileno())
+    dfd = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)  # the new name too
+    os.close(dfd)
+    lunfs.mount(target.url(1), a, *fs_opts)  # again: nothing changes
+    st = lunfs.status()
+    assert len(st["mounts"]) == 2 and st["sessions"][0]["refs"] == 2
+    old = lunfs.daemon_pid()
+    lunfs.kill_daemon()
+    # The retry starts a daemon that re-serves the records: it meets
+    # the recovery's mount, whichever comes first.
+    lunfs.mount(target.url(1), a, *fs_opts)
+    lunfs.mount(target.url(2), b, "--block")
+    assert lunfs.daemon_pid() != old
+    st = lunfs.status()
+    assert sorted(m["path"] for m in st["mounts"]) == sorted([a, b])
+    assert all(m["state"] == "attached" for m in st["mounts"])
+    assert len(st["volumes"]) == 2 and st["sessions"][0]["refs"] == 2
+    assert target.wait_connections(1, timeout=1) == 1
+    with open(os.path.join(a, "f")) as f:
+        assert f.read() == "before"
+    # Different options at a mounted path: a clear error, nothing changes.
+    r = lunfs.run("mount", "--fsgroup", "2001", "--uidmap", "0:0:1000",
+                  target.url(1), a)
+    H.assert_one_error_line(r, ["fsgroup"])
+    r = lunfs.run("mount", target.url(2), a)
+    H.assert_one_error_line(r, ["already a lunfs mount"])
+    assert len(lunfs.status()["mounts"]) == 2
+    lunfs.umount(a)
+    lunfs.umount(a)
+    lunfs.kill_daemon()
+    # After a restart the unmount meets the re-served mount.
+    lunfs.umount(b)
+    lunfs.umount(b)
+    st = lunfs.status()
+    assert st["mounts"] == [] and st["volumes"] == [] and \
+        st["sessions"] == []
+    assert not H.is_mountpoint(a) and not H.is_mountpoint(b)
+    assert os.listdir(os.path.join(lunfs.state_dir, "volumes")) == []

@@ -273,6 +273,9 @@ int lf_client_mount_request(struct lf_mount_req *m, struct json_object **out,
 	if (m->container)
 		json_object_object_add(req, "container",
 				       json_object_new_string(m->container));
+	if (m->timeout_ms > 0)
+		json_object_object_add(req, "timeout_ms",
+				       json_object_new_int64(m->timeout_ms));
 	*out = req;
 	req = NULL;
 	r = 0;

@@ -41,6 +41,7 @@ struct lf_mount_req {
 	struct json_object *uidmap, *gidmap;
 	long long fsgroup;     /* -1 = none */
 	const char *container; /* OCI container id, or NULL */
+	long long timeout_ms;  /* the request's deadline; 0 = none */
 };
 int lf_client_mount_request(struct lf_mount_req *m, struct json_object **req,
 			    char *err, size_t errlen);

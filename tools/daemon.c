@@ -23,6 +23,7 @@
 #include "iscsi/registry.h"
 #include "iscsi/spec.h"
 #include "tools/ctl.h"
+#include "tools/deadline.h"
 #include "tools/daemon.h"
 #include "tools/request.h"
 #include "tools/voltable.h"
@@ -46,6 +47,12 @@ struct lf_daemon {
 	pthread_t reaper;
 	pthread_t recoverer;
 	bool recovering;
+	struct json_object *records; /* a dead daemon's, for recover_main */
+	/* Paths of those records not re-served yet (vt.lock): a request for
+	 * one waits for its recovery, so that "mount again" and "unmount"
+	 * right after a restart meet the re-served mount. */
+	char (*pending)[PATH_MAX];
+	size_t npending;
 	pthread_cond_t reap_cond; /* with vt.lock */
 	bool reap_pending;	  /* vt.lock */
 	bool stopping;		  /* vt.lock */
@@ -56,6 +63,11 @@ static struct json_object *answer_err(int err, const char *fmt, ...)
 static const char *jstr(struct json_object *o, const char *key);
 static bool is_mount_point(const char *path);
 static void *recover_main(void *arg);
+static void records_load(struct lf_daemon *d);
+struct lf_deadline;
+static struct json_object *op_mount(struct lf_daemon *d,
+				    struct json_object *req,
+				    struct lf_deadline *dl, bool recovery);
 
 static struct json_object *answer_err(int err, const char *fmt, ...)
 {
@@ -273,7 +285,8 @@ static void *reaper_main(void *arg)
 			pthread_cond_wait(&d->reap_cond, &d->vt.lock);
 		d->reap_pending = false;
 		pthread_mutex_unlock(&d->vt.lock);
-		while ((m = lf_vt_mount_claim_next(&d->vt, match_gone, NULL))) {
+		while (!lf_vt_mount_claim_next(&d->vt, match_gone, NULL, 0,
+					       &m)) {
 			lf_info(MOD, "%s: unmounted from outside lunfs",
 				m->path);
 			mount_release(d, m);
@@ -353,27 +366,155 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 		free(d);
 		return -EAGAIN;
 	}
+	records_load(d);
 	d->recovering =
 		pthread_create(&d->recoverer, NULL, recover_main, d) == 0;
 	*out = d;
 	return 0;
 }
 
-static void recover_record(struct lf_daemon *d, const char *file)
+/* Takes a dead daemon's FUSE mount away from path: it answers ENOTCONN
+ * until then, and no request could even resolve the path. */
+static void detach_dead(const char *path)
 {
-	struct json_object *rec = NULL, *mounts;
-	char *text = NULL, err[512];
-	int fd = open(file, O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0 || lf_ctl_read_all(fd, LF_CTL_MAX, &text) ||
-	    !(rec = json_tokener_parse(text)) ||
-	    !json_object_object_get_ex(rec, "mounts", &mounts) ||
-	    !json_object_is_type(mounts, json_type_array)) {
-		lf_err(MOD, "%s: unreadable attach record: removed", file);
-		goto out;
+	if (!is_mount_point(path) || !umount2(path, MNT_DETACH) ||
+	    geteuid() == 0)
+		return;
+	pid_t pid = fork();
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", "-z", path,
+		       (char *)NULL);
+		_exit(127);
 	}
-	/* The replayed mounts write the record again. */
-	unlink(file);
+	if (pid > 0)
+		waitpid(pid, NULL, 0);
+}
+
+static void pending_add(struct lf_daemon *d, const char *path)
+{
+	void *p = realloc(d->pending, (d->npending + 1) * sizeof(*d->pending));
+
+	if (!p)
+		return; /* only a request racing the recovery would notice */
+	d->pending = p;
+	snprintf(d->pending[d->npending++], PATH_MAX, "%s", path);
+}
+
+/* Recovery of path is done: the requests waiting for it go on. */
+static void pending_done(struct lf_daemon *d, const char *path)
+{
+	pthread_mutex_lock(&d->vt.lock);
+	for (size_t i = 0; i < d->npending; i++) {
+		if (strcmp(d->pending[i], path) == 0) {
+			memmove(d->pending[i], d->pending[--d->npending],
+				PATH_MAX);
+			break;
+		}
+	}
+	lf_vt_changed(&d->vt);
+	pthread_mutex_unlock(&d->vt.lock);
+}
+
+struct pending_probe {
+	struct lf_daemon *d;
+	const char *path;
+};
+
+static bool not_pending(void *ctx)
+{
+	struct pending_probe *pp = ctx;
+
+	for (size_t i = 0; i < pp->d->npending; i++)
+		if (strcmp(pp->d->pending[i], pp->path) == 0)
+			return false;
+	return true;
+}
+
+static bool none_pending(void *ctx)
+{
+	return ((struct lf_daemon *)ctx)->npending == 0;
+}
+
+/* Waits while path's recorded mount (any, for NULL) is still to be
+ * re-served. */
+static int wait_recovered(struct lf_daemon *d, const char *path,
+			  int64_t deadline_ms)
+{
+	struct pending_probe pp = {d, path};
+
+	if (!path)
+		return lf_vt_wait(&d->vt, none_pending, d, deadline_ms);
+	return lf_vt_wait(&d->vt, not_pending, &pp, deadline_ms);
+}
+
+/* Before the daemon takes requests: reads the attach records a dead
+ * daemon left (kept in d->records for recover_main) and detaches its
+ * dead mounts, so that a request for one of those paths — a retry of the
+ * same mount, say — finds a plain directory and meets the recovery's
+ * mount of it in the volume table. Quick: no I/O to any target. */
+static void records_load(struct lf_daemon *d)
+{
+	char dir[PATH_MAX + 16], file[PATH_MAX * 2];
+	struct dirent *de;
+	DIR *dp;
+
+	snprintf(dir, sizeof(dir), "%s/volumes", d->state_dir);
+	dp = opendir(dir);
+	if (!dp)
+		return;
+	while ((de = readdir(dp))) {
+		struct json_object *rec = NULL, *mounts;
+		size_t n = strlen(de->d_name);
+		char *text = NULL;
+		int fd;
+
+		if (n < 6 || strcmp(de->d_name + n - 5, ".json"))
+			continue;
+		snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
+		fd = open(file, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || lf_ctl_read_all(fd, LF_CTL_MAX, &text) ||
+		    !(rec = json_tokener_parse(text)) ||
+		    !json_object_object_get_ex(rec, "mounts", &mounts) ||
+		    !json_object_is_type(mounts, json_type_array) ||
+		    !jstr(rec, "volume")) {
+			lf_err(MOD, "%s: unreadable attach record: removed",
+			       file);
+			unlink(file);
+			json_object_put(rec);
+		} else {
+			for (size_t i = 0; i < json_object_array_length(mounts);
+			     i++) {
+				const char *path = jstr(
+					json_object_array_get_idx(mounts, i),
+					"path");
+				if (!path)
+					continue;
+				detach_dead(path);
+				pending_add(d, path);
+			}
+			json_object_object_add(rec, "file",
+					       json_object_new_string(file));
+			if (!d->records)
+				d->records = json_object_new_array();
+			json_object_array_add(d->records, rec);
+		}
+		if (fd >= 0)
+			close(fd);
+		free(text);
+	}
+	closedir(dp);
+}
+
+/* Serves the mounts of one record again. Each mount re-served rewrites
+ * the record; a volume left with none loses it. */
+static void recover_record(struct lf_daemon *d, struct json_object *rec)
+{
+	struct json_object *mounts;
+	const char *file = jstr(rec, "file"), *key = jstr(rec, "volume");
+	struct lf_vt_volume *v;
+	char err[512];
+
+	json_object_object_get_ex(rec, "mounts", &mounts);
 	for (size_t i = 0; i < json_object_array_length(mounts); i++) {
 		struct json_object *req = json_object_array_get_idx(mounts, i);
 		struct json_object *ans, *e;
@@ -382,25 +523,13 @@ static void recover_record(struct lf_daemon *d, const char *file)
 
 		if (!path)
 			continue;
-		/* The dead daemon's FUSE mount answers ENOTCONN until it is
-		 * taken away. */
-		if (is_mount_point(path) && umount2(path, MNT_DETACH) &&
-		    geteuid() != 0) {
-			pid_t pid = fork();
-			if (pid == 0) {
-				execlp("fusermount3", "fusermount3", "-u", "-z",
-				       path, (char *)NULL);
-				_exit(127);
-			}
-			if (pid > 0)
-				waitpid(pid, NULL, 0);
-		}
 		if (sf) {
 			struct lf_secrets sec;
 			char *sj;
 			if (lf_secrets_load_file(sf, &sec, err, sizeof(err))) {
 				lf_err(MOD, "%s: cannot re-attach: %s", path,
 				       err);
+				pending_done(d, path);
 				continue;
 			}
 			sj = lf_secrets_to_json(&sec);
@@ -419,9 +548,11 @@ static void recover_record(struct lf_daemon *d, const char *file)
 			json_object_object_del(req, "secrets");
 			lf_err(MOD, "%s: bad attach record: %s (released)",
 			       path, err);
+			pending_done(d, path);
 			continue;
 		}
-		ans = lf_daemon_handle(d, req);
+		ans = op_mount(d, req, NULL, true);
+		pending_done(d, path);
 		json_object_object_del(req, "secrets");
 		if (json_object_object_get_ex(ans, "ok", &e) &&
 		    json_object_get_boolean(e))
@@ -433,11 +564,12 @@ static void recover_record(struct lf_daemon *d, const char *file)
 			       path, jstr(ans, "error"));
 		json_object_put(ans);
 	}
-out:
-	if (fd >= 0)
-		close(fd);
-	free(text);
-	json_object_put(rec);
+	/* Under the volume's claim, as every record write is. */
+	if (!lf_vt_volume_claim(&d->vt, key, file, 0, LF_VT_ATTACHING, &v)) {
+		if (!v->open)
+			unlink(file);
+		lf_vt_volume_done(&d->vt, v);
+	}
 }
 
 /* A daemon that died (kill -9, OOM) left attach records: serve those
@@ -445,22 +577,10 @@ out:
 static void *recover_main(void *arg)
 {
 	struct lf_daemon *d = arg;
-	char dir[PATH_MAX + 16], file[PATH_MAX * 2];
-	struct dirent *de;
-	DIR *dp;
 
-	snprintf(dir, sizeof(dir), "%s/volumes", d->state_dir);
-	dp = opendir(dir);
-	if (!dp)
-		return NULL;
-	while ((de = readdir(dp))) {
-		size_t n = strlen(de->d_name);
-		if (n < 6 || strcmp(de->d_name + n - 5, ".json"))
-			continue;
-		snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
-		recover_record(d, file);
-	}
-	closedir(dp);
+	for (size_t i = 0;
+	     d->records && i < json_object_array_length(d->records); i++)
+		recover_record(d, json_object_array_get_idx(d->records, i));
 	return NULL;
 }
 
@@ -477,7 +597,9 @@ void lf_daemon_free(struct lf_daemon *d)
 
 	if (d->recovering)
 		pthread_join(d->recoverer, NULL);
-	while ((m = lf_vt_mount_claim_next(&d->vt, match_all, NULL)))
+	json_object_put(d->records);
+	free(d->pending);
+	while (!lf_vt_mount_claim_next(&d->vt, match_all, NULL, 0, &m))
 		mount_release(d, m);
 	pthread_mutex_lock(&d->vt.lock);
 	d->stopping = true;
@@ -572,8 +694,8 @@ static bool is_mount_point(const char *path)
 /* The LUN (through the session registry) or the image file of a spec. */
 static int open_bdev(struct lf_daemon *d, const struct lf_spec *spec,
 		     const struct lf_secrets *sec, const char *key,
-		     bool read_only, struct lf_bdev **out, char *err,
-		     size_t errlen)
+		     bool read_only, int64_t deadline_ms, struct lf_bdev **out,
+		     char *err, size_t errlen)
 {
 	struct lf_session_params p;
 	int r;
@@ -588,6 +710,12 @@ static int open_bdev(struct lf_daemon *d, const struct lf_spec *spec,
 	lf_registry_params(spec, sec, d->node_initiator, &p);
 	if (d->o.replacement_timeout > 0)
 		p.replacement_timeout = d->o.replacement_timeout;
+	if (deadline_ms) {
+		/* A login the request cannot wait for must end soon after
+		 * its deadline, even though nobody waits for its answer. */
+		int64_t left = deadline_ms - lf_vt_now_ms();
+		p.login_timeout = left < 1000 ? 1 : (int)((left + 999) / 1000);
+	}
 	r = lf_registry_open_lun(d->reg, &p, spec->lun, read_only, out, err,
 				 errlen);
 	explicit_bzero(&p, sizeof(p));
@@ -727,7 +855,8 @@ static int volume_get(struct lf_daemon *d, const struct lf_spec *spec,
 	v->block = block;
 	v->read_only = read_only;
 	v->cred = cred_digest(d, sec);
-	r = open_bdev(d, spec, sec, key, read_only, &v->bdev, err, errlen);
+	r = open_bdev(d, spec, sec, key, read_only, deadline_ms, &v->bdev, err,
+		      errlen);
 	if (r)
 		goto fail;
 	if (!block) {
@@ -837,9 +966,11 @@ static int mount_compare(const struct lf_vt_mount *m,
 	return 0;
 }
 
-static struct json_object *
-op_mount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
+static struct json_object *op_mount(struct lf_daemon *d,
+				    struct json_object *req,
+				    struct lf_deadline *dl, bool recovery)
 {
+	int64_t deadline_ms = lf_deadline_ms(dl);
 	struct lf_mount_opts mo;
 	struct lf_secrets sec;
 	struct lf_spec spec;
@@ -957,8 +1088,11 @@ op_mount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 			jstr(req, "container") ? jstr(req, "container") : "",
 	};
 
-	r = lf_vt_mount_claim(&d->vt, path, key, want.w.container, deadline_ms,
-			      &m, &existing);
+	/* Right after a restart, the recorded mount of path comes first. */
+	r = recovery ? 0 : wait_recovered(d, path, deadline_ms);
+	if (!r)
+		r = lf_vt_mount_claim(&d->vt, path, key, want.w.container,
+				      deadline_ms, &m, &existing);
 	if (r) {
 		snprintf(err, sizeof(err),
 			 "%s: timed out waiting for another request on this "
@@ -1022,6 +1156,17 @@ op_mount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 	pthread_mutex_lock(&d->vt.lock); /* on_mount_exit looks for it */
 	m->m = lm;
 	pthread_mutex_unlock(&d->vt.lock);
+	if (!lf_deadline_commit(dl)) {
+		/* The caller was told "timed out": take it all back. */
+		lf_mount_stop(lm);
+		lf_vt_mount_remove(&d->vt, m);
+		volume_put(d, v);
+		r = -ETIMEDOUT;
+		snprintf(err, sizeof(err),
+			 "%s: finished after the request's deadline: undone",
+			 path);
+		goto out_err;
+	}
 	m->record = json_object_new_object();
 	json_object_object_foreach(req, k, val)
 	{
@@ -1062,7 +1207,9 @@ op_umount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 	/* A path whose mount died may not resolve: fall back to the text. */
 	if (!realpath(p, path))
 		snprintf(path, sizeof(path), "%s", p);
-	r = lf_vt_mount_claim_detach(&d->vt, path, deadline_ms, &m);
+	r = wait_recovered(d, path, deadline_ms);
+	if (!r)
+		r = lf_vt_mount_claim_detach(&d->vt, path, deadline_ms, &m);
 	if (r == -ENOENT) {
 		/* Idempotent: what the caller wants is already so. */
 		ans = answer_ok();
@@ -1131,7 +1278,7 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 				  "checking it",
 				  key);
 	}
-	r = open_bdev(d, &spec, &sec, key, !repair, &b, err, sizeof(err));
+	r = open_bdev(d, &spec, &sec, key, !repair, 0, &b, err, sizeof(err));
 	lf_secrets_wipe(&sec);
 	if (r) {
 		lf_vt_volume_done(&d->vt, v);
@@ -1156,20 +1303,29 @@ static bool match_container(void *ctx, const struct lf_vt_mount *m)
 
 /* Releases every mount of an OCI container. Idempotent: no mount left is
  * success, which is what poststop needs. */
-static struct json_object *op_release(struct lf_daemon *d,
-				      struct json_object *req)
+static struct json_object *
+op_release(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 {
 	const char *id = jstr(req, "container");
 	struct lf_vt_mount *m;
-	int n = 0;
+	int n = 0, r;
 
 	if (!id || !lf_request_valid_container_id(id))
 		return answer_err(EINVAL, "release: invalid container id");
-	while ((m = lf_vt_mount_claim_next(&d->vt, match_container,
-					   (void *)id))) {
+	/* The container's recorded mounts are re-served first. */
+	r = wait_recovered(d, NULL, deadline_ms);
+	while (!r &&
+	       (r = lf_vt_mount_claim_next(&d->vt, match_container, (void *)id,
+					   deadline_ms, &m)) == 0) {
 		mount_release(d, m);
 		n++;
 	}
+	if (r == -ETIMEDOUT)
+		return answer_err(ETIMEDOUT,
+				  "release of container %s: timed out with "
+				  "mounts still being attached or detached "
+				  "(%d released)",
+				  id, n);
 	struct json_object *a = answer_ok();
 	json_object_object_add(a, "released", json_object_new_int(n));
 	return a;
@@ -1304,21 +1460,48 @@ static struct json_object *op_status(struct lf_daemon *d)
 	return a;
 }
 
+static struct json_object *mount_fn(void *ctx, struct json_object *req,
+				    struct lf_deadline *dl)
+{
+	return op_mount(ctx, req, dl, false);
+}
+
 struct json_object *lf_daemon_handle(struct lf_daemon *d,
 				     struct json_object *req)
 {
 	const char *op = jstr(req, "op");
+	struct json_object *j, *ans;
+	int64_t ms = 0, deadline_ms = 0;
 
 	if (!op)
 		return answer_err(EINVAL, "request without \"op\"");
-	if (strcmp(op, "mount") == 0)
-		return op_mount(d, req, 0);
+	if (json_object_object_get_ex(req, "timeout_ms", &j)) {
+		ms = json_object_get_int64(j);
+		deadline_ms = lf_vt_now_ms() + ms;
+	}
+	if (strcmp(op, "mount") == 0) {
+		if (!deadline_ms)
+			return op_mount(d, req, NULL, false);
+		ans = lf_deadline_run(mount_fn, d, req, deadline_ms);
+		if (!ans) {
+			lf_err(MOD,
+			       "mount of %s: no answer within %lld ms: "
+			       "abandoned (what it started is undone when it "
+			       "ends)",
+			       jstr(req, "path"), (long long)ms);
+			ans = answer_err(ETIMEDOUT,
+					 "%s: timed out after %lld ms: nothing "
+					 "was mounted",
+					 jstr(req, "path"), (long long)ms);
+		}
+		return ans;
+	}
 	if (strcmp(op, "umount") == 0)
-		return op_umount(d, req, 0);
+		return op_umount(d, req, deadline_ms);
 	if (strcmp(op, "fsck") == 0)
 		return op_fsck(d, req);
 	if (strcmp(op, "release") == 0)
-		return op_release(d, req);
+		return op_release(d, req, deadline_ms);
 	if (strcmp(op, "status") == 0)
 		return op_status(d);
 	if (strcmp(op, "ping") == 0)

@@ -83,16 +83,21 @@ static const char mount_usage[] =
 	"                          as key=value lines, JSON, or a Secret "
 	"directory\n"
 	"  --initiator-name IQN    log in as IQN (its own session)\n"
+	"  --timeout SECONDS       give up after SECONDS (a login that "
+	"cannot finish\n"
+	"                          in time fails; nothing is left behind)\n"
 	"  -h, --help              this help\n\n"
 	"Secrets are never taken from the command line; without "
 	"--chap-secret-file\nthey come from LUNFS_CHAP_USERNAME, "
 	"LUNFS_CHAP_PASSWORD (and _IN variants,\nLUNFS_DISCOVERY_CHAP_*).\n";
 
 static const char umount_usage[] =
-	"Usage: lunfs umount PATH\n"
+	"Usage: lunfs umount [--timeout SECONDS] PATH\n"
 	"Stop serving PATH. When it was the volume's last mount the volume "
 	"is flushed\nand closed; when it was the target's last volume the "
-	"session logs out.\n";
+	"session logs out.\nA PATH that is not mounted is not an error. "
+	"--timeout: give up waiting for\nanother request on PATH (a mount "
+	"or unmount in progress) after SECONDS.\n";
 
 static const char status_usage[] =
 	"Usage: lunfs status [--json]\n"
@@ -147,6 +152,20 @@ static void usage_error(const char *usage, const char *fmt, ...)
 	exit(2);
 }
 
+/* --timeout SECONDS (fractions allowed) as milliseconds. */
+static int parse_timeout(const char *s, long long *ms)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= 0.001 && v <= 86400))
+		return -EINVAL;
+	*ms = (long long)(v * 1000 + 0.5);
+	return 0;
+}
+
 static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -157,6 +176,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 		{"fsgroup", required_argument, NULL, 'G'},
 		{"chap-secret-file", required_argument, NULL, 'c'},
 		{"initiator-name", required_argument, NULL, 'i'},
+		{"timeout", required_argument, NULL, 't'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -165,7 +185,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 	struct json_object *gidmap = json_object_new_array();
 	const char *secret_file = NULL, *initiator = NULL;
 	bool block = false, ro = false;
-	long long fsgroup = -1;
+	long long fsgroup = -1, timeout_ms = 0;
 	struct lf_spec spec;
 	struct lf_idmap scratch;
 	char err[1024], path[PATH_MAX];
@@ -214,6 +234,13 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 		case 'i':
 			initiator = optarg;
 			break;
+		case 't':
+			if (parse_timeout(optarg, &timeout_ms))
+				usage_error(mount_usage,
+					    "--timeout: '%s' is not a number "
+					    "of seconds (0.001 to 86400)",
+					    optarg);
+			break;
 		default:
 			fprintf(stderr, "\n%s", mount_usage);
 			exit(2);
@@ -233,8 +260,19 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 		snprintf(spec.initiator_name, sizeof(spec.initiator_name), "%s",
 			 initiator);
 	}
-	if (!realpath(argv[optind + 1], path))
-		die(1, "%s: %s", argv[optind + 1], strerror(errno));
+	if (!realpath(argv[optind + 1], path)) {
+		char cwd[PATH_MAX];
+		const char *p = argv[optind + 1];
+
+		/* A mount whose daemon died: the daemon started for this
+		 * request takes the dead mount away and resolves it. */
+		if (errno != ENOTCONN)
+			die(1, "%s: %s", p, strerror(errno));
+		if (p[0] == '/' || !getcwd(cwd, sizeof(cwd)))
+			snprintf(path, sizeof(path), "%s", p);
+		else
+			snprintf(path, sizeof(path), "%s/%s", cwd, p);
+	}
 
 	struct lf_mount_req mr = {
 		.spec = &spec,
@@ -245,6 +283,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 		.uidmap = uidmap,
 		.gidmap = gidmap,
 		.fsgroup = fsgroup,
+		.timeout_ms = timeout_ms,
 	};
 	if (lf_client_mount_request(&mr, &req, err, sizeof(err)))
 		die(1, "%s", err);
@@ -271,22 +310,43 @@ static bool has_attach_records(const struct lf_client *c)
 
 static int cmd_umount(const struct lf_client *c, int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{"timeout", required_argument, NULL, 't'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
 	struct json_object *req;
+	long long timeout_ms = 0;
+	const char *arg;
+	int opt;
 
 	if (want_help(argc, argv)) {
 		fputs(umount_usage, stdout);
 		return 0;
 	}
-	if (argc != 2)
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+		if (opt != 't') {
+			fprintf(stderr, "\n%s", umount_usage);
+			exit(2);
+		}
+		if (parse_timeout(optarg, &timeout_ms))
+			usage_error(umount_usage,
+				    "--timeout: '%s' is not a number of "
+				    "seconds (0.001 to 86400)",
+				    optarg);
+	}
+	if (argc - optind != 1)
 		usage_error(umount_usage, "umount needs PATH");
+	arg = argv[optind];
 	/* The daemon wants an absolute path. A dead mount point may not
 	 * resolve: then make it absolute by hand. */
 	char path[PATH_MAX], cwd[PATH_MAX];
-	if (!realpath(argv[1], path)) {
-		if (argv[1][0] == '/' || !getcwd(cwd, sizeof(cwd)))
-			snprintf(path, sizeof(path), "%s", argv[1]);
+	if (!realpath(arg, path)) {
+		if (arg[0] == '/' || !getcwd(cwd, sizeof(cwd)))
+			snprintf(path, sizeof(path), "%s", arg);
 		else
-			snprintf(path, sizeof(path), "%s/%s", cwd, argv[1]);
+			snprintf(path, sizeof(path), "%s/%s", cwd, arg);
 	}
 	/* Nothing runs and nothing is recorded: nothing is mounted, which is
 	 * what the caller wants. Records of a dead daemon: start one, it
@@ -296,6 +356,9 @@ static int cmd_umount(const struct lf_client *c, int argc, char **argv)
 	req = json_object_new_object();
 	json_object_object_add(req, "op", json_object_new_string("umount"));
 	json_object_object_add(req, "path", json_object_new_string(path));
+	if (timeout_ms)
+		json_object_object_add(req, "timeout_ms",
+				       json_object_new_int64(timeout_ms));
 	json_object_put(call(c, req, true));
 	return 0;
 }

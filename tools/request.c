@@ -9,7 +9,17 @@
 #include "iscsi/spec.h"
 #include "tools/request.h"
 
-enum kind { K_STR, K_PATH, K_BOOL, K_GID, K_IDMAP, K_SPEC, K_SECRETS, K_ID };
+enum kind {
+	K_STR,
+	K_PATH,
+	K_BOOL,
+	K_GID,
+	K_IDMAP,
+	K_SPEC,
+	K_SECRETS,
+	K_ID,
+	K_MS,
+};
 
 struct key {
 	const char *name;
@@ -23,16 +33,20 @@ struct opdef {
 };
 
 static const struct key mount_keys[] = {
-	{"spec", K_SPEC},    {"secrets", K_SECRETS},  {"secret_file", K_PATH},
-	{"path", K_PATH},    {"block", K_BOOL},	      {"read_only", K_BOOL},
-	{"uidmap", K_IDMAP}, {"gidmap", K_IDMAP},     {"fsgroup", K_GID},
-	{"container", K_ID}, {"destination", K_PATH}, {"initiator_name", K_STR},
-	{NULL, K_STR},
+	{"spec", K_SPEC},	 {"secrets", K_SECRETS},
+	{"secret_file", K_PATH}, {"path", K_PATH},
+	{"block", K_BOOL},	 {"read_only", K_BOOL},
+	{"uidmap", K_IDMAP},	 {"gidmap", K_IDMAP},
+	{"fsgroup", K_GID},	 {"container", K_ID},
+	{"destination", K_PATH}, {"initiator_name", K_STR},
+	{"timeout_ms", K_MS},	 {NULL, K_STR},
 };
 static const char *const mount_required[] = {"spec", "path", NULL};
-static const struct key umount_keys[] = {{"path", K_PATH}, {NULL, K_STR}};
+static const struct key umount_keys[] = {
+	{"path", K_PATH}, {"timeout_ms", K_MS}, {NULL, K_STR}};
 static const char *const umount_required[] = {"path", NULL};
-static const struct key release_keys[] = {{"container", K_ID}, {NULL, K_STR}};
+static const struct key release_keys[] = {
+	{"container", K_ID}, {"timeout_ms", K_MS}, {NULL, K_STR}};
 static const char *const release_required[] = {"container", NULL};
 static const struct key fsck_keys[] = {
 	{"spec", K_SPEC},      {"secrets", K_SECRETS}, {"secret_file", K_PATH},
@@ -144,6 +158,17 @@ static int check_value(const struct key *k, struct json_object *v, char *err,
 		}
 		return 0;
 	}
+	case K_MS:
+		if (!json_object_is_type(v, json_type_int) ||
+		    json_object_get_int64(v) < 1 ||
+		    json_object_get_int64(v) > 86400000) {
+			snprintf(err, errlen,
+				 "\"%s\" must be milliseconds between 1 and "
+				 "86400000",
+				 k->name);
+			return -EINVAL;
+		}
+		return 0;
 	case K_ID:
 		if (!json_object_is_type(v, json_type_string) ||
 		    !lf_request_valid_container_id(json_object_get_string(v))) {

@@ -74,6 +74,23 @@ static int wait_changed(struct lf_voltable *t, int64_t deadline_ms)
 	return 0;
 }
 
+int lf_vt_wait(struct lf_voltable *t, bool (*done)(void *ctx), void *ctx,
+	       int64_t deadline_ms)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&t->lock);
+	while (!r && !done(ctx))
+		r = wait_changed(t, deadline_ms);
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+void lf_vt_changed(struct lf_voltable *t)
+{
+	pthread_cond_broadcast(&t->changed);
+}
+
 static void set_since(int64_t *ms, time_t *wall)
 {
 	*ms = lf_vt_now_ms();
@@ -249,12 +266,14 @@ int lf_vt_mount_claim_detach(struct lf_voltable *t, const char *path,
 	return r;
 }
 
-struct lf_vt_mount *
-lf_vt_mount_claim_next(struct lf_voltable *t,
-		       bool (*match)(void *ctx, const struct lf_vt_mount *m),
-		       void *ctx)
+int lf_vt_mount_claim_next(struct lf_voltable *t,
+			   bool (*match)(void *ctx,
+					 const struct lf_vt_mount *m),
+			   void *ctx, int64_t deadline_ms,
+			   struct lf_vt_mount **out)
 {
 	struct lf_vt_mount *m;
+	int r = 0;
 
 	pthread_mutex_lock(&t->lock);
 	for (;;) {
@@ -269,15 +288,20 @@ lf_vt_mount_claim_next(struct lf_voltable *t,
 		}
 		if (m || !busy)
 			break;
-		pthread_cond_wait(&t->changed, &t->lock);
+		r = wait_changed(t, deadline_ms);
+		if (r)
+			break;
 	}
 	if (m) {
 		m->claimed = true;
 		m->state = LF_VT_DETACHING;
 		set_since(&m->since_ms, &m->since_wall);
+		*out = m;
+	} else if (!r) {
+		r = -ENOENT;
 	}
 	pthread_mutex_unlock(&t->lock);
-	return m;
+	return r;
 }
 
 void lf_vt_mount_bind(struct lf_voltable *t, struct lf_vt_mount *m,

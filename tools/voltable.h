@@ -113,6 +113,14 @@ void lf_vt_destroy(struct lf_voltable *t);
 /* Milliseconds on CLOCK_MONOTONIC: the clock of every deadline. */
 int64_t lf_vt_now_ms(void);
 
+/* Waits until done(ctx), evaluated under t->lock, is true; -ETIMEDOUT
+ * past the deadline (0 = none). For waits on state kept beside the table
+ * and changed under t->lock with lf_vt_changed(). */
+int lf_vt_wait(struct lf_voltable *t, bool (*done)(void *ctx), void *ctx,
+	       int64_t deadline_ms);
+/* Caller holds t->lock: wakes lf_vt_wait() and the claim waiters. */
+void lf_vt_changed(struct lf_voltable *t);
+
 /* Claims the volume with this key, creating its entry (not open, state
  * attaching) if there is none, waiting while another request holds it.
  * deadline_ms: 0 = wait as long as it takes. On success the caller holds
@@ -145,12 +153,13 @@ int lf_vt_mount_claim(struct lf_voltable *t, const char *path,
 int lf_vt_mount_claim_detach(struct lf_voltable *t, const char *path,
 			     int64_t deadline_ms, struct lf_vt_mount **out);
 /* Claims the next attached mount for which match() is true, for
- * detaching; NULL when none is left. Waits for mounts in progress that
- * match. */
-struct lf_vt_mount *
-lf_vt_mount_claim_next(struct lf_voltable *t,
-		       bool (*match)(void *ctx, const struct lf_vt_mount *m),
-		       void *ctx);
+ * detaching; -ENOENT when none is left. Waits for mounts in progress that
+ * match (-ETIMEDOUT past the deadline). */
+int lf_vt_mount_claim_next(struct lf_voltable *t,
+			   bool (*match)(void *ctx,
+					 const struct lf_vt_mount *m),
+			   void *ctx, int64_t deadline_ms,
+			   struct lf_vt_mount **out);
 /* Path claim holder, holding the claim of v too: the mount belongs to v
  * (counts in v->nmounts and holds a ref on v until removed). */
 void lf_vt_mount_bind(struct lf_voltable *t, struct lf_vt_mount *m,
