@@ -365,7 +365,8 @@ class Tgtd:
 
 # ---------------------------------------------------------------- lunfs CLI
 
-FORBIDDEN_LOG = ("AddressSanitizer", "runtime error", "LeakSanitizer")
+FORBIDDEN_LOG = ("AddressSanitizer", "runtime error", "LeakSanitizer",
+                 "ThreadSanitizer")
 
 
 class Lunfs:

@@ -3,11 +3,15 @@
 are idempotent. A "hung target" here is a TCP listener that accepts and
 never answers, like a hung array or a half-dead gateway."""
 import os
+import random
+import re
 import socket
 import threading
 import time
 
 import lunfs_harness as H
+
+MiB = H.MiB
 
 HUNG_IQN = "iqn.2026-12.io.lunfs.test:hung"
 
@@ -229,3 +233,162 @@ def test_idempotent_after_kill9(lunfs, target, lundir):
         st["sessions"] == []
     assert not H.is_mountpoint(a) and not H.is_mountpoint(b)
     assert os.listdir(os.path.join(lunfs.state_dir, "volumes")) == []
+
+
+def session_lines(text, iqn):
+    pat = re.compile(r"iscsi://[^ ]*/" + re.escape(iqn) +
+                     r": (logged in|logged out)")
+    return [m.group(1) for m in pat.finditer(text)]
+
+
+def tsih(t):
+    conns = t.connections()
+    assert len(conns) == 1, conns
+    return int(conns[0]["session"])
+
+
+def test_many_requests_hung_and_restarted_targets(lunfs, lundir):
+    """Mounts and unmounts of several LUNs of two targets from many
+    clients at once, while two more clients keep mounting from a target
+    that never answers (with --timeout) and one target's tgtd is killed and
+    started again mid-way. Every request is answered; at the steady target
+    every login the target counted is a 0 -> 1 transition the daemon
+    logged; at the end no session, volume, mount, record, connection, file
+    descriptor or thread is left over."""
+    from test_faults import RestartableTgtd
+    dirs = {}
+    for name in ("steady", "flaky"):
+        dirs[name] = os.path.join(lundir, name)
+        os.mkdir(dirs[name])
+    steady = H.Tgtd(dirs["steady"]).start()
+    flaky = RestartableTgtd(dirs["flaky"])
+    flaky.start()
+    hung = HungPortal()
+    try:
+        ts = steady.new_target("steady", dirs["steady"])
+        for lun in (1, 2, 3):
+            ts.add_lun(lun, 8 * MiB)
+        ts.allow_all()
+        tf = flaky.target("flaky", {1: 8 * MiB, 2: 8 * MiB, 3: 8 * MiB})
+
+        probe_path = H.make_file(os.path.join(lundir, "probe"))
+
+        def probe():
+            lunfs.mount(ts.url(1), probe_path, "--block")
+            n = tsih(ts)
+            lunfs.umount(probe_path)
+            assert ts.wait_connections(0) == 0
+            return n
+
+        first = probe()
+        pid = lunfs.daemon_pid()
+        fds0 = len(os.listdir(f"/proc/{pid}/fd"))
+        threads0 = len(os.listdir(f"/proc/{pid}/task"))
+        log_from = len(lunfs.log_text())
+
+        errors, flaky_failures, answered = [], [], [0]
+        restarted = threading.Event()
+
+        def call(*args):
+            r = lunfs.run(*args, timeout=90)  # raises if never answered
+            answered[0] += 1
+            return r
+
+        def client(k, target, lun, rounds):
+            path = H.make_file(os.path.join(lundir, f"c{k}"))
+            rng = random.Random(k)
+            after = 0  # rounds since the flaky tgtd came back
+            rnd = 0
+            try:
+                while rnd < rounds or (target is tf and after < 2):
+                    rnd += 1
+                    after += restarted.is_set()
+                    r = call("mount", "--block", target.url(lun), path)
+                    if r.returncode != 0:
+                        if target is tf:  # its tgtd may be down now
+                            H.assert_one_error_line(r)
+                            flaky_failures.append(r.stderr.strip())
+                            continue
+                        raise AssertionError(r.stderr)
+                    rec = f"client {k} round {rnd}".encode().ljust(4096)
+                    H.write_at(path, (k % 2) * 4096, rec)
+                    assert H.read_at(path, (k % 2) * 4096, 4096) == rec
+                    if rng.random() < 0.3:  # a retry: nothing changes
+                        r = call("mount", "--block", target.url(lun), path)
+                        assert r.returncode == 0, r.stderr
+                    r = call("umount", path)
+                    assert r.returncode == 0, r.stderr
+                    time.sleep(rng.random() * 0.1)
+            except Exception as ex:
+                errors.append(f"client {k}: {ex!r}")
+
+        def hung_client(k):
+            h = os.path.join(lundir, f"h{k}")
+            os.mkdir(h)
+            try:
+                while not restarted.is_set():
+                    r = call("mount", "--timeout", "1", hung.url(k), h)
+                    H.assert_one_error_line(r, ["timed out"])
+            except Exception as ex:
+                errors.append(f"hung client {k}: {ex!r}")
+
+        def restarter():
+            time.sleep(1.0)
+            flaky.kill()
+            time.sleep(1.0)
+            flaky.restart()
+            restarted.set()
+
+        threads = [threading.Thread(target=client,
+                                    args=(k, ts if k < 6 else tf,
+                                          1 + k % 3, 6))
+                   for k in range(12)]
+        threads += [threading.Thread(target=hung_client, args=(k,))
+                    for k in (1, 2)]
+        threads.append(threading.Thread(target=restarter))
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(240)
+        assert not any(th.is_alive() for th in threads), \
+            "a request was never answered\n" + lunfs.log_tail()
+        assert errors == [], "\n".join(errors[:5]) + "\n" + lunfs.log_tail()
+
+        # Nothing left over, once the last abandoned login has ended.
+        def empty():
+            st = lunfs.status()
+            return not (st["sessions"] or st["volumes"] or st["mounts"])
+        assert H.wait_until(empty, 15), lunfs.status()
+        assert H.mounts_under(lundir) == []
+        assert os.listdir(os.path.join(lunfs.state_dir, "volumes")) == []
+        assert ts.wait_connections(0) == 0 and tf.wait_connections(0) == 0
+        assert H.wait_until(lambda: hung.open_connections() == 0, 10)
+        assert lunfs.daemon_pid() == pid
+        assert H.wait_until(
+            lambda: len(os.listdir(f"/proc/{pid}/fd")) <= fds0 and
+            len(os.listdir(f"/proc/{pid}/task")) <= threads0, 10), \
+            (os.listdir(f"/proc/{pid}/fd"), threads0)
+
+        # Logins: strictly alternating per target, and at the steady
+        # target exactly the 0 -> 1 transitions.
+        text = lunfs.log_text()[log_from:]
+        last = probe()
+        for t in (ts, tf):
+            lines = session_lines(text, t.iqn)
+            assert lines and lines[0] == "logged in" and \
+                lines[-1] == "logged out" and \
+                all(a != b for a, b in zip(lines, lines[1:])), (t.iqn, lines)
+        # The restart was felt: a session lost its connection, or mounts
+        # failed while nothing listened.
+        lost = text.count("connection lost")
+        assert lost or flaky_failures
+        transitions = session_lines(text, ts.iqn).count("logged in")
+        print(f"\n{answered[0]} requests answered; steady target: "
+              f"{last - first - 1} logins, {transitions} 0->1 transitions; "
+              f"flaky target: {lost} connections lost, {len(flaky_failures)} "
+              f"mounts failed while its tgtd was down")
+        assert last - first - 1 == transitions
+    finally:
+        hung.close()
+        flaky.stop()
+        steady.stop()

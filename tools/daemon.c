@@ -1170,10 +1170,14 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	m->record = json_object_new_object();
 	json_object_object_foreach(req, k, val)
 	{
+		/* Copies: json-c's reference counts are not atomic, and the
+		 * request is freed on another thread than the one that
+		 * frees the record. */
+		struct json_object *copy = NULL;
 		if (strcmp(k, "secrets") && strcmp(k, "op") &&
-		    strcmp(k, "path") && strcmp(k, "timeout_ms"))
-			json_object_object_add(m->record, k,
-					       json_object_get(val));
+		    strcmp(k, "path") && strcmp(k, "timeout_ms") &&
+		    !json_object_deep_copy(val, &copy, NULL))
+			json_object_object_add(m->record, k, copy);
 	}
 	json_object_object_add(m->record, "path", json_object_new_string(path));
 	record_update(d, v, NULL);

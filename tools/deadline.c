@@ -96,7 +96,14 @@ struct json_object *lf_deadline_run(lf_deadline_fn fn, void *ctx,
 	dl->deadline_ms = deadline_ms;
 	dl->fn = fn;
 	dl->ctx = ctx;
-	dl->req = json_object_get(req);
+	/* A copy of its own: json-c's reference counts are not atomic, so
+	 * no object may be shared by two threads. */
+	if (json_object_deep_copy(req, &dl->req, NULL)) {
+		pthread_cond_destroy(&dl->cond);
+		pthread_mutex_destroy(&dl->lock);
+		free(dl);
+		return fn(ctx, req, NULL);
+	}
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	r = pthread_create(&t, &attr, worker, dl);
@@ -105,7 +112,7 @@ struct json_object *lf_deadline_run(lf_deadline_fn fn, void *ctx,
 		lf_warn(MOD, "cannot start a request worker: %s: no deadline",
 			strerror(r));
 		dl->refs = 1;
-		unref(dl);
+		unref(dl); /* wipes nothing: the copy's secrets go with it */
 		return fn(ctx, req, NULL);
 	}
 	ts.tv_sec = deadline_ms / 1000;

@@ -13,8 +13,9 @@
  * for fn's answer (committing is quick), so "timed out" is never said of
  * a request that took effect, and an answer is never lost.
  *
- * The request object is shared (json_object_get) with the worker; fn must
- * not keep it past its return. Thread-safe; one worker per call.
+ * fn gets a deep copy of the request (json-c's reference counts are not
+ * atomic: no object may be used by two threads), freed after it returns;
+ * fn must not keep it. Thread-safe; one worker per call.
  */
 #ifndef LUNFS_DEADLINE_H
 #define LUNFS_DEADLINE_H
