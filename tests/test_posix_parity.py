@@ -193,8 +193,9 @@ def dump_tree(tree):
     return r.stdout.splitlines()
 
 
+@pytest.mark.parametrize("views", ["default", "per-mount"])
 def test_acl_inheritance_chown_and_ranges_like_kernel_ext4(lunfs, targets,
-                                                          lundir):
+                                                          lundir, views):
     """Default ACLs are inherited at create, mkdir and mknod (not by
     symlinks) with the mode posix_acl_create() computes, the umask applies
     only without one, chown drops setuid/setgid on every non-directory as
@@ -203,7 +204,8 @@ def test_acl_inheritance_chown_and_ranges_like_kernel_ext4(lunfs, targets,
     t = targets("parity", luns={1: LUN_SIZE})
     os.chmod(lundir, 0o711)
     mp = mkdir(lundir, "mnt")
-    lunfs.mount(t.url(1), mp)
+    lunfs.mount(t.url(1), mp, env={"LUNFS_PER_MOUNT_VIEWS": "1"}
+                if views == "per-mount" else None)
     img = os.path.join(lundir, "ref.img")
     with open(img, "wb") as f:
         f.truncate(LUN_SIZE)
