@@ -9,12 +9,14 @@ import errno
 import fcntl
 import mmap
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 import lunfs_harness as H
+from test_oci import assert_released, runc_private  # noqa: F401 (fixture)
 
 MAP_A = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]
 MAP_B = ["--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536"]
@@ -308,3 +310,40 @@ def test_idmapped_binds_after_daemon_kill(lunfs, vtarget, lundir):
     lunfs.umount(b)
     lunfs.umount(a)
     assert vtarget.wait_connections(0) == 0
+
+
+def test_two_runc_containers_share_locks_and_mappings(lunfs, vtarget,
+                                                      runc_private, lundir):
+    """Two runc containers, each in its own user namespace (container root
+    is host 100000 in one and 200000 in the other), on one volume through
+    the hook, bundles on a private mount (the hook attaches each idmapped
+    bind in the container's namespace): a store into a MAP_SHARED mapping
+    in one is read at once through the other's mapping, flock and fcntl
+    locks held in one refuse the other, and its blocked waits end only
+    after the release."""
+    helper = os.path.join(lundir, "lockmmap")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers",
+                       "lockmmap.c")
+    r = H.run(["cc", "-static", "-O1", "-o", helper, src], timeout=120)
+    assert r.returncode == 0, r.stderr
+    vols = [{"source": vtarget.url(1), "destination": "/data"}]
+    ba = runc_private.bundle(vols, "/bin/lockmmap a /data",
+                             uidmap_host=100000)
+    bb = runc_private.bundle(vols, "/bin/lockmmap b /data",
+                             uidmap_host=200000)
+    for b in (ba, bb):
+        shutil.copy(helper, os.path.join(b, "rootfs", "bin", "lockmmap"))
+    pa = runc_private.start(ba)
+    pb = runc_private.start(bb)
+    ra, rb = runc_private.finish(pa, 90), runc_private.finish(pb, 90)
+    assert ra.returncode == 0 and ra.stdout.split() == ["a:done"], \
+        (ra.stdout, ra.stderr)
+    assert rb.returncode == 0, (rb.stdout, rb.stderr)
+    assert rb.stdout.split() == ["mmap:store", "flock-try:refused",
+                                 "lockf-try:refused",
+                                 "flock-wait:after-release",
+                                 "lockf-wait:after-release"], rb.stdout
+    assert lunfs.log_text().count("as an idmapped bind of") == 2
+    assert_released(lunfs, vtarget, runc_private.root)
+    r = H.run(["e2fsck", "-fn", vtarget.luns[1]], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
