@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -381,162 +382,328 @@ static int release(const struct lf_client *c, const char *id, char *err,
 	return r;
 }
 
-/* True if path, resolved in pid's mount namespace, is the mount the
- * daemon made at path in ours (before pivot_root the container's root is
- * still the host's tree, so the same absolute path names it). */
-static bool visible_in(pid_t pid, const char *path, const struct stat *host)
+/* Where the container is to see its volumes, and where lunfsd made them.
+ *
+ * lunfsd mounts in its own mount namespace, which need not be the hook's:
+ * podman runs the runtime, and so this hook, from conmon, which it puts in
+ * a private mount namespace of its own when the container has a user
+ * namespace. Judging visibility by what the hook sees at the path then
+ * compared the container's empty directory with that same empty directory:
+ * the check passed while no mount reached the container. So the mount's
+ * identity is taken in the daemon's namespace (found through the control
+ * socket's SO_PEERCRED), and the clone is made there. */
+struct view {
+	pid_t pid;	     /* the container's process (state "pid") */
+	int ct_ns;	     /* its mount namespace */
+	int d_ns;	     /* lunfsd's, or -1 when it is the hook's own */
+	bool pivoted;	     /* the runtime already changed the root */
+	char root[PATH_MAX]; /* the rootfs's real path in the runtime's view */
+};
+
+static void view_close(struct view *v)
 {
-	char cpath[PATH_MAX + 32];
+	if (v->ct_ns >= 0)
+		close(v->ct_ns);
+	if (v->d_ns >= 0)
+		close(v->d_ns);
+	v->ct_ns = v->d_ns = -1;
+}
+
+static bool same_ns(int a, int b)
+{
+	struct stat sa, sb;
+
+	return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 &&
+	       sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static int view_open(const struct lf_client *c, pid_t pid, const char *root,
+		     struct view *v, char *err, size_t errlen)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	char p[PATH_MAX + 32];
 	struct stat st;
+	int fd, self, r;
 
-	snprintf(cpath, sizeof(cpath), "/proc/%d/root%s", (int)pid, path);
-	return stat(cpath, &st) == 0 && st.st_dev == host->st_dev &&
-	       st.st_ino == host->st_ino;
-}
-
-/* In the mount namespace ns, the child's half of attaching tree at path:
- * a destination under a mount that only the container has (its /dev
- * tmpfs) has no mount point yet, so it is made here, and it must still
- * resolve inside root (a real path). */
-static int attach_here(int tree, const char *path, const char *root, bool block)
-{
-	char real[PATH_MAX];
-	size_t n = strlen(root);
-
-	if (block) {
-		int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
-			      0600);
-		if (fd < 0)
-			return errno;
-		close(fd);
-	} else if (mkdir(path, 0755) && errno != EEXIST) {
-		return errno;
+	memset(v, 0, sizeof(*v));
+	v->pid = pid;
+	v->ct_ns = v->d_ns = -1;
+	snprintf(v->root, sizeof(v->root), "%s", root);
+	snprintf(p, sizeof(p), "/proc/%d/ns/mnt", (int)pid);
+	v->ct_ns = open(p, O_RDONLY | O_CLOEXEC);
+	if (v->ct_ns < 0) {
+		r = -errno;
+		snprintf(err, errlen, "container process %d: %s: %s", (int)pid,
+			 p, strerror(errno));
+		return r;
 	}
-	if (!realpath(path, real) || strncmp(real, root, n) != 0 ||
-	    (real[n] != '/' && real[n] != 0))
-		return EXDEV;
-	if (move_mount(tree, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH))
-		return errno;
+	r = lf_ctl_connect(c->sock, &fd);
+	if (r) {
+		snprintf(err, errlen, "cannot connect to lunfsd at %s: %s",
+			 c->sock, strerror(-r));
+		goto fail;
+	}
+	r = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) ? -errno : 0;
+	close(fd);
+	if (!r && cred.pid <= 0)
+		r = -ESRCH; /* lunfsd runs in a PID namespace we cannot see */
+	if (r) {
+		snprintf(err, errlen,
+			 "cannot find lunfsd's process behind %s: %s", c->sock,
+			 strerror(-r));
+		goto fail;
+	}
+	snprintf(p, sizeof(p), "/proc/%d/ns/mnt", (int)cred.pid);
+	v->d_ns = open(p, O_RDONLY | O_CLOEXEC);
+	self = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+	if (v->d_ns < 0 || self < 0) {
+		r = -errno;
+		snprintf(err, errlen, "lunfsd (pid %d): %s: %s", (int)cred.pid,
+			 p, strerror(errno));
+		if (self >= 0)
+			close(self);
+		goto fail;
+	}
+	if (same_ns(v->d_ns, self)) {
+		close(v->d_ns); /* ours: no setns (a rootless hook cannot) */
+		v->d_ns = -1;
+	}
+	close(self);
+	/* createRuntime runs before pivot_root, where the rootfs is still
+	 * reached by its path; a runtime that changed the root first has
+	 * the rootfs at its "/". */
+	snprintf(p, sizeof(p), "/proc/%d/root%s", (int)pid, root);
+	v->pivoted = stat(p, &st) != 0;
 	return 0;
+fail:
+	view_close(v);
+	return r;
 }
 
-/* In the mount namespace ns: attach the detached mount tree at path, or
- * with tree < 0 detach what is mounted at path. setns(CLONE_NEWNS)
- * changes the caller's root and cwd, so a child does it. */
-static int in_mount_ns(int ns, int tree, const char *path, const char *root,
-		       bool block)
+/* dst as the container will resolve it after pivot_root, seen from here:
+ * through its process's root, the topmost mount at the rootfs path (the
+ * one pivot_root takes) and whatever is mounted on the way. */
+static void container_path(const struct view *v, const char *dst, char *buf,
+			   size_t len)
+{
+	snprintf(buf, len, "/proc/%d/root%s%s", (int)v->pid,
+		 v->pivoted ? "" : v->root, dst);
+}
+
+/* Runs fn(arg) in a child (setns(CLONE_NEWNS) changes the caller's root
+ * and cwd, and needs an unshared fs); returns its result (0 or -errno). */
+static int in_child(int (*fn)(void *), void *arg)
 {
 	int status;
 	pid_t child = fork();
 
 	if (child < 0)
 		return -errno;
-	if (child == 0) {
-		if (setns(ns, CLONE_NEWNS))
-			_exit(errno & 0x7f);
-		if (tree >= 0)
-			_exit(attach_here(tree, path, root, block) & 0x7f);
-		_exit(umount2(path, MNT_DETACH) ? errno & 0x7f : 0);
-	}
+	if (child == 0)
+		_exit((-fn(arg)) & 0xff);
 	while (waitpid(child, &status, 0) < 0)
 		if (errno != EINTR)
 			return -errno;
 	return WIFEXITED(status) ? -WEXITSTATUS(status) : -EIO;
 }
 
-/* Undoes make_visible's clone: lunfsd cannot end a FUSE connection that
- * a live mount namespace still holds. */
-static void detach_clone(pid_t pid, const char *path)
+static int enter(int ns)
 {
-	char nspath[64];
-	int ns, r;
-
-	snprintf(nspath, sizeof(nspath), "/proc/%d/ns/mnt", (int)pid);
-	ns = open(nspath, O_RDONLY | O_CLOEXEC);
-	if (ns < 0)
-		return; /* the namespace is gone, and the clone with it */
-	r = in_mount_ns(ns, -1, path, NULL, false);
-	if (r)
-		lf_warn("hook",
-			"%s: detaching in the mount namespace of pid "
-			"%d: %s",
-			path, (int)pid, strerror(-r));
-	close(ns);
+	return ns >= 0 && setns(ns, CLONE_NEWNS) ? -errno : 0;
 }
 
-/* lunfsd mounts in its own mount namespace, and the container sees that
- * mount only if it propagates there: runc makes the container's mounts
- * rslave, so it does when the rootfs lies on a shared mount. Where it does
- * not (a private /), the hook attaches a clone of the mount inside the
- * container's namespace itself: open_tree() here, move_mount() there. The
- * clone shares the FUSE connection, so lunfsd serves it unchanged; it
- * goes away with the container's namespace. Returns 1 when it attached
- * a clone, 0 when the mount was visible already. */
-static int make_visible(pid_t pid, const char *path, const char *root,
-			bool block, char *err, size_t errlen)
-{
-	char nspath[64];
-	struct stat host;
-	int tree = -1, ns = -1, r;
+struct job {
+	const struct view *v;
+	const char *path; /* the daemon's mount point */
+	const char *dst;  /* in the container */
+	bool block;
+	int pipe; /* identity: write end */
+};
 
-	if (pid <= 0)
-		return 0; /* no container process yet: nothing to check */
-	if (stat(path, &host)) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return -errno;
-	}
-	if (visible_in(pid, path, &host))
-		return 0;
-	snprintf(nspath, sizeof(nspath), "/proc/%d/ns/mnt", (int)pid);
-	ns = open(nspath, O_RDONLY | O_CLOEXEC);
-	if (ns < 0) {
-		r = -errno;
-		snprintf(err, errlen, "container process %d: %s: %s", (int)pid,
-			 nspath, strerror(errno));
+/* The identity (st_dev, st_ino) of the daemon's mount, in its namespace. */
+static int identity_job(void *arg)
+{
+	struct job *j = arg;
+	struct stat st;
+	dev_t id[2];
+	int r = enter(j->v->d_ns);
+
+	if (r)
 		return r;
+	if (stat(j->path, &st))
+		return -errno;
+	id[0] = st.st_dev;
+	id[1] = (dev_t)st.st_ino;
+	return write(j->pipe, id, sizeof(id)) == sizeof(id) ? 0 : -EIO;
+}
+
+static int mount_identity(const struct view *v, const char *path,
+			  struct stat *out)
+{
+	struct job j = {.v = v, .path = path};
+	dev_t id[2];
+	int p[2], r;
+
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	j.pipe = p[1];
+	r = in_child(identity_job, &j);
+	close(p[1]);
+	if (!r && read(p[0], id, sizeof(id)) != sizeof(id))
+		r = -EIO;
+	close(p[0]);
+	if (!r) {
+		out->st_dev = id[0];
+		out->st_ino = (ino_t)id[1];
 	}
-	tree = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-	if (tree < 0) {
-		r = -errno;
-		snprintf(
-			err, errlen,
-			"%s does not propagate into the container and cannot "
-			"be cloned (open_tree: %s); put the bundle on a shared "
-			"mount",
-			path, strerror(errno));
-		goto out;
-	}
-	r = in_mount_ns(ns, tree, path, root, block);
-	if (r) {
-		snprintf(err, errlen,
-			 "%s does not propagate into the container and "
-			 "attaching it in the container's mount namespace "
-			 "failed: %s; put the bundle on a shared mount",
-			 path, strerror(-r));
-		goto out;
-	}
-	if (!visible_in(pid, path, &host)) {
-		in_mount_ns(ns, -1, path, NULL, false);
-		r = -EXDEV;
-		snprintf(err, errlen,
-			 "%s is not visible in the container's mount "
-			 "namespace; put the bundle on a shared mount",
-			 path);
-		goto out;
-	}
-	lf_dbg("hook", "%s: attached in the mount namespace of pid %d", path,
-	       (int)pid);
-	r = 1;
-out:
-	if (tree >= 0)
-		close(tree);
-	close(ns);
 	return r;
 }
 
+/* True if dst, as the container will see it, is the daemon's mount. */
+static bool visible_in(const struct view *v, const char *dst,
+		       const struct stat *mnt)
+{
+	char cpath[2 * PATH_MAX + 32];
+	struct stat st;
+
+	container_path(v, dst, cpath, sizeof(cpath));
+	return stat(cpath, &st) == 0 && st.st_dev == mnt->st_dev &&
+	       st.st_ino == mnt->st_ino;
+}
+
+/* The detached mount tree to attach in the container, made from the
+ * daemon's mount at path in the caller's (the daemon's) namespace. A
+ * clone shares the FUSE connection, so lunfsd serves it unchanged. */
+static int detached_tree(const char *path)
+{
+	int tree =
+		open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+
+	return tree < 0 ? -errno : tree;
+}
+
+/* In the container's namespace, the child's half of attaching tree at
+ * path: a destination under a mount that only the container has (its
+ * /dev tmpfs) has no mount point yet, so it is made here, and it must
+ * still resolve inside root (a real path). */
+static int attach_here(int tree, const char *path, const char *root, bool block)
+{
+	char real[PATH_MAX];
+	size_t n = strcmp(root, "/") ? strlen(root) : 0;
+
+	if (block) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+			      0600);
+		if (fd < 0)
+			return -errno;
+		close(fd);
+	} else if (mkdir(path, 0755) && errno != EEXIST) {
+		return -errno;
+	}
+	if (!realpath(path, real) || strncmp(real, root, n) != 0 ||
+	    (real[n] != '/' && real[n] != 0))
+		return -EXDEV;
+	if (move_mount(tree, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH))
+		return -errno;
+	return 0;
+}
+
+static int attach_job(void *arg)
+{
+	struct job *j = arg;
+	char cpath[2 * PATH_MAX];
+	int tree, r = enter(j->v->d_ns);
+
+	if (r)
+		return r;
+	tree = detached_tree(j->path);
+	if (tree < 0)
+		return tree;
+	r = enter(j->v->ct_ns);
+	snprintf(cpath, sizeof(cpath), "%s%s", j->v->pivoted ? "" : j->v->root,
+		 j->dst);
+	if (!r)
+		r = attach_here(tree, cpath, j->v->pivoted ? "/" : j->v->root,
+				j->block);
+	close(tree);
+	return r;
+}
+
+static int detach_job(void *arg)
+{
+	struct job *j = arg;
+	char cpath[2 * PATH_MAX];
+	int r = enter(j->v->ct_ns);
+
+	snprintf(cpath, sizeof(cpath), "%s%s", j->v->pivoted ? "" : j->v->root,
+		 j->dst);
+	return r ? r : umount2(cpath, MNT_DETACH) ? -errno : 0;
+}
+
+/* Undoes make_visible's clone: lunfsd cannot end a FUSE connection that
+ * a live mount namespace still holds. */
+static void detach_clone(const struct view *v, const char *dst)
+{
+	struct job j = {.v = v, .dst = dst};
+	int r = in_child(detach_job, &j);
+
+	if (r)
+		lf_warn("hook",
+			"%s: detaching in the mount namespace of pid %d: %s",
+			dst, (int)v->pid, strerror(-r));
+}
+
+/* The container starts only if dst, as it will see it after pivot_root,
+ * is the daemon's mount at path. If the mount did not propagate there
+ * (the rootfs on a private mount, the hook and lunfsd in different mount
+ * namespaces, a destination under a mount only the container has, like
+ * its /dev), the hook attaches a clone of it in the container's
+ * namespace: open_tree() in the daemon's, move_mount() in the
+ * container's. Returns 1 when it attached a clone, 0 when the mount was
+ * visible already. */
+static int make_visible(const struct view *v, const char *path, const char *dst,
+			bool block, char *err, size_t errlen)
+{
+	struct job j = {.v = v, .path = path, .dst = dst, .block = block};
+	struct stat mnt;
+	int r;
+
+	r = mount_identity(v, path, &mnt);
+	if (r) {
+		snprintf(err, errlen, "%s: in lunfsd's mount namespace: %s",
+			 path, strerror(-r));
+		return r;
+	}
+	if (visible_in(v, dst, &mnt))
+		return 0;
+	r = in_child(attach_job, &j);
+	if (r) {
+		snprintf(err, errlen,
+			 "%s does not reach the container and attaching it in "
+			 "the container's mount namespace failed: %s",
+			 path, strerror(-r));
+		return r;
+	}
+	if (!visible_in(v, dst, &mnt)) {
+		detach_clone(v, dst);
+		snprintf(err, errlen,
+			 "%s is not what the container would see at %s even "
+			 "after attaching it in its mount namespace",
+			 path, dst);
+		return -EXDEV;
+	}
+	lf_dbg("hook", "%s: attached in the mount namespace of pid %d", path,
+	       (int)v->pid);
+	return 1;
+}
+
+/* view: the container's, opened once lunfsd answers (pid <= 0: no
+ * container process to check, as when run by hand). */
 static int mount_all(const struct lf_client *c, struct json_object *reqs,
 		     const char *rootfs, const char *id, pid_t pid,
-		     struct json_object *cloned, char *err, size_t errlen)
+		     struct view *view, struct json_object *cloned, char *err,
+		     size_t errlen)
 {
 	char real_root[PATH_MAX];
 
@@ -588,12 +755,14 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 			if (!r)
 				json_object_put(ans);
 		}
-		if (!r)
-			r = make_visible(pid, path, real_root, block, e2,
+		if (!r && pid > 0 && view->ct_ns < 0)
+			r = view_open(c, pid, real_root, view, e2, sizeof(e2));
+		if (!r && pid > 0)
+			r = make_visible(view, path, dst, block, e2,
 					 sizeof(e2));
 		if (r == 1) {
 			json_object_array_add(cloned,
-					      json_object_new_string(path));
+					      json_object_new_string(dst));
 			r = 0;
 		}
 		if (r) {
@@ -609,6 +778,7 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 {
 	struct json_object *state = NULL, *config = NULL, *reqs = NULL, *v;
 	struct json_object *cloned = json_object_new_array();
+	struct view view = {.ct_ns = -1, .d_ns = -1};
 	pid_t pid;
 	const char *id, *bundle, *status, *ann = NULL;
 	char err[1536] = "", path[PATH_MAX + 16], rootfs[PATH_MAX + 8];
@@ -702,21 +872,22 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 	r = lf_hook_parse_volumes(ann, rootfs, config, id, &reqs, err,
 				  sizeof(err));
 	if (!r)
-		r = mount_all(c, reqs, rootfs, id, pid, cloned, err,
+		r = mount_all(c, reqs, rootfs, id, pid, &view, cloned, err,
 			      sizeof(err));
 	if (r) {
 		char e2[512];
 		fprintf(stderr, "lunfs hook: container %s: %s\n", id, err);
 		for (size_t i = 0; i < json_object_array_length(cloned); i++)
-			detach_clone(pid, json_object_get_string(
-						  json_object_array_get_idx(
-							  cloned, i)));
+			detach_clone(&view, json_object_get_string(
+						    json_object_array_get_idx(
+							    cloned, i)));
 		if (release(c, id, e2, sizeof(e2)))
 			fprintf(stderr, "lunfs hook: cleaning up: %s\n", e2);
 		goto out;
 	}
 	rc = 0;
 out:
+	view_close(&view);
 	json_object_put(cloned);
 	json_object_put(reqs);
 	json_object_put(config);

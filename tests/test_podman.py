@@ -1,0 +1,221 @@
+"""The OCI hook under Debian's podman, as people run it: the shipped
+hooks.d file, `podman run --annotation` (CSV-quoted, as the README shows
+it), user namespaces (--uidmap/--gidmap), and `podman kube play` of a Pod
+manifest carrying the annotation.
+
+podman runs with private storage, run root, tmp dir and configuration under
+the test's directory (nothing of the machine's podman state is touched),
+no network, and an image imported from a busybox-static tarball. In this
+sandbox podman needs tests/oci_norlimits.py as its runtime (it drops
+process.rlimits, which the sandbox refuses, and execs runc or crun).
+
+Oracles: what the container prints, podman's exit status and output, the
+target's connection list (tgtadm), the LUN's backing file (debugfs,
+e2fsck) and the host's mount table.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+import lunfs_harness as H
+from test_oci import (BUSYBOX_APPLETS, _busybox, assert_released,
+                      attach_records, debugfs_owner, e2fsck_clean)
+
+MiB = H.MiB
+IMAGE = "localhost/lunfs-busybox:test"
+
+
+def csv_annotation(volumes):
+    """podman's --annotation parses its value as CSV: the whole KEY=VALUE
+    is one quoted field with every inner quote doubled."""
+    v = "io.lunfs.volumes=" + json.dumps(volumes)
+    return '"' + v.replace('"', '""') + '"'
+
+
+class Podman:
+    def __init__(self, root, lunfs, runtime="runc"):
+        self.root = root
+        self.lunfs = lunfs
+        self.podman = H.require_tool("podman")
+        rt = os.path.join(root, "rt")
+        os.makedirs(rt)
+        os.symlink(os.path.join(H.REPO, "tests", "oci_norlimits.py"),
+                   os.path.join(rt, runtime))
+        self.runtime = os.path.join(rt, runtime)
+        self.hooks = os.path.join(root, "hooks.d")
+        self.write_hook()
+        conf = os.path.join(root, "containers.conf")
+        with open(conf, "w") as f:
+            f.write('[engine]\nevents_logger = "none"\n'
+                    'cgroup_manager = "cgroupfs"\n')
+        storage = os.path.join(root, "storage.conf")
+        with open(storage, "w") as f:
+            f.write(f'[storage]\ndriver = "overlay"\n'
+                    f'graphroot = "{root}/storage"\n'
+                    f'runroot = "{root}/run"\n')
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("LUNFS_", "CONTAINERS_"))}
+        self.env.update(CONTAINERS_CONF=conf, CONTAINERS_STORAGE_CONF=storage,
+                        CONTAINERS_REGISTRIES_CONF=os.path.join(root, "reg"),
+                        TMPDIR=os.path.join(root, "tmp"))
+        open(os.path.join(root, "reg"), "w").close()
+        os.makedirs(os.path.join(root, "tmp"))
+        self._n = 0
+
+    def write_hook(self, timeout=None):
+        """The shipped hooks.d file, pointed at the built binary and this
+        test's state directory."""
+        with open(os.path.join(H.REPO, "tools", "hooks.d", "lunfs.json")) as f:
+            h = json.load(f)
+        h["hook"]["path"] = self.lunfs.bin
+        h["hook"]["args"] = ["lunfs", "--state-dir", self.lunfs.state_dir,
+                             "hook"]
+        if timeout is not None:
+            h["hook"]["timeout"] = timeout
+        os.makedirs(self.hooks, exist_ok=True)
+        with open(os.path.join(self.hooks, "lunfs.json"), "w") as f:
+            json.dump(h, f)
+
+    def argv(self, *args):
+        return [self.podman, "--root", f"{self.root}/storage",
+                "--runroot", f"{self.root}/run", "--tmpdir",
+                f"{self.root}/tmp", "--runtime", self.runtime,
+                "--hooks-dir", self.hooks, "--cgroup-manager", "cgroupfs",
+                "--events-backend", "none"] + [str(a) for a in args]
+
+    def _files(self):
+        self._n += 1
+        return (os.path.join(self.root, f"p{self._n}.out"),
+                os.path.join(self.root, f"p{self._n}.err"))
+
+    def run(self, *args, timeout=120):
+        out, err = self._files()
+        with open(out, "wb") as o, open(err, "wb") as e:
+            p = subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL,
+                                 stdout=o, stderr=e, env=self.env)
+            try:
+                rc = p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise AssertionError(f"podman {args[:2]} hung")
+        return subprocess.CompletedProcess(args, rc, _read(out), _read(err))
+
+    def ok(self, *args, **kw):
+        r = self.run(*args, **kw)
+        assert r.returncode == 0, (f"podman {' '.join(map(str, args))}: "
+                                   f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+                                   f"\n{self.lunfs.log_tail()}")
+        return r
+
+    def start(self, *args):
+        out, err = self._files()
+        o, e = open(out, "wb"), open(err, "wb")
+        p = subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL,
+                             stdout=o, stderr=e, env=self.env)
+        o.close()
+        e.close()
+        p.files = (out, err)
+        return p
+
+    def finish(self, p, timeout=60):
+        rc = p.wait(timeout=timeout)
+        return subprocess.CompletedProcess(p.args, rc, _read(p.files[0]),
+                                           _read(p.files[1]))
+
+    def import_image(self):
+        rootfs = os.path.join(self.root, "image")
+        os.makedirs(os.path.join(rootfs, "bin"))
+        for d in ("proc", "dev", "sys", "tmp", "etc"):
+            os.makedirs(os.path.join(rootfs, d))
+        os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
+        shutil.copy(_busybox(), os.path.join(rootfs, "bin", "busybox"))
+        for a in BUSYBOX_APPLETS + ("grep", "wc"):
+            os.symlink("busybox", os.path.join(rootfs, "bin", a))
+        tar = os.path.join(self.root, "image.tar")
+        H.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
+        self.ok("import", "--change", "ENV=PATH=/bin", tar, IMAGE)
+
+    def cleanup(self):
+        self.run("pod", "rm", "--all", "--force", timeout=60)
+        self.run("rm", "--all", "--force", timeout=60)
+        self.run("system", "reset", "--force", timeout=60)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def start_daemon(lunfs):
+    with open(os.path.join(lunfs.state_dir, "lunfsd.log"), "ab") as log:
+        subprocess.Popen([lunfs.daemon_bin, "--state-dir", lunfs.state_dir],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    assert H.wait_until(lambda: lunfs.run("status").returncode == 0, 10), \
+        lunfs.log_tail()
+
+
+@pytest.fixture(params=["runc", "crun"])
+def podman(request, lunfs):
+    if _busybox() is None:
+        pytest.fail("busybox-static is not installed", pytrace=False)
+    root = tempfile.mkdtemp(prefix="lunfs-pm-", dir="/tmp")
+    os.chmod(root, 0o755)
+    # The storage on a shared mount, as under systemd: the daemon's mount
+    # propagates into the container's namespace by itself.
+    H.run(["mount", "--bind", root, root], check=True)
+    H.run(["mount", "--make-shared", root], check=True)
+    # lunfsd already runs, in the host's mount namespace, as under its
+    # systemd unit; the hook runs wherever podman puts the runtime.
+    start_daemon(lunfs)
+    pm = Podman(root, lunfs, request.param)
+    try:
+        pm.import_image()
+        yield pm
+    finally:
+        pm.cleanup()
+        H.unmount_all_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fuse_mounts_under(root):
+    return [m for m in H.mounts_under(root) if m[1].startswith("fuse")]
+
+
+def run_args(vols, script, *opts):
+    return ["run", "--rm", "--network", "none", *opts, "--annotation",
+            csv_annotation(vols), IMAGE, "sh", "-c", script]
+
+
+# ---------------------------------------------------------------- scenarios
+
+def test_podman_plain(lunfs, target, podman):
+    vols = [{"source": target.url(1), "destination": "/data"}]
+    r = podman.ok(*run_args(vols, "echo hi > /data/f; sync; "
+                                  "grep -c ' /data fuse' /proc/mounts; cat /data/f"))
+    assert r.stdout.split() == ["1", "hi"], r
+    assert_released(lunfs, target, podman.root)
+    e2fsck_clean(target.luns[1])
+    assert debugfs_owner(target.luns[1], "/f") == (0, 0)
+
+
+def test_podman_uidmap(lunfs, target, podman):
+    vols = [{"source": target.url(1), "destination": "/data"}]
+    r = podman.ok(*run_args(vols, "id -u; echo hi > /data/f; mkdir /data/d; "
+                                  "sync; grep -c ' /data fuse' /proc/mounts; "
+                                  "stat -c '%u %g' /data/f /data/d",
+                            "--uidmap", "0:100000:65536",
+                            "--gidmap", "0:100000:65536"))
+    assert r.stdout.split() == ["0", "1", "0", "0", "0", "0"], r
+    assert_released(lunfs, target, podman.root)
+    e2fsck_clean(target.luns[1])
+    assert debugfs_owner(target.luns[1], "/f") == (0, 0)
+    assert debugfs_owner(target.luns[1], "/d") == (0, 0)
