@@ -152,6 +152,13 @@ int lf_client_call(const struct lf_client *c, struct json_object *req,
 		   bool autostart, struct json_object **ans, char *err,
 		   size_t errlen)
 {
+	return lf_client_call_within(c, req, autostart, 0, ans, err, errlen);
+}
+
+int lf_client_call_within(const struct lf_client *c, struct json_object *req,
+			  bool autostart, int timeout_ms,
+			  struct json_object **ans, char *err, size_t errlen)
+{
 	struct json_object *a = NULL, *e;
 	int r;
 
@@ -162,7 +169,7 @@ int lf_client_call(const struct lf_client *c, struct json_object *req,
 			return r;
 		}
 	}
-	r = lf_ctl_call(c->sock, req, &a, err, errlen);
+	r = lf_ctl_call_within(c->sock, req, timeout_ms, &a, err, errlen);
 	json_object_put(req);
 	if (r)
 		return r;

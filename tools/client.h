@@ -28,6 +28,10 @@ int lf_client_start_daemon(const struct lf_client *c, char *err, size_t errlen);
 int lf_client_call(const struct lf_client *c, struct json_object *req,
 		   bool autostart, struct json_object **ans, char *err,
 		   size_t errlen);
+/* The same, giving up with -ETIMEDOUT past timeout_ms (0 = never). */
+int lf_client_call_within(const struct lf_client *c, struct json_object *req,
+			  bool autostart, int timeout_ms,
+			  struct json_object **ans, char *err, size_t errlen);
 
 /* A mount request for lunfsd. Secrets come from secret_file, else the
  * environment; a URL's user@ names the CHAP user. uidmap/gidmap are JSON

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -151,6 +152,13 @@ int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *lenp)
 int lf_ctl_call(const char *sock, struct json_object *req,
 		struct json_object **resp, char *err, size_t errlen)
 {
+	return lf_ctl_call_within(sock, req, 0, resp, err, errlen);
+}
+
+int lf_ctl_call_within(const char *sock, struct json_object *req,
+		       int timeout_ms, struct json_object **resp, char *err,
+		       size_t errlen)
+{
 	const char *text =
 		json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
 	char *answer = NULL;
@@ -162,12 +170,32 @@ int lf_ctl_call(const char *sock, struct json_object *req,
 			 sock, strerror(-r));
 		return r;
 	}
+	if (timeout_ms > 0) {
+		/* The daemon answers with one write at the end, so one
+		 * read's timeout bounds the wait. */
+		struct timeval tv = {.tv_sec = timeout_ms / 1000,
+				     .tv_usec = (timeout_ms % 1000) * 1000};
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv))) {
+			r = -errno;
+			close(fd);
+			snprintf(err, errlen, "lunfsd at %s: %s", sock,
+				 strerror(-r));
+			return r;
+		}
+	}
 	r = lf_ctl_write_all(fd, text, strlen(text));
 	if (!r && shutdown(fd, SHUT_WR))
 		r = -errno;
 	if (!r)
 		r = lf_ctl_read_all(fd, LF_CTL_MAX, &answer);
 	close(fd);
+	if (r == -EAGAIN || r == -EWOULDBLOCK) {
+		snprintf(err, errlen,
+			 "lunfsd at %s did not answer within %d ms", sock,
+			 timeout_ms);
+		return -ETIMEDOUT;
+	}
 	if (r) {
 		snprintf(err, errlen, "lunfsd at %s: %s", sock, strerror(-r));
 		return r;

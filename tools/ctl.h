@@ -37,5 +37,10 @@ int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *len);
  * message; a daemon-side failure is a normal answer with ok=false. */
 int lf_ctl_call(const char *sock, struct json_object *req,
 		struct json_object **resp, char *err, size_t errlen);
+/* The same, giving up with -ETIMEDOUT when the answer has not come
+ * within timeout_ms (0 = wait for ever). */
+int lf_ctl_call_within(const char *sock, struct json_object *req,
+		       int timeout_ms, struct json_object **resp, char *err,
+		       size_t errlen);
 
 #endif

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "iscsi/log.h"
@@ -365,8 +366,9 @@ static int make_mount_point(const char *rootfs, const char *path, bool block,
 	return 0;
 }
 
-static int release(const struct lf_client *c, const char *id, char *err,
-		   size_t errlen)
+/* timeout_ms: 0 = wait for the answer. */
+static int release(const struct lf_client *c, const char *id, int timeout_ms,
+		   char *err, size_t errlen)
 {
 	struct json_object *req, *ans;
 	int r;
@@ -376,7 +378,7 @@ static int release(const struct lf_client *c, const char *id, char *err,
 	req = json_object_new_object();
 	json_object_object_add(req, "op", json_object_new_string("release"));
 	json_object_object_add(req, "container", json_object_new_string(id));
-	r = lf_client_call(c, req, false, &ans, err, errlen);
+	r = lf_client_call_within(c, req, false, timeout_ms, &ans, err, errlen);
 	if (!r)
 		json_object_put(ans);
 	return r;
@@ -698,12 +700,94 @@ static int make_visible(const struct view *v, const char *path, const char *dst,
 	return 1;
 }
 
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The runtime kills a hook that overruns its entry's "timeout" (hooks.d
+ * gives 120 s), and a killed hook cleans nothing up. So the hook reads
+ * its own entry in config.json (same program, "hook" in its args) and
+ * keeps a margin for the cleanup; without one it assumes hooks.d's. */
+struct budget {
+	int64_t end;   /* the runtime's limit */
+	int64_t mount; /* mounting stops here; the rest is for cleanup */
+	int timeout_s;
+};
+
+static int own_timeout_s(struct json_object *config)
+{
+	static const char *const stages[] = {"createRuntime", "prestart", NULL};
+	char self[PATH_MAX], real[PATH_MAX];
+
+	if (!realpath("/proc/self/exe", self))
+		return 0;
+	for (int s = 0; stages[s]; s++) {
+		struct json_object *hooks =
+			get(get(config, "hooks"), stages[s]);
+		if (!hooks || !json_object_is_type(hooks, json_type_array))
+			continue;
+		for (size_t i = 0; i < json_object_array_length(hooks); i++) {
+			struct json_object *h =
+				json_object_array_get_idx(hooks, i);
+			struct json_object *p = get(h, "path"),
+					   *args = get(h, "args"),
+					   *t = get(h, "timeout");
+			bool ours = false;
+
+			if (!p || !json_object_is_type(p, json_type_string) ||
+			    !realpath(json_object_get_string(p), real) ||
+			    strcmp(real, self))
+				continue;
+			for (size_t k = 0;
+			     args &&
+			     json_object_is_type(args, json_type_array) &&
+			     k < json_object_array_length(args);
+			     k++)
+				ours |= !strcmp(
+					json_object_get_string(
+						json_object_array_get_idx(args,
+									  k))
+						?: "",
+					"hook");
+			if (ours && t &&
+			    json_object_is_type(t, json_type_int) &&
+			    json_object_get_int64(t) > 0)
+				return json_object_get_int64(t) > 86400
+					       ? 86400
+					       : (int)json_object_get_int64(t);
+		}
+	}
+	return 0;
+}
+
+static void budget_init(struct budget *b, struct json_object *config,
+			int64_t start)
+{
+	int t = own_timeout_s(config), margin_ms;
+
+	b->timeout_s = t > 0 ? t : LF_HOOK_TIMEOUT_S;
+	/* A tenth for the cleanup, between 1 and 10 s (half of a tiny
+	 * timeout). */
+	margin_ms = b->timeout_s * 100;
+	margin_ms = margin_ms < 1000	? 1000
+		    : margin_ms > 10000 ? 10000
+					: margin_ms;
+	if (margin_ms > b->timeout_s * 500)
+		margin_ms = b->timeout_s * 500;
+	b->end = start + (int64_t)b->timeout_s * 1000;
+	b->mount = b->end - margin_ms;
+}
+
 /* view: the container's, opened once lunfsd answers (pid <= 0: no
  * container process to check, as when run by hand). */
 static int mount_all(const struct lf_client *c, struct json_object *reqs,
 		     const char *rootfs, const char *id, pid_t pid,
-		     struct view *view, struct json_object *cloned, char *err,
-		     size_t errlen)
+		     const struct budget *budget, struct view *view,
+		     struct json_object *cloned, char *err, size_t errlen)
 {
 	char real_root[PATH_MAX];
 
@@ -751,9 +835,33 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 			r = lf_client_mount_request(&mr, &req, e2, sizeof(e2));
 		}
 		if (!r) {
-			r = lf_client_call(c, req, true, &ans, e2, sizeof(e2));
-			if (!r)
-				json_object_put(ans);
+			int64_t left = budget->mount - now_ms();
+			if (left <= 0) {
+				json_object_put(req);
+				r = -ETIMEDOUT;
+				snprintf(e2, sizeof(e2),
+					 "the hook's time budget ran out "
+					 "(its timeout is %d s)",
+					 budget->timeout_s);
+			} else {
+				json_object_object_add(
+					req, "timeout_ms",
+					json_object_new_int64(left));
+				r = lf_client_call_within(c, req, true,
+							  (int)left, &ans, e2,
+							  sizeof(e2));
+				if (!r)
+					json_object_put(ans);
+				if (r == -ETIMEDOUT)
+					snprintf(e2, sizeof(e2),
+						 "lunfsd did not finish the "
+						 "mount within the hook's time "
+						 "budget (%lld ms of its %d s "
+						 "timeout): is the target "
+						 "answering?",
+						 (long long)left,
+						 budget->timeout_s);
+			}
 		}
 		if (!r && pid > 0 && view->ct_ns < 0)
 			r = view_open(c, pid, real_root, view, e2, sizeof(e2));
@@ -774,15 +882,55 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 	return 0;
 }
 
+/* "@NAME": the volumes are in LF_HOOK_VOLUMES_DIR/NAME.json on this node
+ * ($LUNFS_VOLUMES_DIR overrides the directory). podman before 5.0 refuses a
+ * Pod manifest's annotation values over 63 characters (its bug #21663),
+ * and a JSON list of volumes never fits. */
+static int named_volumes(const char *name, char **out, char *err, size_t errlen)
+{
+	const char *dir = getenv("LUNFS_VOLUMES_DIR");
+	char path[PATH_MAX];
+	size_t n = strlen(name);
+	int fd, r;
+
+	if (n == 0 || n > 64 || name[0] == '.' ||
+	    strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			 "0123456789._-") != n) {
+		snprintf(err, errlen,
+			 "annotation " LF_HOOK_ANNOTATION " \"@%.64s\": a "
+			 "name of letters, digits, '.', '_' and '-' must "
+			 "follow '@'",
+			 name);
+		return -EINVAL;
+	}
+	snprintf(path, sizeof(path), "%s/%s.json",
+		 dir && *dir ? dir : LF_HOOK_VOLUMES_DIR, name);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		r = -errno;
+		snprintf(err, errlen,
+			 "annotation " LF_HOOK_ANNOTATION " \"@%s\": %s: %s",
+			 name, path, strerror(errno));
+		return r;
+	}
+	r = lf_ctl_read_all(fd, LF_CTL_MAX, out);
+	close(fd);
+	if (r)
+		snprintf(err, errlen, "%s: %s", path, strerror(-r));
+	return r;
+}
+
 int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 {
 	struct json_object *state = NULL, *config = NULL, *reqs = NULL, *v;
 	struct json_object *cloned = json_object_new_array();
 	struct view view = {.ct_ns = -1, .d_ns = -1};
+	struct budget budget;
+	int64_t start = now_ms();
 	pid_t pid;
 	const char *id, *bundle, *status, *ann = NULL;
 	char err[1536] = "", path[PATH_MAX + 16], rootfs[PATH_MAX + 8];
-	char *text = NULL;
+	char *text = NULL, *named = NULL;
 	bool mount;
 	int r, rc = 1;
 
@@ -834,7 +982,7 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 	if (!mount) {
 		/* poststop never fails the runtime over a volume that is
 		 * already gone; it does report a daemon that refused. */
-		r = release(c, id, err, sizeof(err));
+		r = release(c, id, 0, err, sizeof(err));
 		if (r && r != -ENOENT && r != -ECONNREFUSED) {
 			fprintf(stderr, "lunfs hook: releasing %s: %s\n", id,
 				err);
@@ -857,6 +1005,15 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 		rc = 0; /* not our container */
 		goto out;
 	}
+	if (ann[0] == '@') {
+		r = named_volumes(ann + 1, &named, err, sizeof(err));
+		if (r) {
+			fprintf(stderr, "lunfs hook: container %s: %s\n", id,
+				err);
+			goto out;
+		}
+		ann = named;
+	}
 	v = get(get(config, "root"), "path");
 	if (!v || !json_object_is_type(v, json_type_string)) {
 		fprintf(stderr, "lunfs hook: %s has no root.path\n", path);
@@ -869,11 +1026,12 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 		snprintf(rootfs, sizeof(rootfs), "%s/%s", bundle,
 			 json_object_get_string(v));
 
+	budget_init(&budget, config, start);
 	r = lf_hook_parse_volumes(ann, rootfs, config, id, &reqs, err,
 				  sizeof(err));
 	if (!r)
-		r = mount_all(c, reqs, rootfs, id, pid, &view, cloned, err,
-			      sizeof(err));
+		r = mount_all(c, reqs, rootfs, id, pid, &budget, &view, cloned,
+			      err, sizeof(err));
 	if (r) {
 		char e2[512];
 		fprintf(stderr, "lunfs hook: container %s: %s\n", id, err);
@@ -881,12 +1039,14 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 			detach_clone(&view, json_object_get_string(
 						    json_object_array_get_idx(
 							    cloned, i)));
-		if (release(c, id, e2, sizeof(e2)))
+		int64_t left = budget.end - 500 - now_ms();
+		if (release(c, id, left > 0 ? (int)left : 1, e2, sizeof(e2)))
 			fprintf(stderr, "lunfs hook: cleaning up: %s\n", e2);
 		goto out;
 	}
 	rc = 0;
 out:
+	free(named);
 	view_close(&view);
 	json_object_put(cloned);
 	json_object_put(reqs);

@@ -32,6 +32,10 @@
 #include "tools/client.h"
 
 #define LF_HOOK_ANNOTATION "io.lunfs.volumes"
+/* An annotation "@NAME" names the file NAME.json here instead. */
+#define LF_HOOK_VOLUMES_DIR "/etc/lunfs/volumes.d"
+/* The runtime's limit assumed when the hook's entry gives none. */
+#define LF_HOOK_TIMEOUT_S 120
 
 /* stage: "createRuntime", "prestart", "poststop" or NULL (from the
  * state's status). Returns the process exit status. */
