@@ -44,10 +44,20 @@ class Runc:
     Output goes to files, not pipes: a daemon that the hook starts must not
     keep a pipe of ours open."""
 
-    def __init__(self, root, lunfs):
+    def __init__(self, root, lunfs, runtime="runc"):
         self.root = root
         self.lunfs = lunfs
-        self.runc = H.require_tool("runc")
+        self.spec_tool = H.require_tool("runc")
+        if runtime == "runc":
+            self.runc = self.spec_tool
+        else:
+            # crun through the sandbox wrapper (see tests/oci_norlimits.py)
+            H.require_tool(runtime)
+            rt = os.path.join(root, "rt")
+            os.makedirs(rt)
+            self.runc = os.path.join(rt, runtime)
+            os.symlink(os.path.join(H.REPO, "tests", "oci_norlimits.py"),
+                       self.runc)
         self.busybox = _busybox()
         self.ids = []
         self._n = 0
@@ -66,7 +76,7 @@ class Runc:
         shutil.copy(self.busybox, os.path.join(rootfs, "bin", "busybox"))
         for a in BUSYBOX_APPLETS:
             os.symlink("busybox", os.path.join(rootfs, "bin", a))
-        H.run([self.runc, "spec"], cwd=b, check=True)
+        H.run([self.spec_tool, "spec"], cwd=b, check=True)
         with open(os.path.join(b, "config.json")) as f:
             cfg = json.load(f)
         cfg["process"]["args"] = ["sh", "-c", script]
@@ -106,7 +116,9 @@ class Runc:
         """runc run in the foreground; returns CompletedProcess."""
         cid = self._new_id()
         out, err = os.path.join(b, "out"), os.path.join(b, "err")
-        with open(out, "wb") as o, open(err, "wb") as e:
+        # Append mode: the hook may write to the runtime's stderr too
+        # (crun discards the hook's own), through another open file.
+        with open(out, "ab") as o, open(err, "ab") as e:
             p = subprocess.Popen(self._argv(b, cid), stdin=subprocess.DEVNULL,
                                  stdout=o, stderr=e)
             try:
@@ -120,8 +132,8 @@ class Runc:
     def start(self, b):
         """runc run in the background; finish() waits for it."""
         cid = self._new_id()
-        o = open(os.path.join(b, "out"), "wb")
-        e = open(os.path.join(b, "err"), "wb")
+        o = open(os.path.join(b, "out"), "ab")
+        e = open(os.path.join(b, "err"), "ab")
         p = subprocess.Popen(self._argv(b, cid), stdin=subprocess.DEVNULL,
                              stdout=o, stderr=e)
         o.close()
@@ -142,6 +154,17 @@ class Runc:
                    "delete", "--force", cid], timeout=30)
 
 
+def start_daemon(lunfs):
+    """lunfsd started beforehand, in the host's mount namespace, as under
+    its systemd unit."""
+    with open(os.path.join(lunfs.state_dir, "lunfsd.log"), "ab") as log:
+        subprocess.Popen([lunfs.daemon_bin, "--state-dir", lunfs.state_dir],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    assert H.wait_until(lambda: lunfs.run("status").returncode == 0, 10), \
+        lunfs.log_tail()
+
+
 def _read(path):
     with open(path, "rb") as f:
         return f.read().decode(errors="replace")
@@ -153,32 +176,44 @@ def _ok(r):
     return r
 
 
-@pytest.fixture(params=["shared", "private"])
+@pytest.fixture(params=["shared-runc", "private-runc", "shared-crun",
+                        "private-crun"])
 def runc(request, lunfs):
     """Bundles in a fresh 0755 directory (user-namespaced containers must
-    reach their rootfs), made a shared mount point or left private."""
+    reach their rootfs), made a shared mount point or left private; run
+    by runc or by crun (which orders its mounts differently)."""
     if os.geteuid() != 0:
         pytest.fail("these scenarios run runc as root (the suite runs as "
                     "root; see tools/check.sh)", pytrace=False)
-    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs)
+    mode, runtime = request.param.split("-")
+    if runtime == "crun":
+        # `crun run` is a child subreaper and waits for every process
+        # left under it, so a daemon that the hook starts would hold the
+        # container's run open: crun needs lunfsd running already.
+        start_daemon(lunfs)
+    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs,
+              runtime)
     if rc.busybox is None:
         pytest.fail("busybox-static is not installed (apt-get install "
                     "busybox-static)", pytrace=False)
     os.chmod(rc.root, 0o755)
-    if request.param == "shared":
+    if mode == "shared":
         H.run(["mount", "--bind", rc.root, rc.root], check=True)
         H.run(["mount", "--make-shared", rc.root], check=True)
-    rc.mode = request.param
+    rc.mode = mode
     yield rc
     rc.cleanup()
     H.unmount_all_under(rc.root)
     shutil.rmtree(rc.root, ignore_errors=True)
 
 
-@pytest.fixture
-def runc_private(lunfs):
+@pytest.fixture(params=["runc", "crun"])
+def runc_private(request, lunfs):
     """As `runc`, private mount only (for the failure scenarios)."""
-    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs)
+    if request.param == "crun":
+        start_daemon(lunfs)
+    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs,
+              request.param)
     if rc.busybox is None:
         pytest.fail("busybox-static is not installed", pytrace=False)
     os.chmod(rc.root, 0o755)

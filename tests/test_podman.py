@@ -26,7 +26,8 @@ import pytest
 
 import lunfs_harness as H
 from test_oci import (BUSYBOX_APPLETS, _busybox, assert_released,
-                      attach_records, debugfs_owner, e2fsck_clean)
+                      attach_records, debugfs_owner, e2fsck_clean,
+                      start_daemon)
 
 MiB = H.MiB
 IMAGE = "localhost/lunfs-busybox:test"
@@ -49,6 +50,7 @@ class Podman:
         os.symlink(os.path.join(H.REPO, "tests", "oci_norlimits.py"),
                    os.path.join(rt, runtime))
         self.runtime = os.path.join(rt, runtime)
+        self.runtime_name = runtime
         self.hooks = os.path.join(root, "hooks.d")
         self.write_hook()
         conf = os.path.join(root, "containers.conf")
@@ -154,15 +156,6 @@ def _read(path):
         return f.read().decode(errors="replace")
 
 
-def start_daemon(lunfs):
-    with open(os.path.join(lunfs.state_dir, "lunfsd.log"), "ab") as log:
-        subprocess.Popen([lunfs.daemon_bin, "--state-dir", lunfs.state_dir],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True)
-    assert H.wait_until(lambda: lunfs.run("status").returncode == 0, 10), \
-        lunfs.log_tail()
-
-
 @pytest.fixture(params=["runc", "crun"])
 def podman(request, lunfs):
     if _busybox() is None:
@@ -219,3 +212,24 @@ def test_podman_uidmap(lunfs, target, podman):
     e2fsck_clean(target.luns[1])
     assert debugfs_owner(target.luns[1], "/f") == (0, 0)
     assert debugfs_owner(target.luns[1], "/d") == (0, 0)
+
+
+def test_podman_failing_annotation(lunfs, target, podman):
+    url = f"iscsi://127.0.0.1:{H.free_tcp_port()}/{target.iqn}/1"
+    vols = [{"source": target.url(1), "destination": "/data"},
+            {"source": url, "destination": "/other"}]
+    hook_err = os.path.join(podman.root, "hook.err")
+    r = podman.run(*run_args(vols, "echo SHOULD-NOT-RUN", "--annotation",
+                             f"run.oci.hooks.stderr={hook_err}"))
+    assert r.returncode != 0
+    assert "SHOULD-NOT-RUN" not in r.stdout
+    out = r.stdout + r.stderr
+    if podman.runtime_name == "runc":
+        assert "lunfs hook" in out and "volume 1 (/other)" in out, out
+    else:
+        # crun reports only the hook's exit status; the reason goes where
+        # the container's run.oci.hooks.stderr annotation says.
+        assert "error executing hook" in out, out
+        out = _read(hook_err)
+        assert "lunfs hook" in out and "volume 1 (/other)" in out, out
+    assert_released(lunfs, target, podman.root)

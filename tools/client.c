@@ -114,6 +114,9 @@ int lf_client_start_daemon(const struct lf_client *c, char *err, size_t errlen)
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
+		/* Nothing else inherited: a runtime that starts us as a
+		 * hook (crun) waits for EOF on pipes it handed down. */
+		close_range(3, ~0U, 0);
 		/* Secrets handed to this command in the environment must not
 		 * live on in the daemon's /proc/PID/environ. */
 		for (char **e = environ; *e;) {

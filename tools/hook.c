@@ -920,6 +920,29 @@ static int named_volumes(const char *name, char **out, char *err, size_t errlen)
 	return r;
 }
 
+/* crun sends a hook's stdout and stderr to /dev/null (unless the container
+ * has its run.oci.hooks.stderr annotation), so the reason a container did
+ * not start would reach no one: in that case the hook writes to the
+ * runtime's own stderr, which the runtime's caller shows. */
+static void stderr_to_runtime(void)
+{
+	struct stat st, null;
+	char p[64];
+	int fd;
+
+	if (fstat(2, &st) || stat("/dev/null", &null) ||
+	    st.st_rdev != null.st_rdev || !S_ISCHR(st.st_mode))
+		return;
+	snprintf(p, sizeof(p), "/proc/%d/fd/2", (int)getppid());
+	fd = open(p, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) == 0 &&
+	    !(S_ISCHR(st.st_mode) && st.st_rdev == null.st_rdev))
+		dup2(fd, 2);
+	close(fd);
+}
+
 int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 {
 	struct json_object *state = NULL, *config = NULL, *reqs = NULL, *v;
@@ -934,6 +957,7 @@ int lf_hook_run(const struct lf_client *c, const char *stage, FILE *in)
 	bool mount;
 	int r, rc = 1;
 
+	stderr_to_runtime();
 	r = lf_ctl_read_all(fileno(in), LF_CTL_MAX, &text);
 	if (r) {
 		fprintf(stderr, "lunfs hook: reading the container state: %s\n",
