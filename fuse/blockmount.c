@@ -274,8 +274,12 @@ int lf_mount_block(struct lf_served *sv, const char *path,
 	m->bdev = lf_bdev_ref(b);
 	if (lf_bdev_info(b)->read_only)
 		m->opts.read_only = true;
-	m->owner_uid = geteuid();
-	m->owner_gid = getegid();
+	/* With an id map (a user-namespaced container) the device belongs
+	 * to the container's root, as a file it made would; else to us. */
+	m->owner_uid = m->opts.uidmap.n ? lf_idmap_to_host(&m->opts.uidmap, 0)
+					: geteuid();
+	m->owner_gid = m->opts.gidmap.n ? lf_idmap_to_host(&m->opts.gidmap, 0)
+					: getegid();
 	if (m->opts.fsgroup >= 0)
 		m->owner_gid = (uint32_t)m->opts.fsgroup;
 	clock_gettime(CLOCK_REALTIME, &m->mtime);

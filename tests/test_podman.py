@@ -233,3 +233,76 @@ def test_podman_failing_annotation(lunfs, target, podman):
         out = _read(hook_err)
         assert "lunfs hook" in out and "volume 1 (/other)" in out, out
     assert_released(lunfs, target, podman.root)
+
+
+def wait_path(path, proc, timeout=30):
+    ok = H.wait_until(lambda: os.path.exists(path) or proc.poll() is not None,
+                      timeout)
+    assert ok and os.path.exists(path), \
+        f"{path} never appeared (podman rc={proc.poll()})"
+
+
+def test_podman_two_maps_share_volume(lunfs, target, podman):
+    """Two containers with different user namespaces on one volume at
+    once: one session; each sees the other's file as its own root's; the
+    session stays until the last one ends."""
+    ctl = os.path.join(podman.root, "ctl")
+    os.makedirs(ctl)
+    os.chmod(ctl, 0o777)
+    vols = [{"source": target.url(1), "destination": "/data"}]
+    script = ("echo {me} > /data/{me}; sync; touch /ctl/{me}.ready; "
+              "i=0; while [ ! -e /data/{other} ] && [ $i -lt 300 ]; do "
+              "sleep 0.1; i=$((i+1)); done; cat /data/{other}; "
+              "stat -c '%u %g' /data/{other}; "
+              "while [ ! -e /ctl/{me}.go ] && [ $i -lt 900 ]; do sleep 0.1; "
+              "i=$((i+1)); done")
+    pa = podman.start(*run_args(vols, script.format(me="a", other="b"),
+                                "-v", f"{ctl}:/ctl", "--uidmap",
+                                "0:100000:65536", "--gidmap", "0:100000:65536"))
+    pb = None
+    try:
+        wait_path(os.path.join(ctl, "a.ready"), pa)
+        pb = podman.start(*run_args(vols, script.format(me="b", other="a"),
+                                    "-v", f"{ctl}:/ctl", "--uidmap",
+                                    "0:200000:65536", "--gidmap",
+                                    "0:200000:65536"))
+        wait_path(os.path.join(ctl, "b.ready"), pb)
+        assert len(target.connections()) == 1, "one shared session"
+        recs = attach_records(lunfs)
+        assert len(recs) == 1, recs
+        open(os.path.join(ctl, "a.go"), "w").close()
+        ra = podman.finish(pa)
+        assert ra.returncode == 0, ra
+        assert ra.stdout.split() == ["b", "0", "0"], ra
+        # B still runs: its session stays.
+        assert len(target.connections()) == 1, target.connections()
+    finally:
+        for n in ("a.go", "b.go"):
+            open(os.path.join(ctl, n), "w").close()
+        if pa.poll() is None:
+            podman.finish(pa)
+    rb = podman.finish(pb)
+    assert rb.returncode == 0, rb
+    assert rb.stdout.split() == ["a", "0", "0"], rb
+    assert_released(lunfs, target, podman.root)
+    assert debugfs_owner(target.luns[1], "/a") == (0, 0)
+    assert debugfs_owner(target.luns[1], "/b") == (0, 0)
+    e2fsck_clean(target.luns[1])
+
+
+def test_podman_block_and_read_only(lunfs, target, podman):
+    seed = [{"source": target.url(1), "destination": "/ro"}]
+    podman.ok(*run_args(seed, "echo seeded > /ro/seed"))
+    vols = [{"source": target.url(2), "destination": "/dev/xvdb",
+             "volumeMode": "Block"},
+            {"source": target.url(1), "destination": "/ro", "readOnly": True}]
+    r = podman.ok(*run_args(vols, "echo -n blockdata | dd of=/dev/xvdb "
+                                  "conv=notrunc 2>/dev/null; sync; "
+                                  "head -c 9 /dev/xvdb; echo; cat /ro/seed; "
+                                  "touch /ro/x 2>/dev/null || echo RO",
+                            "--read-only", "--uidmap", "0:100000:65536",
+                            "--gidmap", "0:100000:65536"))
+    assert r.stdout.split() == ["blockdata", "seeded", "RO"], r
+    assert_released(lunfs, target, podman.root)
+    assert H.read_at(target.luns[2], 0, 9) == b"blockdata"
+    e2fsck_clean(target.luns[1])

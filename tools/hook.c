@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -395,10 +396,12 @@ static int release(const struct lf_client *c, const char *id, int timeout_ms,
  * identity is taken in the daemon's namespace (found through the control
  * socket's SO_PEERCRED), and the clone is made there. */
 struct view {
-	pid_t pid;	     /* the container's process (state "pid") */
-	int ct_ns;	     /* its mount namespace */
-	int d_ns;	     /* lunfsd's, or -1 when it is the hook's own */
-	bool pivoted;	     /* the runtime already changed the root */
+	pid_t pid;	/* the container's process (state "pid") */
+	int ct_ns;	/* its mount namespace */
+	int d_ns;	/* lunfsd's, or -1 when it is the hook's own */
+	bool pivoted;	/* the runtime already changed the root */
+	uid_t root_uid; /* the host ids of the container's root */
+	gid_t root_gid;
 	char root[PATH_MAX]; /* the rootfs's real path in the runtime's view */
 };
 
@@ -417,6 +420,27 @@ static bool same_ns(int a, int b)
 
 	return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 &&
 	       sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* The host id that id 0 inside pid's user namespace maps to (0 without
+ * one). */
+static unsigned host_root(pid_t pid, const char *which)
+{
+	unsigned in, out, count, r = 0;
+	char p[64];
+	FILE *f;
+
+	snprintf(p, sizeof(p), "/proc/%d/%s", (int)pid, which);
+	f = fopen(p, "re");
+	if (!f)
+		return 0;
+	while (fscanf(f, "%u %u %u", &in, &out, &count) == 3)
+		if (in == 0) {
+			r = out;
+			break;
+		}
+	fclose(f);
+	return r;
 }
 
 static int view_open(const struct lf_client *c, pid_t pid, const char *root,
@@ -477,6 +501,8 @@ static int view_open(const struct lf_client *c, pid_t pid, const char *root,
 	 * the rootfs at its "/". */
 	snprintf(p, sizeof(p), "/proc/%d/root%s", (int)pid, root);
 	v->pivoted = stat(p, &st) != 0;
+	v->root_uid = host_root(pid, "uid_map");
+	v->root_gid = host_root(pid, "gid_map");
 	return 0;
 fail:
 	view_close(v);
@@ -589,20 +615,32 @@ static int detached_tree(const char *path)
  * path: a destination under a mount that only the container has (its
  * /dev tmpfs) has no mount point yet, so it is made here, and it must
  * still resolve inside root (a real path). */
-static int attach_here(int tree, const char *path, const char *root, bool block)
+static int attach_here(int tree, const char *path, const char *root, bool block,
+		       const struct view *v)
 {
 	char real[PATH_MAX];
 	size_t n = strcmp(root, "/") ? strlen(root) : 0;
+	int r = 0;
 
+	/* As the container's root: a mount that belongs to its user
+	 * namespace (its /dev) refuses files owned by ids unmapped there
+	 * (EOVERFLOW). */
+	setfsgid(v->root_gid);
+	setfsuid(v->root_uid);
 	if (block) {
 		int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
 			      0600);
 		if (fd < 0)
-			return -errno;
-		close(fd);
+			r = -errno;
+		else
+			close(fd);
 	} else if (mkdir(path, 0755) && errno != EEXIST) {
-		return -errno;
+		r = -errno;
 	}
+	setfsuid(0);
+	setfsgid(0);
+	if (r)
+		return r;
 	if (!realpath(path, real) || strncmp(real, root, n) != 0 ||
 	    (real[n] != '/' && real[n] != 0))
 		return -EXDEV;
@@ -627,7 +665,7 @@ static int attach_job(void *arg)
 		 j->dst);
 	if (!r)
 		r = attach_here(tree, cpath, j->v->pivoted ? "/" : j->v->root,
-				j->block);
+				j->block, j->v);
 	close(tree);
 	return r;
 }
