@@ -15,6 +15,7 @@ namespace): both are exercised.
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -161,8 +162,18 @@ def start_daemon(lunfs):
         subprocess.Popen([lunfs.daemon_bin, "--state-dir", lunfs.state_dir],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True)
-    assert H.wait_until(lambda: lunfs.run("status").returncode == 0, 10), \
-        lunfs.log_tail()
+    sock = os.path.join(lunfs.state_dir, "lunfsd.sock")
+
+    def up():
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(sock)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+    assert H.wait_until(up, 10), lunfs.log_tail()
 
 
 def _read(path):

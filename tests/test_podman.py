@@ -14,6 +14,7 @@ target's connection list (tgtadm), the LUN's backing file (debugfs,
 e2fsck) and the host's mount table.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -21,10 +22,12 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 
 import pytest
 
 import lunfs_harness as H
+from test_control import call
 from test_oci import (BUSYBOX_APPLETS, _busybox, assert_released,
                       attach_records, debugfs_owner, e2fsck_clean,
                       start_daemon)
@@ -55,8 +58,11 @@ class Podman:
         self.write_hook()
         conf = os.path.join(root, "containers.conf")
         with open(conf, "w") as f:
+            # kube play's infra container: our image's /pause (podman
+            # would otherwise build one from catatonit, not installed).
             f.write('[engine]\nevents_logger = "none"\n'
-                    'cgroup_manager = "cgroupfs"\n')
+                    'cgroup_manager = "cgroupfs"\n'
+                    f'infra_image = "{IMAGE}"\n')
         storage = os.path.join(root, "storage.conf")
         with open(storage, "w") as f:
             f.write(f'[storage]\ndriver = "overlay"\n'
@@ -71,7 +77,7 @@ class Podman:
         os.makedirs(os.path.join(root, "tmp"))
         self._n = 0
 
-    def write_hook(self, timeout=None):
+    def write_hook(self, timeout=None, env=None):
         """The shipped hooks.d file, pointed at the built binary and this
         test's state directory."""
         with open(os.path.join(H.REPO, "tools", "hooks.d", "lunfs.json")) as f:
@@ -81,6 +87,8 @@ class Podman:
                              "hook"]
         if timeout is not None:
             h["hook"]["timeout"] = timeout
+        if env:
+            h["hook"]["env"] = env
         os.makedirs(self.hooks, exist_ok=True)
         with open(os.path.join(self.hooks, "lunfs.json"), "w") as f:
             json.dump(h, f)
@@ -141,9 +149,14 @@ class Podman:
         shutil.copy(_busybox(), os.path.join(rootfs, "bin", "busybox"))
         for a in BUSYBOX_APPLETS + ("grep", "wc"):
             os.symlink("busybox", os.path.join(rootfs, "bin", a))
+        with open(os.path.join(rootfs, "pause"), "w") as f:
+            f.write('#!/bin/sh\ntrap "exit 0" TERM INT\n'
+                    'while :; do sleep 1000 & wait $!; done\n')
+        os.chmod(os.path.join(rootfs, "pause"), 0o755)
         tar = os.path.join(self.root, "image.tar")
         H.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
-        self.ok("import", "--change", "ENV=PATH=/bin", tar, IMAGE)
+        self.ok("import", "--change", "ENV=PATH=/bin", "--change",
+                'CMD ["/pause"]', tar, IMAGE)
 
     def cleanup(self):
         self.run("pod", "rm", "--all", "--force", timeout=60)
@@ -250,12 +263,12 @@ def test_podman_two_maps_share_volume(lunfs, target, podman):
     os.makedirs(ctl)
     os.chmod(ctl, 0o777)
     vols = [{"source": target.url(1), "destination": "/data"}]
+    # Each reads the other's file only once both have written (a name
+    # looked up before it exists may stay cached as absent in that view).
     script = ("echo {me} > /data/{me}; sync; touch /ctl/{me}.ready; "
-              "i=0; while [ ! -e /data/{other} ] && [ $i -lt 300 ]; do "
+              "i=0; while [ ! -e /ctl/{me}.go ] && [ $i -lt 900 ]; do "
               "sleep 0.1; i=$((i+1)); done; cat /data/{other}; "
-              "stat -c '%u %g' /data/{other}; "
-              "while [ ! -e /ctl/{me}.go ] && [ $i -lt 900 ]; do sleep 0.1; "
-              "i=$((i+1)); done")
+              "stat -c '%u %g' /data/{other}")
     pa = podman.start(*run_args(vols, script.format(me="a", other="b"),
                                 "-v", f"{ctl}:/ctl", "--uidmap",
                                 "0:100000:65536", "--gidmap", "0:100000:65536"))
@@ -306,3 +319,184 @@ def test_podman_block_and_read_only(lunfs, target, podman):
     assert_released(lunfs, target, podman.root)
     assert H.read_at(target.luns[2], 0, 9) == b"blockdata"
     e2fsck_clean(target.luns[1])
+
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  annotations:
+    io.lunfs.volumes: "@{volumes}"
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "echo from-kube > /data/kube; sync; cat /data/kube; grep -c ' /data fuse' /proc/mounts"]
+"""
+
+
+def test_podman_kube_play(lunfs, target, podman):
+    """podman kube play of a Pod manifest whose annotation names the
+    volumes ("@NAME": podman 4.3 refuses a Pod's annotation values over
+    63 characters), down to the file on the LUN and the session's end
+    after podman kube down."""
+    vdir = os.path.join(podman.root, "volumes.d")
+    os.makedirs(vdir)
+    with open(os.path.join(vdir, "web.json"), "w") as f:
+        json.dump([{"source": target.url(1), "destination": "/data"}], f)
+    podman.write_hook(env=[f"LUNFS_VOLUMES_DIR={vdir}"])
+    yml = os.path.join(podman.root, "pod.yaml")
+    with open(yml, "w") as f:
+        f.write(POD.format(name="lfpod", volumes="web", image=IMAGE))
+    podman.ok("kube", "play", "--network", "none", yml)
+    assert H.wait_until(lambda: "Exited" in podman.ok(
+        "ps", "-a", "--filter", "name=lfpod-app",
+        "--format", "{{.Status}}").stdout, 30)
+    r = podman.ok("logs", "lfpod-app")
+    assert r.stdout.split() == ["from-kube", "1"], r
+    podman.ok("kube", "down", yml)
+    assert_released(lunfs, target, podman.root)
+    r = H.run(["debugfs", "-R", "cat /kube", target.luns[1]])
+    assert r.stdout == "from-kube\n", r
+    e2fsck_clean(target.luns[1])
+
+
+class SilentTarget:
+    """A TCP listener on 127.0.0.1 that accepts and never answers."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.open = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._drain, args=(c,),
+                             daemon=True).start()
+
+    def _drain(self, c):
+        self.open += 1
+        try:
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+        self.open -= 1
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_podman_hook_time_budget(lunfs, target, podman):
+    """A target that never answers: the hook gives up within its own
+    hooks.d timeout (4 s here, 120 s shipped), before the runtime would
+    kill it, the container fails with the reason, and nothing is left:
+    no mount, session or attach record, the connection closed."""
+    silent = SilentTarget()
+    try:
+        podman.write_hook(timeout=4)
+        hook_err = os.path.join(podman.root, "hook.err")
+        vols = [{"source": f"iscsi://127.0.0.1:{silent.port}/{target.iqn}/1",
+                 "destination": "/data"}]
+        r = podman.run(*run_args(vols, "echo SHOULD-NOT-RUN", "--annotation",
+                                 f"run.oci.hooks.stderr={hook_err}"))
+        assert r.returncode != 0 and "SHOULD-NOT-RUN" not in r.stdout
+        out = r.stdout + r.stderr
+        if podman.runtime_name == "crun":
+            out = _read(hook_err)
+        assert "time budget" in out and "volume 0 (/data)" in out, out
+        st = lunfs.status()  # waits until the daemon gave up the login
+        assert st.get("mounts") == [] and st.get("sessions") == [], st
+        assert attach_records(lunfs) == []
+        assert fuse_mounts_under(podman.root) == []
+        assert H.wait_until(lambda: silent.open == 0, 10), "connection left"
+    finally:
+        silent.close()
+
+
+class SlowProxy:
+    """Forwards to the real target, but only DELAY seconds after each
+    connection: a login that completes, late."""
+
+    def __init__(self, port, delay):
+        self.up, self.delay = port, delay
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.socks = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+
+    def _conn(self, c):
+        time.sleep(self.delay)
+        u = socket.create_connection(("127.0.0.1", self.up))
+        self.socks += [c, u]
+        for a, b in ((c, u), (u, c)):
+            threading.Thread(target=self._pump, args=(a, b),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+        for s in self.socks:
+            s.close()
+
+
+def test_mount_finishing_past_timeout_ms_is_undone(lunfs, target, lundir):
+    """lunfsd undoes a mount that completes after its request's
+    "timeout_ms" (the hook has given up by then): no mount, session or
+    attach record."""
+    start_daemon(lunfs)
+    proxy = SlowProxy(target.tgt.port, delay=3)
+    try:
+        d = os.path.join(lundir, "m")
+        os.makedirs(d)
+        spec = {"targetPortal": f"127.0.0.1:{proxy.port}", "iqn": target.iqn,
+                "lun": 1, "fsType": "ext4"}
+        ans = call(lunfs, {"op": "mount", "spec": spec, "path": d,
+                           "timeout_ms": 1000})
+        assert ans["ok"] is False and ans["errno"] == errno.ETIMEDOUT, ans
+        assert "timeout" in ans["error"], ans
+        assert not H.is_mountpoint(d)
+        st = lunfs.status()
+        assert st.get("mounts") == [] and st.get("sessions") == [], st
+        assert attach_records(lunfs) == []
+        assert target.wait_connections(0) == 0
+    finally:
+        proxy.close()
