@@ -17,6 +17,7 @@ e2fsck) and the host's mount table.
 import errno
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -321,45 +322,61 @@ def test_podman_block_and_read_only(lunfs, target, podman):
     e2fsck_clean(target.luns[1])
 
 
-POD = """\
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  annotations:
-    io.lunfs.volumes: "@{volumes}"
-spec:
-  restartPolicy: Never
-  containers:
-  - name: app
-    image: {image}
-    command: ["sh", "-c", "echo from-kube > /data/kube; sync; cat /data/kube; grep -c ' /data fuse' /proc/mounts"]
-"""
+def readme_block(first):
+    """The README's indented code block whose first line starts with
+    FIRST, unindented."""
+    with open(os.path.join(H.REPO, "README.md")) as f:
+        lines = f.read().split("\n")
+    i = next(i for i, l in enumerate(lines) if l.startswith("    " + first))
+    out = []
+    while i < len(lines) and (lines[i].startswith("    ") or not lines[i]):
+        out.append(lines[i][4:])
+        i += 1
+    return "\n".join(out).strip() + "\n"
+
+
+README_URL = "iscsi://10.0.0.5:3260/iqn.2024-01.com.example:store/1"
+
+
+def test_readme_podman_command(lunfs, target, podman):
+    """The README's podman command line, pasted (target and image
+    swapped for the test's): podman's CSV parsing accepts it, and the
+    file lands on the LUN as the container's root (uid 0)."""
+    text = readme_block("podman run").replace("\\\n", " ")
+    argv = shlex.split(text)
+    assert argv[:2] == ["podman", "run"], argv
+    argv = [a.replace(README_URL, target.url(1)) for a in argv[2:]]
+    argv = [IMAGE if a == "busybox" else a for a in argv]
+    podman.ok("run", "--network", "none", *argv)
+    assert_released(lunfs, target, podman.root)
+    r = H.run(["debugfs", "-R", "cat /x", target.luns[1]])
+    assert r.stdout == "hi\n", r
+    assert debugfs_owner(target.luns[1], "/x") == (0, 0)
 
 
 def test_podman_kube_play(lunfs, target, podman):
-    """podman kube play of a Pod manifest whose annotation names the
-    volumes ("@NAME": podman 4.3 refuses a Pod's annotation values over
-    63 characters), down to the file on the LUN and the session's end
-    after podman kube down."""
+    """podman kube play of the README's Pod manifest, whose annotation
+    names the volume list ("@web": podman 4.3 refuses a Pod's annotation
+    values over 63 characters), down to the file on the LUN and the
+    session's end after podman kube down."""
     vdir = os.path.join(podman.root, "volumes.d")
     os.makedirs(vdir)
     with open(os.path.join(vdir, "web.json"), "w") as f:
         json.dump([{"source": target.url(1), "destination": "/data"}], f)
     podman.write_hook(env=[f"LUNFS_VOLUMES_DIR={vdir}"])
     yml = os.path.join(podman.root, "pod.yaml")
+    manifest = readme_block("apiVersion: v1")
+    assert "io.lunfs.volumes: \"@web\"" in manifest, manifest
     with open(yml, "w") as f:
-        f.write(POD.format(name="lfpod", volumes="web", image=IMAGE))
+        f.write(manifest.replace("image: busybox", f"image: {IMAGE}"))
     podman.ok("kube", "play", "--network", "none", yml)
-    assert H.wait_until(lambda: "Exited" in podman.ok(
-        "ps", "-a", "--filter", "name=lfpod-app",
-        "--format", "{{.Status}}").stdout, 30)
-    r = podman.ok("logs", "lfpod-app")
-    assert r.stdout.split() == ["from-kube", "1"], r
+    assert H.wait_until(lambda: "Exited (0)" in podman.ok(
+        "ps", "-a", "--filter", "name=web-app",
+        "--format", "{{.Status}}").stdout, 30), podman.run("ps", "-a").stdout
     podman.ok("kube", "down", yml)
     assert_released(lunfs, target, podman.root)
-    r = H.run(["debugfs", "-R", "cat /kube", target.luns[1]])
-    assert r.stdout == "from-kube\n", r
+    r = H.run(["debugfs", "-R", "cat /x", target.luns[1]])
+    assert r.stdout == "hi\n", r
     e2fsck_clean(target.luns[1])
 
 

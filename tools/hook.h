@@ -13,15 +13,26 @@
  * mount's id mapping from config.json, so ids on the volume are the ids
  * the container sees.
  *
- * lunfsd mounts in the host's mount namespace. The hook checks that each
- * mount is visible in the container's namespace (the state's pid): it is
- * when the rootfs lies on a shared mount (runc makes the container's
- * mounts rslave); otherwise the hook attaches a clone of the mount there
- * (open_tree + setns + move_mount).
+ * An annotation "@NAME" names the file NAME.json in LF_HOOK_VOLUMES_DIR
+ * ($LUNFS_VOLUMES_DIR) holding that array.
+ *
+ * lunfsd mounts in its own mount namespace, which need not be the hook's
+ * (podman runs the runtime from conmon's). A container starts only if
+ * each destination, as the container will resolve it after pivot_root
+ * (through /proc/PID/root and the rootfs path), is lunfsd's mount, whose
+ * identity the hook takes in lunfsd's namespace (the control socket's
+ * SO_PEERCRED pid). A mount that did not propagate there is cloned in
+ * lunfsd's namespace (open_tree) and attached in the container's
+ * (move_mount); detached_tree() makes the tree to attach.
+ *
+ * Time: the hook reads its own entry's "timeout" in config.json (else
+ * LF_HOOK_TIMEOUT_S), stops mounting a margin before it, and sends the
+ * rest as "timeout_ms" (lunfsd undoes a mount completing later).
  *
  * A failed mount releases what the hook mounted before it and returns
- * non-zero with the reason on stderr; release is idempotent and succeeds
- * for volumes already gone.
+ * non-zero with the reason on stderr (the runtime's stderr when crun has
+ * sent ours to /dev/null); release is idempotent and succeeds for volumes
+ * already gone.
  */
 #ifndef LUNFS_HOOK_H
 #define LUNFS_HOOK_H

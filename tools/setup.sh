@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config libfuse3-dev fuse3 liburing-dev libiscsi-dev
 	libiscsi-bin libext2fs-dev e2fsprogs libjson-c-dev tgt python3
 	python3-pytest util-linux clang libclang-rt-14-dev
-	fuse2fs fio runc busybox-static python3-yaml dpkg-dev groff-base man-db mmdebstrap sqlite3)
+	fuse2fs fio runc crun podman uidmap busybox-static python3-yaml dpkg-dev groff-base man-db mmdebstrap sqlite3)
 
 if [ "${LUNFS_NO_APT:-0}" != 1 ]; then
 	missing=()
