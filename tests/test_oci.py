@@ -433,10 +433,18 @@ def _bad_second_volume(t, root):
             {"source": url, "destination": "/other"}], ["volume 1"]
 
 
+def _bad_hidden(t, root):
+    # Mounted on the host side, but the container's own sysfs covers
+    # /sys, where no mount point can be made: the destination would not
+    # be the volume, so the container must not start.
+    return [{"source": t.url(1), "destination": "/sys/lunfs"}], \
+        ["does not reach the container"]
+
+
 @pytest.mark.parametrize("bad", [_bad_unknown_key, _bad_unreachable,
-                                 _bad_chap, _bad_second_volume],
+                                 _bad_chap, _bad_second_volume, _bad_hidden],
                          ids=["unknown-key", "unreachable", "wrong-chap",
-                              "second-volume"])
+                              "second-volume", "hidden"])
 def test_failing_hook_fails_container(lunfs, targets, runc_private, bad):
     t = targets("bad", luns={1: 16 * MiB})
     vols, words = bad(t, runc_private.root)
