@@ -367,6 +367,10 @@ static int make_mount_point(const char *rootfs, const char *path, bool block,
 	return 0;
 }
 
+/* How much longer than its request's timeout_ms the hook waits for
+ * lunfsd's answer, which comes at that deadline. */
+#define ANSWER_SLACK_MS 250
+
 /* timeout_ms: 0 = wait for the answer. */
 static int release(const struct lf_client *c, const char *id, int timeout_ms,
 		   char *err, size_t errlen)
@@ -379,6 +383,10 @@ static int release(const struct lf_client *c, const char *id, int timeout_ms,
 	req = json_object_new_object();
 	json_object_object_add(req, "op", json_object_new_string("release"));
 	json_object_object_add(req, "container", json_object_new_string(id));
+	if (timeout_ms > 2 * ANSWER_SLACK_MS)
+		json_object_object_add(
+			req, "timeout_ms",
+			json_object_new_int64(timeout_ms - ANSWER_SLACK_MS));
 	r = lf_client_call_within(c, req, false, timeout_ms, &ans, err, errlen);
 	if (!r)
 		json_object_put(ans);
@@ -840,13 +848,22 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 			json_object_get_string(get(r0, "destination"));
 		const char *path = json_object_get_string(get(r0, "path"));
 		bool block = json_object_get_boolean(get(r0, "block"));
+		int64_t left = budget->mount - now_ms();
 		struct lf_spec spec;
-		char e2[1024];
-		int r;
+		char e2[1024], e3[768];
+		int r = 0;
 
-		r = lf_spec_parse_json(
-			json_object_to_json_string(get(r0, "spec")), &spec, e2,
-			sizeof(e2));
+		if (left <= 0) {
+			r = -ETIMEDOUT;
+			snprintf(e2, sizeof(e2),
+				 "the hook's time budget ran out (its timeout "
+				 "is %d s)",
+				 budget->timeout_s);
+		}
+		if (!r)
+			r = lf_spec_parse_json(
+				json_object_to_json_string(get(r0, "spec")),
+				&spec, e2, sizeof(e2));
 		if (!r)
 			r = make_mount_point(rootfs, path, block, e2,
 					     sizeof(e2));
@@ -869,37 +886,27 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 							     get(r0, "fsgroup"))
 						   : -1,
 				.container = id,
+				.timeout_ms = left,
 			};
 			r = lf_client_mount_request(&mr, &req, e2, sizeof(e2));
 		}
 		if (!r) {
-			int64_t left = budget->mount - now_ms();
-			if (left <= 0) {
-				json_object_put(req);
-				r = -ETIMEDOUT;
+			/* lunfsd answers at the deadline; waiting a little
+			 * longer covers a daemon that cannot. */
+			r = lf_client_call_within(c, req, true,
+						  (int)left + ANSWER_SLACK_MS,
+						  &ans, e3, sizeof(e3));
+			if (!r)
+				json_object_put(ans);
+			if (r == -ETIMEDOUT)
 				snprintf(e2, sizeof(e2),
-					 "the hook's time budget ran out "
-					 "(its timeout is %d s)",
-					 budget->timeout_s);
-			} else {
-				json_object_object_add(
-					req, "timeout_ms",
-					json_object_new_int64(left));
-				r = lf_client_call_within(c, req, true,
-							  (int)left, &ans, e2,
-							  sizeof(e2));
-				if (!r)
-					json_object_put(ans);
-				if (r == -ETIMEDOUT)
-					snprintf(e2, sizeof(e2),
-						 "lunfsd did not finish the "
-						 "mount within the hook's time "
-						 "budget (%lld ms of its %d s "
-						 "timeout): is the target "
-						 "answering?",
-						 (long long)left,
-						 budget->timeout_s);
-			}
+					 "not mounted within the hook's time "
+					 "budget (%lld ms of its %d s timeout; "
+					 "is the target answering?): %s",
+					 (long long)left, budget->timeout_s,
+					 e3);
+			else if (r)
+				snprintf(e2, sizeof(e2), "%s", e3);
 		}
 		if (!r && pid > 0 && view->ct_ns < 0)
 			r = view_open(c, pid, real_root, view, e2, sizeof(e2));
