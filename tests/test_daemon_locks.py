@@ -83,6 +83,24 @@ class Background:
         return self.result
 
 
+def kill9(lunfs):
+    """kill -9 the daemon, and wait until its socket is closed too: its
+    last threads may outlive the zombie that pid_alive() calls dead."""
+    lunfs.kill_daemon()
+    sock = os.path.join(lunfs.state_dir, "lunfsd.sock")
+
+    def closed():
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(sock)
+            return False
+        except OSError:
+            return True
+        finally:
+            s.close()
+    assert H.wait_until(closed, 10)
+
+
 def entry(st, kind, key, value):
     for e in st[kind]:
         if e.get(key) == value:
@@ -202,7 +220,7 @@ def test_idempotent_after_kill9(lunfs, target, lundir):
     st = lunfs.status()
     assert len(st["mounts"]) == 2 and st["sessions"][0]["refs"] == 2
     old = lunfs.daemon_pid()
-    lunfs.kill_daemon()
+    kill9(lunfs)
     # The retry starts a daemon that re-serves the records: it meets
     # the recovery's mount, whichever comes first.
     lunfs.mount(target.url(1), a, *fs_opts)
@@ -224,7 +242,7 @@ def test_idempotent_after_kill9(lunfs, target, lundir):
     assert len(lunfs.status()["mounts"]) == 2
     lunfs.umount(a)
     lunfs.umount(a)
-    lunfs.kill_daemon()
+    kill9(lunfs)
     # After a restart the unmount meets the re-served mount.
     lunfs.umount(b)
     lunfs.umount(b)

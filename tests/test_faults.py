@@ -348,7 +348,8 @@ def test_fs_fsync_then_kill9_daemon(lunfs, target, lundir):
         assert f.read() == data, "fsynced file not on the target after kill -9"
 
     # Recovery by the next command, then the filesystem is consistent.
-    st = H.wait_until(lambda: lunfs.status()["mounts"], 60)
+    st = H.wait_until(lambda: [m for m in lunfs.status()["mounts"]
+                               if m["state"] == "attached"], 60)
     assert st, "next daemon did not serve the volume again\n" + lunfs.log_tail()
     with open(os.path.join(d, "dir", "durable"), "rb") as f:
         assert f.read() == data

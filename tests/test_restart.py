@@ -21,9 +21,9 @@ def rtarget(targets):
 def wait_mounts(lunfs, n, timeout=30):
     box = {}
 
-    def ok():
+    def ok():  # served: status also lists mounts still "attaching"
         box["st"] = lunfs.status()
-        return len(box["st"]["mounts"]) == n
+        return [m["state"] for m in box["st"]["mounts"]] == ["attached"] * n
     assert H.wait_until(ok, timeout), \
         f"expected {n} mounts, status: {box.get('st')}\n{lunfs.log_tail()}"
     return box["st"]

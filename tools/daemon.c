@@ -25,6 +25,7 @@
 #include "tools/ctl.h"
 #include "tools/deadline.h"
 #include "tools/daemon.h"
+#include "tools/recover.h"
 #include "tools/request.h"
 #include "tools/voltable.h"
 
@@ -47,12 +48,7 @@ struct lf_daemon {
 	pthread_t reaper;
 	pthread_t recoverer;
 	bool recovering;
-	struct json_object *records; /* a dead daemon's, for recover_main */
-	/* Paths of those records not re-served yet (vt.lock): a request for
-	 * one waits for its recovery, so that "mount again" and "unmount"
-	 * right after a restart meet the re-served mount. */
-	char (*pending)[PATH_MAX];
-	size_t npending;
+	struct lf_recovery *rec;  /* a dead daemon's attach records */
 	pthread_cond_t reap_cond; /* with vt.lock */
 	bool reap_pending;	  /* vt.lock */
 	bool stopping;		  /* vt.lock */
@@ -61,10 +57,8 @@ struct lf_daemon {
 static struct json_object *answer_err(int err, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 static const char *jstr(struct json_object *o, const char *key);
-static bool is_mount_point(const char *path);
-static void *recover_main(void *arg);
-static void records_load(struct lf_daemon *d);
 struct lf_deadline;
+static void *recover_main(void *arg);
 static struct json_object *op_mount(struct lf_daemon *d,
 				    struct json_object *req,
 				    struct lf_deadline *dl, bool recovery);
@@ -366,210 +360,16 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 		free(d);
 		return -EAGAIN;
 	}
-	records_load(d);
-	d->recovering =
-		pthread_create(&d->recoverer, NULL, recover_main, d) == 0;
+	d->rec = lf_recovery_load(d->state_dir, &d->vt);
+	d->recovering = d->rec && pthread_create(&d->recoverer, NULL,
+						 recover_main, d) == 0;
 	*out = d;
 	return 0;
 }
 
-/* Takes a dead daemon's FUSE mount away from path: it answers ENOTCONN
- * until then, and no request could even resolve the path. */
-static void detach_dead(const char *path)
+static struct json_object *recover_mount(void *ctx, struct json_object *req)
 {
-	if (!is_mount_point(path) || !umount2(path, MNT_DETACH) ||
-	    geteuid() == 0)
-		return;
-	pid_t pid = fork();
-	if (pid == 0) {
-		execlp("fusermount3", "fusermount3", "-u", "-z", path,
-		       (char *)NULL);
-		_exit(127);
-	}
-	if (pid > 0)
-		waitpid(pid, NULL, 0);
-}
-
-static void pending_add(struct lf_daemon *d, const char *path)
-{
-	void *p = realloc(d->pending, (d->npending + 1) * sizeof(*d->pending));
-
-	if (!p)
-		return; /* only a request racing the recovery would notice */
-	d->pending = p;
-	snprintf(d->pending[d->npending++], PATH_MAX, "%s", path);
-}
-
-/* Recovery of path is done: the requests waiting for it go on. */
-static void pending_done(struct lf_daemon *d, const char *path)
-{
-	pthread_mutex_lock(&d->vt.lock);
-	for (size_t i = 0; i < d->npending; i++) {
-		if (strcmp(d->pending[i], path) == 0) {
-			memmove(d->pending[i], d->pending[--d->npending],
-				PATH_MAX);
-			break;
-		}
-	}
-	lf_vt_changed(&d->vt);
-	pthread_mutex_unlock(&d->vt.lock);
-}
-
-struct pending_probe {
-	struct lf_daemon *d;
-	const char *path;
-};
-
-static bool not_pending(void *ctx)
-{
-	struct pending_probe *pp = ctx;
-
-	for (size_t i = 0; i < pp->d->npending; i++)
-		if (strcmp(pp->d->pending[i], pp->path) == 0)
-			return false;
-	return true;
-}
-
-static bool none_pending(void *ctx)
-{
-	return ((struct lf_daemon *)ctx)->npending == 0;
-}
-
-/* Waits while path's recorded mount (any, for NULL) is still to be
- * re-served. */
-static int wait_recovered(struct lf_daemon *d, const char *path,
-			  int64_t deadline_ms)
-{
-	struct pending_probe pp = {d, path};
-
-	if (!path)
-		return lf_vt_wait(&d->vt, none_pending, d, deadline_ms);
-	return lf_vt_wait(&d->vt, not_pending, &pp, deadline_ms);
-}
-
-/* Before the daemon takes requests: reads the attach records a dead
- * daemon left (kept in d->records for recover_main) and detaches its
- * dead mounts, so that a request for one of those paths — a retry of the
- * same mount, say — finds a plain directory and meets the recovery's
- * mount of it in the volume table. Quick: no I/O to any target. */
-static void records_load(struct lf_daemon *d)
-{
-	char dir[PATH_MAX + 16], file[PATH_MAX * 2];
-	struct dirent *de;
-	DIR *dp;
-
-	snprintf(dir, sizeof(dir), "%s/volumes", d->state_dir);
-	dp = opendir(dir);
-	if (!dp)
-		return;
-	while ((de = readdir(dp))) {
-		struct json_object *rec = NULL, *mounts;
-		size_t n = strlen(de->d_name);
-		char *text = NULL;
-		int fd;
-
-		if (n < 6 || strcmp(de->d_name + n - 5, ".json"))
-			continue;
-		snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
-		fd = open(file, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || lf_ctl_read_all(fd, LF_CTL_MAX, &text) ||
-		    !(rec = json_tokener_parse(text)) ||
-		    !json_object_object_get_ex(rec, "mounts", &mounts) ||
-		    !json_object_is_type(mounts, json_type_array) ||
-		    !jstr(rec, "volume")) {
-			lf_err(MOD, "%s: unreadable attach record: removed",
-			       file);
-			unlink(file);
-			json_object_put(rec);
-		} else {
-			for (size_t i = 0; i < json_object_array_length(mounts);
-			     i++) {
-				const char *path = jstr(
-					json_object_array_get_idx(mounts, i),
-					"path");
-				if (!path)
-					continue;
-				detach_dead(path);
-				pending_add(d, path);
-			}
-			json_object_object_add(rec, "file",
-					       json_object_new_string(file));
-			if (!d->records)
-				d->records = json_object_new_array();
-			json_object_array_add(d->records, rec);
-		}
-		if (fd >= 0)
-			close(fd);
-		free(text);
-	}
-	closedir(dp);
-}
-
-/* Serves the mounts of one record again. Each mount re-served rewrites
- * the record; a volume left with none loses it. */
-static void recover_record(struct lf_daemon *d, struct json_object *rec)
-{
-	struct json_object *mounts;
-	const char *file = jstr(rec, "file"), *key = jstr(rec, "volume");
-	struct lf_vt_volume *v;
-	char err[512];
-
-	json_object_object_get_ex(rec, "mounts", &mounts);
-	for (size_t i = 0; i < json_object_array_length(mounts); i++) {
-		struct json_object *req = json_object_array_get_idx(mounts, i);
-		struct json_object *ans, *e;
-		const char *path = jstr(req, "path");
-		const char *sf = jstr(req, "secret_file");
-
-		if (!path)
-			continue;
-		if (sf) {
-			struct lf_secrets sec;
-			char *sj;
-			if (lf_secrets_load_file(sf, &sec, err, sizeof(err))) {
-				lf_err(MOD, "%s: cannot re-attach: %s", path,
-				       err);
-				pending_done(d, path);
-				continue;
-			}
-			sj = lf_secrets_to_json(&sec);
-			lf_secrets_wipe(&sec);
-			if (sj) {
-				json_object_object_add(req, "secrets",
-						       json_tokener_parse(sj));
-				explicit_bzero(sj, strlen(sj));
-				free(sj);
-			}
-		}
-		json_object_object_add(req, "op",
-				       json_object_new_string("mount"));
-		/* A record is input like any request: checked the same way. */
-		if (lf_request_check(req, err, sizeof(err))) {
-			json_object_object_del(req, "secrets");
-			lf_err(MOD, "%s: bad attach record: %s (released)",
-			       path, err);
-			pending_done(d, path);
-			continue;
-		}
-		ans = op_mount(d, req, NULL, true);
-		pending_done(d, path);
-		json_object_object_del(req, "secrets");
-		if (json_object_object_get_ex(ans, "ok", &e) &&
-		    json_object_get_boolean(e))
-			lf_info(MOD, "%s: re-attached after a restart", path);
-		else
-			lf_err(MOD,
-			       "%s: could not re-attach after a restart: "
-			       "%s (released)",
-			       path, jstr(ans, "error"));
-		json_object_put(ans);
-	}
-	/* Under the volume's claim, as every record write is. */
-	if (!lf_vt_volume_claim(&d->vt, key, file, 0, LF_VT_ATTACHING, &v)) {
-		if (!v->open)
-			unlink(file);
-		lf_vt_volume_done(&d->vt, v);
-	}
+	return op_mount(ctx, req, NULL, true);
 }
 
 /* A daemon that died (kill -9, OOM) left attach records: serve those
@@ -578,9 +378,7 @@ static void *recover_main(void *arg)
 {
 	struct lf_daemon *d = arg;
 
-	for (size_t i = 0;
-	     d->records && i < json_object_array_length(d->records); i++)
-		recover_record(d, json_object_array_get_idx(d->records, i));
+	lf_recovery_run(d->rec, recover_mount, d);
 	return NULL;
 }
 
@@ -597,8 +395,7 @@ void lf_daemon_free(struct lf_daemon *d)
 
 	if (d->recovering)
 		pthread_join(d->recoverer, NULL);
-	json_object_put(d->records);
-	free(d->pending);
+	lf_recovery_free(d->rec);
 	while (!lf_vt_mount_claim_next(&d->vt, match_all, NULL, 0, &m))
 		mount_release(d, m);
 	pthread_mutex_lock(&d->vt.lock);
@@ -658,39 +455,6 @@ static int parse_idmaps(struct json_object *req, const char *key,
 	return 0;
 }
 
-/* True if some mount in /proc/self/mountinfo sits exactly at path. */
-static bool is_mount_point(const char *path)
-{
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[8192];
-	bool found = false;
-
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		char mp[PATH_MAX];
-		/* fields: id parent maj:min root mountpoint ... */
-		if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1)
-			continue;
-		/* mountinfo escapes space, tab, newline and backslash */
-		char un[PATH_MAX], *o = un;
-		for (const char *p = mp; *p && o < un + sizeof(un) - 1; p++) {
-			if (p[0] == '\\' && p[1] >= '0' && p[1] <= '7' &&
-			    p[2] && p[3]) {
-				*o++ = (char)((p[1] - '0') * 64 +
-					      (p[2] - '0') * 8 + (p[3] - '0'));
-				p += 3;
-			} else {
-				*o++ = *p;
-			}
-		}
-		*o = 0;
-		found = strcmp(un, path) == 0;
-	}
-	fclose(f);
-	return found;
-}
-
 /* The LUN (through the session registry) or the image file of a spec. */
 static int open_bdev(struct lf_daemon *d, const struct lf_spec *spec,
 		     const struct lf_secrets *sec, const char *key,
@@ -712,9 +476,12 @@ static int open_bdev(struct lf_daemon *d, const struct lf_spec *spec,
 		p.replacement_timeout = d->o.replacement_timeout;
 	if (deadline_ms) {
 		/* A login the request cannot wait for must end soon after
-		 * its deadline, even though nobody waits for its answer. */
+		 * its deadline, even though nobody waits for its answer; a
+		 * second later than it, so that the caller hears "timed out"
+		 * from the deadline, not a login error libiscsi words
+		 * otherwise ("Can not reconnect"). */
 		int64_t left = deadline_ms - lf_vt_now_ms();
-		p.login_timeout = left < 1000 ? 1 : (int)((left + 999) / 1000);
+		p.login_timeout = left < 0 ? 1 : (int)((left + 999) / 1000) + 1;
 	}
 	r = lf_registry_open_lun(d->reg, &p, spec->lun, read_only, out, err,
 				 errlen);
@@ -966,6 +733,7 @@ static int mount_compare(const struct lf_vt_mount *m,
 	return 0;
 }
 
+static void *recover_main(void *arg);
 static struct json_object *op_mount(struct lf_daemon *d,
 				    struct json_object *req,
 				    struct lf_deadline *dl, bool recovery)
@@ -1089,7 +857,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	};
 
 	/* Right after a restart, the recorded mount of path comes first. */
-	r = recovery ? 0 : wait_recovered(d, path, deadline_ms);
+	r = recovery ? 0 : lf_recovery_wait(d->rec, path, deadline_ms);
 	if (!r)
 		r = lf_vt_mount_claim(&d->vt, path, key, want.w.container,
 				      deadline_ms, &m, &existing);
@@ -1126,7 +894,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 				       json_object_new_boolean(0));
 		return ans;
 	}
-	if (is_mount_point(path)) {
+	if (lf_mount_point_at(path)) {
 		r = -EBUSY;
 		snprintf(err, sizeof(err),
 			 "%s is already a mount point; refusing to mount over "
@@ -1211,7 +979,7 @@ op_umount(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 	/* A path whose mount died may not resolve: fall back to the text. */
 	if (!realpath(p, path))
 		snprintf(path, sizeof(path), "%s", p);
-	r = wait_recovered(d, path, deadline_ms);
+	r = lf_recovery_wait(d->rec, path, deadline_ms);
 	if (!r)
 		r = lf_vt_mount_claim_detach(&d->vt, path, deadline_ms, &m);
 	if (r == -ENOENT) {
@@ -1317,7 +1085,7 @@ op_release(struct lf_daemon *d, struct json_object *req, int64_t deadline_ms)
 	if (!id || !lf_request_valid_container_id(id))
 		return answer_err(EINVAL, "release: invalid container id");
 	/* The container's recorded mounts are re-served first. */
-	r = wait_recovered(d, NULL, deadline_ms);
+	r = lf_recovery_wait(d->rec, NULL, deadline_ms);
 	while (!r &&
 	       (r = lf_vt_mount_claim_next(&d->vt, match_container, (void *)id,
 					   deadline_ms, &m)) == 0) {
