@@ -173,19 +173,21 @@ def podman(request, lunfs):
         pytest.fail("busybox-static is not installed", pytrace=False)
     root = tempfile.mkdtemp(prefix="lunfs-pm-", dir="/tmp")
     os.chmod(root, 0o755)
-    # The storage on a shared mount, as under systemd: the daemon's mount
-    # propagates into the container's namespace by itself.
-    H.run(["mount", "--bind", root, root], check=True)
-    H.run(["mount", "--make-shared", root], check=True)
-    # lunfsd already runs, in the host's mount namespace, as under its
-    # systemd unit; the hook runs wherever podman puts the runtime.
-    start_daemon(lunfs)
-    pm = Podman(root, lunfs, request.param)
+    pm = None
     try:
+        # The storage on a shared mount, as under systemd (podman may
+        # still run the runtime in a private mount namespace of its own).
+        H.run(["mount", "--bind", root, root], check=True)
+        H.run(["mount", "--make-shared", root], check=True)
+        # lunfsd already runs, in the host's mount namespace, as under its
+        # systemd unit; the hook runs wherever podman puts the runtime.
+        start_daemon(lunfs)
+        pm = Podman(root, lunfs, request.param)
         pm.import_image()
         yield pm
     finally:
-        pm.cleanup()
+        if pm is not None:
+            pm.cleanup()
         H.unmount_all_under(root)
         shutil.rmtree(root, ignore_errors=True)
 
