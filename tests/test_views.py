@@ -39,9 +39,11 @@ def two_mounts(lunfs, t, lundir, env=None):
     return a, b
 
 
-def as_user(uid, argv, **kw):
-    return H.run(["setpriv", "--reuid", str(uid), "--regid", str(uid),
-                  "--clear-groups", "--"] + argv, **kw)
+def as_user(uid, argv, groups=None, **kw):
+    g = ["--groups", ",".join(map(str, groups))] if groups else \
+        ["--clear-groups"]
+    return H.run(["setpriv", "--reuid", str(uid), "--regid", str(uid)] + g +
+                 ["--"] + argv, **kw)
 
 
 def views_of(lunfs):
@@ -347,3 +349,36 @@ def test_two_runc_containers_share_locks_and_mappings(lunfs, vtarget,
     assert_released(lunfs, vtarget, runc_private.root)
     r = H.run(["e2fsck", "-fn", vtarget.luns[1]], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_fsgroup_and_read_only_views(lunfs, vtarget, lundir):
+    """One view per (fsGroup as the disk has it, read-only) of a volume:
+    fsGroup 5000 on an identity mount and 105000 through a map that puts
+    it at disk 5000 share one; another fsGroup and a read-only mount get
+    their own. Each shows its group, and a file made in a shared view
+    carries the disk group."""
+    os.chmod(lundir, 0o755)
+    mps = {n: os.path.join(lundir, n) for n in ("g1", "g2", "g3", "ro")}
+    for p in mps.values():
+        os.mkdir(p)
+    lunfs.mount(vtarget.url(1), mps["g1"], "--fsgroup", "5000")
+    lunfs.mount(vtarget.url(1), mps["g2"], "--fsgroup", "105000", *MAP_A)
+    lunfs.mount(vtarget.url(1), mps["g3"], "--fsgroup", "6000")
+    lunfs.mount(vtarget.url(1), mps["ro"], "--read-only")
+    assert set(views_of(lunfs).values()) == {"idmapped"}
+    assert len(H.mounts_under(lunfs.state_dir)) == 3
+    r = as_user(100003, ["touch", os.path.join(mps["g2"], "f")],
+                groups=[105000])
+    assert r.returncode == 0, r.stderr  # fsGroup: group-writable root
+    assert os.stat(os.path.join(mps["g2"], "f"))[4:6] == (100003, 105000)
+    assert os.stat(os.path.join(mps["g1"], "f"))[4:6] == (3, 5000)
+    assert os.stat(os.path.join(mps["g3"], "f")).st_gid == 6000
+    assert os.stat(os.path.join(mps["ro"], "f"))[4:6] == (3, 5000)
+    with pytest.raises(OSError) as e:
+        open(os.path.join(mps["ro"], "g"), "w").close()
+    assert e.value.errno == errno.EROFS
+    for p in mps.values():
+        lunfs.umount(p)
+    assert H.mounts_under(lunfs.state_dir) == []
+    r = H.run(["debugfs", "-R", "stat /f", vtarget.luns[1]])
+    assert "User:     3   Group:  5000" in r.stdout, r.stdout
