@@ -107,7 +107,10 @@ static const char status_usage[] =
 	"checking: since when). Secrets\nare never shown. --json adds, "
 	"for each mount,\nthe FUSE requests its kernel has sent since it was "
 	"mounted, by kind\n(\"fuse_requests\"), and how they reach lunfsd "
-	"(\"fuse_transport\": \"io_uring\"\nor \"/dev/fuse\").\n";
+	"(\"fuse_transport\": \"io_uring\"\nor \"/dev/fuse\"). Each mount "
+	"shows how it is served: \"view\": \"idmapped\"\n(an idmapped bind "
+	"of the volume's one FUSE mount, sharing its counts) or\n"
+	"\"fuse-map\" (a FUSE mount of its own, ids mapped by lunfs).\n";
 
 static const char shutdown_usage[] =
 	"Usage: lunfs shutdown\n"
@@ -459,11 +462,12 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 	printf("\nMOUNTS (%zu)\n", json_object_array_length(arr));
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		struct json_object *m = json_object_array_get_idx(arr, i);
-		printf("  %s  %s  %s%s%s%s%s%s", jget(m, "path"),
+		printf("  %s  %s  %s%s%s%s%s%s%s%s", jget(m, "path"),
 		       jget(m, "spec"), jget(m, "mode"),
 		       strcmp(jget(m, "read_only"), "true") ? "" : " ro",
 		       *jget(m, "uidmap") ? " uidmap=" : "", jget(m, "uidmap"),
-		       *jget(m, "gidmap") ? " gidmap=" : "", jget(m, "gidmap"));
+		       *jget(m, "gidmap") ? " gidmap=" : "", jget(m, "gidmap"),
+		       *jget(m, "view") ? " view=" : "", jget(m, "view"));
 		print_state(m);
 	}
 	json_object_put(ans);
