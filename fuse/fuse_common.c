@@ -400,7 +400,8 @@ void lf_served_link_mount(struct lf_served *sv, struct lf_mount *m)
 	pthread_mutex_lock(&sv->lock);
 	m->next = sv->mounts;
 	sv->mounts = m;
-	sv->nmounts++;
+	/* Atomic: fill_entry() reads it without the lock. */
+	__atomic_add_fetch(&sv->nmounts, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&sv->lock);
 }
 
@@ -413,7 +414,7 @@ void lf_served_unlink_mount(struct lf_served *sv, struct lf_mount *m)
 	for (struct lf_mount **mp = &sv->mounts; *mp; mp = &(*mp)->next) {
 		if (*mp == m) {
 			*mp = m->next;
-			sv->nmounts--;
+			__atomic_sub_fetch(&sv->nmounts, 1, __ATOMIC_RELAXED);
 			found = true;
 			break;
 		}
