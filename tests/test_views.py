@@ -300,9 +300,10 @@ def test_idmapped_binds_after_daemon_kill(lunfs, vtarget, lundir):
                                  errno.ECANCELED)
     # Each is listed from the start of its re-attachment, and has its
     # view once served.
-    assert H.wait_until(lambda: [m.get("view") for m in
+    assert H.wait_until(lambda: [(m.get("state"), m.get("view")) for m in
                                  lunfs.status()["mounts"]]
-                        == ["idmapped"] * 2, timeout=30), lunfs.log_tail()
+                        == [("attached", "idmapped")] * 2, timeout=30), \
+        lunfs.log_tail()
     assert lunfs.daemon_pid() != old
     assert views_of(lunfs) == {a: "idmapped", b: "idmapped"}
     assert len(H.mounts_under(lunfs.state_dir)) == 1, "dead view left"
