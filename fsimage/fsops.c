@@ -450,7 +450,7 @@ static int cut_extent_tail(struct lf_vol *v, ext2_extent_handle_t h,
 	}
 	if (e)
 		return lf_errno_from_ext2(e);
-	ext2fs_block_alloc_stats_range(fs, pblk, n, -1);
+	lf_vol_free_blocks(v, pblk, n);
 	e = ext2fs_iblk_sub_blocks(fs, (struct ext2_inode *)in, n);
 	if (e)
 		return lf_errno_from_ext2(e);
@@ -766,6 +766,30 @@ static void fsops_fini(struct lf_vol *v)
 	free(s);
 	v->fsops = NULL;
 	v->fsops_fini = NULL;
+}
+
+/* resize.c replaces vol->fs under us (fsops_int.h). */
+void lf_fsops_quiesce(struct lf_vol *v)
+{
+	struct lf_fsops *s = v->fsops;
+
+	for (uint64_t i = 0; s && i < LF_AIO_BUCKETS; i++)
+		aio_drain(s, i);
+}
+
+void lf_fsops_reloaded(struct lf_vol *v)
+{
+	struct lf_fsops *s = v->fsops;
+	struct lf_dirindex_set *dix;
+
+	if (!s)
+		return;
+	s->overhead = 0;
+	dix = lf_dirindex_set_new(LF_DIRINDEX_BYTES);
+	if (dix) {
+		lf_dirindex_set_free(s->dix);
+		s->dix = dix;
+	}
 }
 
 /* ---- directories ---- */

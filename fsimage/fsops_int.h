@@ -46,4 +46,10 @@ void lf_fs_touch_mc(struct lf_vol *v, struct ext2_inode_large *in);
 int lf_fs_shift_range(struct lf_vol *v, uint64_t ino, int mode, uint64_t off,
 		      uint64_t len);
 
+/* For resize.c, lock held: wait for the reads in flight (their blocks
+ * may move), then, once vol->fs was reopened, forget what was derived
+ * from the old geometry (statfs overhead, directory indexes). */
+void lf_fsops_quiesce(struct lf_vol *v);
+void lf_fsops_reloaded(struct lf_vol *v);
+
 #endif

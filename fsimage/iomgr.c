@@ -1078,6 +1078,42 @@ int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 	return write_through(c, buf, len, off);
 }
 
+void lf_iocache_forget(struct lf_iocache *c, uint64_t off, uint64_t len)
+{
+	uint64_t k0 = (off + c->unit - 1) / c->unit, k1 = (off + len) / c->unit;
+
+	pthread_mutex_lock(&c->mu);
+	if (k1 > k0)
+		drop_range_locked(c, k0, k1);
+	pthread_mutex_unlock(&c->mu);
+	wb_wait_range(c, off, len);
+}
+
+int lf_iocache_reset(struct lf_iocache *c)
+{
+	struct ent *e, *next;
+	int r = 0;
+
+	wb_drain(c);
+	pthread_mutex_lock(&c->mu);
+	if (c->ndirty) {
+		r = -EBUSY;
+		goto out;
+	}
+	for (e = c->lru.next; e != &c->lru; e = next) {
+		next = e->next;
+		ent_drop(c, e);
+	}
+	free(c->zmap);
+	c->zmap = NULL;
+	c->nchunks = 0;
+	c->ra_next = UINT64_MAX;
+	c->nunits = lf_bdev_size(c->bdev) / c->unit;
+out:
+	pthread_mutex_unlock(&c->mu);
+	return r;
+}
+
 void lf_iocache_get_stats(struct lf_iocache *c, struct lf_iocache_stats *st)
 {
 	pthread_mutex_lock(&c->mu);

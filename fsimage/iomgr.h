@@ -84,6 +84,17 @@ int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
 			    uint64_t off, lf_bdev_done_fn done, void *opaque);
 
+/* Blocks about to be unmapped (they are free): their cached copies are
+ * dropped, dirty or not, and writes behind to them waited for, so that
+ * nothing of ours lands on them after the UNMAP. Partly covered cache
+ * units stay. */
+void lf_iocache_forget(struct lf_iocache *c, uint64_t off, uint64_t len);
+/* Another writer changed the device (resize2fs through a block view) and
+ * it may have grown: drop every cached block, forget assume_zero, take
+ * the device's current size. The cache must be written back first and
+ * nobody may use it meanwhile; -EBUSY if a block is still dirty. */
+int lf_iocache_reset(struct lf_iocache *c);
+
 void lf_iocache_get_stats(struct lf_iocache *c, struct lf_iocache_stats *st);
 
 #endif

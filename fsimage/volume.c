@@ -103,7 +103,9 @@ int lf_vol_sync_locked(struct lf_vol *v)
 		return 0;
 	if (v->fs->flags &
 	    (EXT2_FLAG_DIRTY | EXT2_FLAG_IB_DIRTY | EXT2_FLAG_BB_DIRTY)) {
+		lf_trim_bitmaps_begin(v);
 		e = ext2fs_flush2(v->fs, EXT2_FLAG_FLUSH_NO_SYNC);
+		lf_trim_bitmaps_end(v);
 		if (e) {
 			lf_err(MOD, "%s: writing filesystem metadata: %s",
 			       lf_vol_desc(v), error_message(e));
@@ -111,6 +113,8 @@ int lf_vol_sync_locked(struct lf_vol *v)
 		}
 	}
 	r = lf_iocache_sync(v->cache);
+	if (r == 0)
+		lf_vol_after_durable(v);
 	return r;
 }
 
@@ -146,8 +150,11 @@ static void *flusher_main(void *arg)
 		if (v->stopping)
 			break;
 		if (v->fs->flags & (EXT2_FLAG_IB_DIRTY | EXT2_FLAG_BB_DIRTY)) {
-			errcode_t e = ext2fs_write_bitmaps(v->fs);
+			errcode_t e;
 
+			lf_trim_bitmaps_begin(v);
+			e = ext2fs_write_bitmaps(v->fs);
+			lf_trim_bitmaps_end(v);
 			if (e)
 				lf_warn(MOD, "%s: writing bitmaps: %s",
 					lf_vol_desc(v), error_message(e));
@@ -155,6 +162,9 @@ static void *flusher_main(void *arg)
 		if (lf_iocache_sync_tick(v->cache) < 0)
 			lf_warn(MOD, "%s: periodic write-back failed",
 				lf_vol_desc(v));
+		else
+			lf_vol_after_durable(v);
+		lf_trim_work(v, false);
 	}
 	lf_vol_unlock(v);
 	return NULL;
@@ -174,6 +184,8 @@ static void stop_flusher(struct lf_vol *v)
 
 static void vol_free(struct lf_vol *v)
 {
+	if (v->fs)
+		lf_trim_free(v);
 	if (v->fs)
 		ext2fs_free(v->fs);
 	lf_iocache_free(v->cache);
@@ -219,6 +231,44 @@ static int check_state(struct lf_vol *v, char *err, size_t errlen)
 	return 0;
 }
 
+/* What the kernel checks at mount and libext2fs does not, then the
+ * bitmaps. */
+static int check_geometry(struct lf_vol *v, char *err, size_t errlen)
+{
+	const char *desc = lf_vol_desc(v);
+	errcode_t e;
+
+	__atomic_store_n(&v->fs_bytes,
+			 ext2fs_blocks_count(v->fs->super) *
+				 (uint64_t)v->fs->blocksize,
+			 __ATOMIC_RELAXED);
+	if (ext2fs_blocks_count(v->fs->super) >
+	    lf_bdev_size(v->bdev) / v->fs->blocksize)
+		return say(
+			err, errlen, -EIO,
+			"%s: the filesystem claims %llu blocks but the "
+			"device holds %llu: damaged, or the LUN shrank",
+			desc,
+			(unsigned long long)ext2fs_blocks_count(v->fs->super),
+			(unsigned long long)(lf_bdev_size(v->bdev) /
+					     v->fs->blocksize));
+	e = ext2fs_check_desc(v->fs);
+	if (e)
+		return say(err, errlen, -EIO,
+			   "%s: the group descriptors are damaged: %s ('lunfs "
+			   "fsck SPEC' checks it, --repair fixes it)",
+			   desc, error_message(e));
+	e = ext2fs_read_bitmaps(v->fs);
+	if (e)
+		return say(
+			err, errlen, lf_errno_from_ext2(e),
+			"%s: cannot read the allocation bitmaps: %s (damaged? "
+			"'lunfs fsck --check SPEC' checks it, --repair fixes "
+			"it)",
+			desc, error_message(e));
+	return 0;
+}
+
 static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 {
 	const char *desc = lf_vol_desc(v);
@@ -250,32 +300,10 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	r = check_state(v, err, errlen);
 	if (r < 0)
 		return r;
-	/* What the kernel checks at mount and libext2fs does not: the
-	 * geometry fits the device, the group descriptors make sense. */
-	if (ext2fs_blocks_count(v->fs->super) >
-	    lf_bdev_size(v->bdev) / v->fs->blocksize)
-		return say(
-			err, errlen, -EIO,
-			"%s: the filesystem claims %llu blocks but the "
-			"device holds %llu: damaged, or the LUN shrank",
-			desc,
-			(unsigned long long)ext2fs_blocks_count(v->fs->super),
-			(unsigned long long)(lf_bdev_size(v->bdev) /
-					     v->fs->blocksize));
-	e = ext2fs_check_desc(v->fs);
-	if (e)
-		return say(err, errlen, -EIO,
-			   "%s: the group descriptors are damaged: %s ('lunfs "
-			   "fsck SPEC' checks it, --repair fixes it)",
-			   desc, error_message(e));
-	e = ext2fs_read_bitmaps(v->fs);
-	if (e)
-		return say(
-			err, errlen, lf_errno_from_ext2(e),
-			"%s: cannot read the allocation bitmaps: %s (damaged? "
-			"'lunfs fsck --check SPEC' checks it, --repair fixes "
-			"it)",
-			desc, error_message(e));
+	r = check_geometry(v, err, errlen);
+	if (r < 0)
+		return r;
+	lf_trim_attach(v);
 	if (v->opts.read_only)
 		return 0;
 
@@ -297,6 +325,44 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 		return say(err, errlen, r,
 			   "%s: cannot mark the filesystem in use: %s", desc,
 			   strerror(-r));
+	return 0;
+}
+
+int lf_vol_reopen_locked(struct lf_vol *v, char *err, size_t errlen)
+{
+	const char *desc = lf_vol_desc(v);
+	char name[64];
+	errcode_t e;
+	int r;
+
+	lf_iocache_name(v->cache, name, sizeof(name));
+	e = ext2fs_open2(name, NULL, EXT2_FLAG_64BITS | EXT2_FLAG_RW, 0, 0,
+			 lf_iomgr(), &v->fs);
+	if (e) {
+		v->fs = NULL;
+		return say(err, errlen, lf_errno_from_ext2(e),
+			   "%s: cannot open the ext filesystem again: %s", desc,
+			   error_message(e));
+	}
+	r = check_geometry(v, err, errlen);
+	if (r == 0 && (v->fs->super->s_state & EXT2_VALID_FS)) {
+		/* Still ours: not clean while served. */
+		v->fs->super->s_state &= ~EXT2_VALID_FS;
+		ext2fs_mark_super_dirty(v->fs);
+		e = ext2fs_flush2(v->fs, EXT2_FLAG_FLUSH_NO_SYNC);
+		if (e)
+			r = say(err, errlen, lf_errno_from_ext2(e),
+				"%s: cannot mark the filesystem in use: %s",
+				desc, error_message(e));
+	}
+	if (r == 0)
+		r = lf_iocache_sync(v->cache);
+	if (r < 0) {
+		ext2fs_free(v->fs);
+		v->fs = NULL;
+		return r;
+	}
+	lf_trim_attach(v);
 	return 0;
 }
 
@@ -402,6 +468,7 @@ int lf_vol_close(struct lf_vol *v)
 	lf_vol_lock(v);
 	if (v->fsops_fini)
 		v->fsops_fini(v);
+	lf_trim_close_locked(v);
 	if (!v->opts.read_only) {
 		v->fs->super->s_state |= EXT2_VALID_FS;
 		ext2fs_mark_super_dirty(v->fs);

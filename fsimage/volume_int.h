@@ -23,6 +23,7 @@
 #include "fsimage/volume.h"
 
 struct lf_iocache;
+struct lf_trim;
 
 struct lf_vol {
 	pthread_mutex_t lock;
@@ -31,6 +32,9 @@ struct lf_vol {
 	struct lf_vol_opts opts;
 	bool formatted;
 	struct lf_iocache *cache; /* owned by iomgr.c */
+
+	struct lf_trim *trim; /* owned by trim.c */
+	uint64_t fs_bytes;    /* atomic; lf_vol_fs_bytes() */
 
 	void *fsops; /* owned by fsops.c */
 	void (*fsops_fini)(struct lf_vol *v);
@@ -48,6 +52,36 @@ void lf_vol_unlock(struct lf_vol *v);
 /* Write back dirty cached blocks and send SYNCHRONIZE CACHE. Caller holds
  * the lock (fsync inside fsops). */
 int lf_vol_sync_locked(struct lf_vol *v);
+
+/* A durable point: every change made before it is on stable storage
+ * (today the end of lf_vol_sync_locked() and of the flusher's write-back;
+ * a journal commit once there is one). Caller holds the lock. Extents
+ * freed before it may now be discarded (trim.c). */
+void lf_vol_after_durable(struct lf_vol *v);
+
+/* trim.c, all with the lock held. attach: after each ext2fs_open (hooks
+ * the block-allocation callbacks, sets fs->priv_data). work: unmap the
+ * batches lf_vol_after_durable() made; drops and retakes the lock around
+ * the UNMAPs unless keep_lock. bitmaps_begin/end: around every write of
+ * the block bitmap, which must not carry the in-flight marks. idle: no
+ * UNMAP in flight or waiting. close_locked: the last discards, then free
+ * the state (before ext2fs_close). */
+void lf_trim_attach(struct lf_vol *v);
+/* ext2fs_block_alloc_stats_range(fs, blk, n, -1), noted for discard:
+ * what fsops calls to free a range itself (libext2fs's own frees, block
+ * by block, are seen through its allocation callback). */
+void lf_vol_free_blocks(struct lf_vol *v, blk64_t blk, blk64_t n);
+void lf_trim_work(struct lf_vol *v, bool keep_lock);
+void lf_trim_bitmaps_begin(struct lf_vol *v);
+void lf_trim_bitmaps_end(struct lf_vol *v);
+bool lf_trim_idle(struct lf_vol *v);
+void lf_trim_close_locked(struct lf_vol *v);
+void lf_trim_free(struct lf_vol *v);
+
+/* resize.c: open vol->fs again (read-write, through the same cache)
+ * after another writer changed the filesystem; no clean-state checks,
+ * the volume stays marked in use. 0 or -errno (vol->fs NULL). */
+int lf_vol_reopen_locked(struct lf_vol *v, char *err, size_t errlen);
 
 int lf_vol_data_pread(struct lf_vol *v, void *buf, size_t len, uint64_t off);
 /* lf_vol_data_pread() without waiting (see lf_iocache_pread_async()). */

@@ -1187,6 +1187,7 @@ static const struct fuse_lowlevel_ops fs_ops = {
 	.removexattr = op_removexattr,
 	.create = op_create,
 	.fallocate = op_fallocate,
+	.ioctl = lf_fs_op_ioctl,
 };
 
 int lf_mount_fs_fuse(struct lf_served *sv, const char *path,

@@ -384,6 +384,16 @@ void lf_served_free(struct lf_served *sv)
 	free(sv);
 }
 
+void lf_served_size_changed(struct lf_served *sv)
+{
+	pthread_mutex_lock(&sv->lock);
+	/* Attributes only (offset -1): no page is locked, so sending it
+	 * with the lock held cannot wait for one of our own requests. */
+	for (struct lf_mount *m = sv->mounts; m; m = m->next)
+		fuse_lowlevel_notify_inval_inode(m->se, FUSE_ROOT_ID, -1, 0);
+	pthread_mutex_unlock(&sv->lock);
+}
+
 int lf_served_nmounts(struct lf_served *sv)
 {
 	int n;

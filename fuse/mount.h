@@ -83,6 +83,10 @@ struct lf_served *lf_served_new(struct lf_vol *v);
 struct lf_served *lf_served_new_block(struct lf_bdev *b);
 void lf_served_free(struct lf_served *sv);
 int lf_served_nmounts(struct lf_served *sv);
+/* The device grew (lunfs resize): every mount's kernel forgets the root's
+ * cached attributes, so a block volume's file shows its new size at once.
+ * (Filesystem mounts need nothing: statfs is never cached.) */
+void lf_served_size_changed(struct lf_served *sv);
 
 int lf_mount_fs(struct lf_served *sv, const char *path,
 		const struct lf_mount_opts *o, struct lf_mount **out, char *err,

@@ -252,4 +252,9 @@ void lf_view_unbind(struct lf_mount *m);
 bool lf_view_caller(struct lf_mount *m, pid_t pid, bool root_only,
 		    uint32_t gid);
 
+/* fsioctl.c: the filesystem mount's ioctl op (FITRIM). */
+void lf_fs_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+		    struct fuse_file_info *fi, unsigned flags,
+		    const void *in_buf, size_t in_bufsz, size_t out_bufsz);
+
 #endif

@@ -353,8 +353,9 @@ static bool is_slow(uint32_t opcode)
 	case FUSE_FLUSH:
 	case FUSE_SETLKW:
 	case FUSE_FALLOCATE:
-	case 47: /* FUSE_COPY_FILE_RANGE */
-	case 50: /* FUSE_SYNCFS */
+	case FUSE_IOCTL: /* FITRIM walks the whole volume */
+	case 47:	 /* FUSE_COPY_FILE_RANGE */
+	case 50:	 /* FUSE_SYNCFS */
 		return true;
 	default:
 		return false;

@@ -43,6 +43,13 @@ struct lf_bdev *lf_bdev_new(const struct lf_bdev_ops *ops, void *impl,
 	b->info.max_transfer -= b->info.max_transfer % b->info.block_size;
 	if (!b->info.max_transfer)
 		b->info.max_transfer = b->info.block_size;
+	if (!b->info.max_unmap || b->info.max_unmap > LF_BDEV_UNMAP_CAP)
+		b->info.max_unmap = LF_BDEV_UNMAP_CAP;
+	b->info.max_unmap -= b->info.max_unmap % b->info.block_size;
+	if (!b->info.max_unmap)
+		b->info.max_unmap = b->info.block_size;
+	if (b->info.unmap_granularity < b->info.block_size)
+		b->info.unmap_granularity = b->info.block_size;
 	atomic_init(&b->refs, 1);
 	return b;
 }
@@ -107,7 +114,9 @@ static int check_range(struct lf_bdev *b, enum lf_bdev_op op, uint64_t off,
 		return 0;
 	if (off % b->info.block_size || len % b->info.block_size)
 		return -EINVAL;
-	if (off > b->info.size || len > b->info.size - off)
+	uint64_t size = lf_bdev_size(b);
+
+	if (off > size || len > size - off)
 		return -EINVAL;
 	if (op != LF_BDEV_READ && b->info.read_only)
 		return -EROFS;
@@ -120,7 +129,8 @@ int lf_bdev_submit(struct lf_bdev *b, enum lf_bdev_op op,
 		   const struct iovec *iov, int iovcnt, uint64_t off,
 		   uint64_t len, lf_bdev_done_fn done, void *opaque)
 {
-	uint64_t max = b->info.max_transfer;
+	uint64_t max =
+		op == LF_BDEV_UNMAP ? b->info.max_unmap : b->info.max_transfer;
 	struct split *s;
 	int npieces, r;
 
@@ -130,8 +140,7 @@ int lf_bdev_submit(struct lf_bdev *b, enum lf_bdev_op op,
 	if ((op == LF_BDEV_READ || op == LF_BDEV_WRITE) &&
 	    iov_total(iov, iovcnt) != len)
 		return -EINVAL;
-	if (op == LF_BDEV_FLUSH || len <= max ||
-	    (op == LF_BDEV_UNMAP && len <= UINT32_MAX))
+	if (op == LF_BDEV_FLUSH || len <= max)
 		return b->ops->submit(b->impl, op, iov, iovcnt, off, len, done,
 				      opaque);
 
@@ -257,6 +266,35 @@ int lf_bdev_unmap(struct lf_bdev *b, uint64_t off, uint64_t len)
 	return submit_wait(b, LF_BDEV_UNMAP, NULL, 0, off, len);
 }
 
+int lf_bdev_refresh_size(struct lf_bdev *b, uint64_t *old_size,
+			 uint64_t *new_size)
+{
+	uint64_t old = lf_bdev_size(b), now = 0;
+	int r;
+
+	if (old_size)
+		*old_size = old;
+	if (new_size)
+		*new_size = old;
+	if (!b->ops->capacity)
+		return -ENOTSUP;
+	r = b->ops->capacity(b->impl, &now);
+	if (r < 0)
+		return r;
+	now -= now % b->info.block_size;
+	if (new_size)
+		*new_size = now;
+	if (now < old)
+		return -EINVAL;
+	if (now > old) {
+		__atomic_store_n(&b->info.size, now, __ATOMIC_RELAXED);
+		lf_info("bdev", "%s: capacity now %llu bytes (was %llu)",
+			b->info.desc, (unsigned long long)now,
+			(unsigned long long)old);
+	}
+	return 0;
+}
+
 /* ---- local image files ---- */
 
 struct file_bdev {
@@ -339,9 +377,23 @@ static void file_close(void *impl)
 	free(f);
 }
 
+static int file_capacity(void *impl, uint64_t *size)
+{
+	struct file_bdev *f = impl;
+	struct stat st;
+
+	if (fstat(f->fd, &st))
+		return -errno;
+	if (S_ISBLK(st.st_mode))
+		return ioctl(f->fd, BLKGETSIZE64, size) ? -errno : 0;
+	*size = (uint64_t)st.st_size;
+	return 0;
+}
+
 static const struct lf_bdev_ops file_ops = {
 	.submit = file_submit,
 	.close = file_close,
+	.capacity = file_capacity,
 };
 
 int lf_bdev_open_file(const char *path, bool read_only, struct lf_bdev **out)

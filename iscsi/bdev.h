@@ -43,6 +43,8 @@ struct lf_bdev_ops {
 		      int iovcnt, uint64_t off, uint64_t len,
 		      lf_bdev_done_fn done, void *opaque);
 	void (*close)(void *impl);
+	/* Optional: ask the device for its size again (READ CAPACITY). */
+	int (*capacity)(void *impl, uint64_t *size);
 };
 
 struct lf_bdev_info {
@@ -52,9 +54,19 @@ struct lf_bdev_info {
 	uint32_t max_transfer; /* bytes per command, already capped */
 	bool can_unmap;
 	bool unmap_zeroes; /* LBPRZ: unmapped blocks read back as zeros */
+	/* Block Limits VPD, in bytes: the most one UNMAP may cover (0 from
+	 * the target means "not reported": capped at LF_BDEV_UNMAP_CAP),
+	 * and the granularity and alignment an unmapped range should keep
+	 * (block_size and 0 when not reported). */
+	uint64_t max_unmap;
+	uint32_t unmap_granularity;
+	uint32_t unmap_alignment;
 	bool read_only;
 	char desc[160]; /* for messages: "iscsi://127.0.0.1:3260/iqn…/1" */
 };
+
+/* Our own bound on one UNMAP command, so each stays short. */
+#define LF_BDEV_UNMAP_CAP (256ull << 20)
 
 struct lf_bdev *lf_bdev_new(const struct lf_bdev_ops *ops, void *impl,
 			    const struct lf_bdev_info *info);
@@ -65,7 +77,7 @@ int lf_bdev_open_file(const char *path, bool read_only, struct lf_bdev **out);
 const struct lf_bdev_info *lf_bdev_info(const struct lf_bdev *b);
 static inline uint64_t lf_bdev_size(const struct lf_bdev *b)
 {
-	return lf_bdev_info(b)->size;
+	return __atomic_load_n(&lf_bdev_info(b)->size, __ATOMIC_RELAXED);
 }
 static inline uint32_t lf_bdev_block_size(const struct lf_bdev *b)
 {
@@ -93,7 +105,16 @@ int lf_bdev_pwrite(struct lf_bdev *b, const void *buf, size_t len,
 		   uint64_t off);
 /* SYNCHRONIZE CACHE: everything acknowledged before is on stable storage. */
 int lf_bdev_flush(struct lf_bdev *b);
+/* UNMAP; a range larger than max_unmap is split into several commands,
+ * in flight together. The caller keeps granularity and alignment. */
 int lf_bdev_unmap(struct lf_bdev *b, uint64_t off, uint64_t len);
+/* Asks the device for its capacity again (after the LUN grew): a larger
+ * size is taken and 0 returned; a LUN that shrank keeps the old size and
+ * gets -EINVAL; -ENOTSUP for a backend that cannot tell. old_size and
+ * new_size (either may be NULL) get what was and what the device said.
+ * The size only ever grows, so readers racing with it see either. */
+int lf_bdev_refresh_size(struct lf_bdev *b, uint64_t *old_size,
+			 uint64_t *new_size);
 
 struct lf_bdev *lf_bdev_ref(struct lf_bdev *b);
 void lf_bdev_unref(struct lf_bdev *b);

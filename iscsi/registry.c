@@ -381,9 +381,20 @@ static void reg_lun_close(void *impl)
 	free(l);
 }
 
+/* The outer size follows the inner one; the outer bdev refuses a
+ * shrink itself. */
+static int reg_lun_capacity(void *impl, uint64_t *size)
+{
+	struct reg_lun *l = impl;
+	int r = lf_bdev_refresh_size(l->inner, NULL, size);
+
+	return r == -EINVAL ? 0 : r;
+}
+
 static const struct lf_bdev_ops reg_lun_ops = {
 	.submit = reg_lun_submit,
 	.close = reg_lun_close,
+	.capacity = reg_lun_capacity,
 };
 
 int lf_registry_open_lun(struct lf_registry *r,

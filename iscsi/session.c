@@ -475,6 +475,13 @@ static void task_cb(struct iscsi_context *ctx, int status, void *data,
 	(void)data;
 	inflight_del(s, r);
 	e = task_errno(r->task, status);
+	if (e == 1 && r->task &&
+	    r->task->sense.key == SCSI_SENSE_UNIT_ATTENTION &&
+	    r->task->sense.ascq == 0x2a09)
+		lf_info(MOD,
+			"iscsi://%s/%s/%d: the target says the capacity "
+			"changed: 'lunfs resize' grows the volume",
+			s->portal, s->p.iqn, r->lun);
 	if (e == 1 && !s->stopped && now_ms() < r->deadline_ms) {
 		lf_dbg(MOD,
 		       "iscsi://%s/%s/%d: retrying after status 0x%x "
@@ -1120,9 +1127,33 @@ static void lun_close(void *impl)
 	free(impl);
 }
 
+/* READ CAPACITY(16) again, for a LUN that grew. */
+static int lun_capacity(void *impl, uint64_t *size)
+{
+	struct lf_lun *l = impl;
+	struct scsi_readcapacity16 *rc;
+	struct scsi_task *t;
+	int e;
+
+	t = run_raw(l->s, l->lun, RAW_READCAP16, 0, 0, &e);
+	if (!t)
+		return e;
+	e = task_errno(t, t->status);
+	if (e == 0) {
+		rc = scsi_datain_unmarshall(t);
+		if (rc && rc->block_length == l->block_size)
+			*size = (rc->returned_lba + 1) * rc->block_length;
+		else
+			e = -EIO;
+	}
+	scsi_free_scsi_task(t);
+	return e == 1 ? -EIO : e;
+}
+
 static const struct lf_bdev_ops lun_ops = {
 	.submit = lun_submit,
 	.close = lun_close,
+	.capacity = lun_capacity,
 };
 
 /* struct scsi_iovec must be struct iovec's twin for the casts above. */
@@ -1219,6 +1250,25 @@ int lf_session_open_lun(struct lf_session *s, int lun, bool read_only,
 		struct scsi_inquiry_block_limits *bl =
 			scsi_datain_unmarshall(t);
 
+		/* Unmap limits in blocks; tgtd reports granularity and
+		 * alignment as 0 (not reported) and the count as ~0. */
+		if (bl) {
+			info.max_unmap =
+				(uint64_t)bl->max_unmap * info.block_size;
+			info.unmap_granularity =
+				bl->opt_unmap_gran &&
+						bl->opt_unmap_gran <=
+							(1u << 20) /
+								info.block_size
+					? bl->opt_unmap_gran * info.block_size
+					: 0;
+			info.unmap_alignment =
+				bl->ugavalid && info.unmap_granularity
+					? (bl->unmap_gran_align *
+					   info.block_size) %
+						  info.unmap_granularity
+					: 0;
+		}
 		/* 0 means "not reported" (tgtd): keep our cap. */
 		if (bl && bl->max_xfer_len &&
 		    (uint64_t)bl->max_xfer_len * info.block_size <

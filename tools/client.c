@@ -272,6 +272,9 @@ int lf_client_mount_request(struct lf_mount_req *m, struct json_object **out,
 	json_object_object_add(req, "block", json_object_new_boolean(m->block));
 	json_object_object_add(req, "read_only",
 			       json_object_new_boolean(m->read_only));
+	if (m->discard)
+		json_object_object_add(req, "discard",
+				       json_object_new_boolean(1));
 	if (m->uidmap)
 		json_object_object_add(req, "uidmap", m->uidmap);
 	if (m->gidmap)

@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fsimage/resize.h"
+#include "fsimage/trim.h"
 #include "fsimage/volume.h"
 #include "fuse/mount.h"
 #include "iscsi/log.h"
@@ -489,12 +491,16 @@ static int open_bdev(struct lf_daemon *d, const struct lf_spec *spec,
 	return r;
 }
 
-/* Runs e2fsck on a volume's bytes, through a private block-file mount of
- * the device: the shared libext2fs has no journal replay, e2fsck has.
- * Returns e2fsck's exit status (0 clean, 1 fixed, 4 errors left …) or
- * -errno; out gets the last line e2fsck printed. */
-static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
-		      char *out, size_t outlen)
+/* Where run_on_view() puts the view's path in a tool's argv. */
+static const char VIEW[] = "<view>";
+
+/* Runs an e2fsprogs tool (e2fsck, resize2fs) on a volume's bytes, through
+ * a private block-file mount of the device: argv[0] is the tool, argv[]
+ * (at most 7) ends with NULL and its VIEW entry becomes the view's path.
+ * Returns the tool's exit status or -errno; out gets the last line it
+ * printed. */
+static int run_on_view(struct lf_daemon *d, struct lf_bdev *b, bool read_only,
+		       const char *const *argv, char *out, size_t outlen)
 {
 	static atomic_uint seq;
 	struct lf_mount_opts mo;
@@ -514,7 +520,7 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 	close(fd);
 	lf_mount_opts_init(&mo);
 	mo.fsgroup = -1;
-	mo.read_only = strcmp(mode, "-n") == 0;
+	mo.read_only = read_only;
 	mo.pool = d->pool;
 	sv = lf_served_new_block(b);
 	r = sv ? lf_mount_block(sv, path, &mo, &m, err, sizeof(err)) : -ENOMEM;
@@ -528,11 +534,18 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 	}
 	pid = fork();
 	if (pid == 0) {
+		const char *av[8];
+		char sbin[64];
+		int n;
+
+		for (n = 0; argv[n] && n < 7; n++)
+			av[n] = argv[n] == VIEW ? path : argv[n];
+		av[n] = NULL;
 		dup2(pfd[1], 1);
 		dup2(pfd[1], 2);
-		execl("/usr/sbin/e2fsck", "e2fsck", "-f", mode, path,
-		      (char *)NULL);
-		execlp("e2fsck", "e2fsck", "-f", mode, path, (char *)NULL);
+		snprintf(sbin, sizeof(sbin), "/usr/sbin/%s", argv[0]);
+		execv(sbin, (char *const *)av);
+		execvp(argv[0], (char *const *)av);
 		_exit(127);
 	}
 	close(pfd[1]);
@@ -558,7 +571,8 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
 		buf[--len] = 0;
 	snprintf(out, outlen, "%s",
 		 strrchr(buf, '\n') ? strrchr(buf, '\n') + 1 : buf);
-	lf_info(MOD, "e2fsck -f %s on %s:\n%s", mode, lf_bdev_desc(b), buf);
+	lf_info(MOD, "%s %s on %s:\n%s", argv[0], argv[1] ? argv[1] : "",
+		lf_bdev_desc(b), buf);
 	r = WIFEXITED(status) ? WEXITSTATUS(status) : 8;
 out:
 	if (m)
@@ -566,6 +580,16 @@ out:
 	lf_served_free(sv);
 	unlink(path);
 	return r;
+}
+
+/* e2fsck -f MODE: the shared libext2fs has no journal replay, e2fsck
+ * has. Exit status 0 clean, 1 fixed, 4 errors left … or -errno. */
+static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
+		      char *out, size_t outlen)
+{
+	const char *argv[] = {"e2fsck", "-f", mode, VIEW, NULL};
+
+	return run_on_view(d, b, strcmp(mode, "-n") == 0, argv, out, outlen);
 }
 
 /* Claims and opens (or finds open) the volume of a resolved spec; on
@@ -750,7 +774,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 		struct mount_want w;
 		char uidmap_buf[256], gidmap_buf[256];
 	} want;
-	char err[1024] = "", path[PATH_MAX], key[600];
+	char err[1024] = "", path[PATH_MAX], key[600], warn[700] = "";
 	const char *p;
 	bool block, ro, existing;
 	struct stat st;
@@ -907,6 +931,14 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	lf_secrets_wipe(&sec);
 	if (r)
 		goto out_remove;
+	/* As ext4's -o discard on a device without it: a warning, and the
+	 * mount goes on. */
+	if (jbool(req, "discard") && v->vol && !ro &&
+	    lf_vol_set_discard(v->vol, true) == -EOPNOTSUPP)
+		snprintf(warn, sizeof(warn),
+			 "%s: the LUN does not support UNMAP: --discard has "
+			 "no effect",
+			 key);
 	lf_vt_mount_bind(&d->vt, m, v);
 	m->read_only = ro;
 	m->fsgroup = mo.fsgroup;
@@ -955,6 +987,9 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	ans = answer_ok();
 	json_object_object_add(ans, "path", json_object_new_string(path));
 	json_object_object_add(ans, "spec", json_object_new_string(key));
+	if (*warn)
+		json_object_object_add(ans, "warning",
+				       json_object_new_string(warn));
 	return ans;
 
 out_remove:
@@ -1068,6 +1103,250 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 	return ans;
 }
 
+/* resize2fs through a block view of the volume's LUN (fsimage/resize.h
+ * says why resize2fs): lf_vol_grow()'s grower, and the offline path. */
+struct grow_ctx {
+	struct lf_daemon *d;
+	struct lf_bdev *b;
+	const char *key;
+};
+
+static int grow_with_resize2fs(void *ctx, uint64_t new_bytes, char *err,
+			       size_t errlen)
+{
+	struct grow_ctx *g = ctx;
+	char size[32], out[512];
+	/* -f: a served volume is "not clean" by design, and a closed one
+	 * was checked by its state before we got here. */
+	const char *argv[] = {"resize2fs", "-f", VIEW, size, NULL};
+	int rc;
+
+	snprintf(size, sizeof(size), "%lluK",
+		 (unsigned long long)(new_bytes >> 10));
+	rc = run_on_view(g->d, g->b, false, argv, out, sizeof(out));
+	if (rc == 0)
+		return 0;
+	snprintf(err, errlen, "%s: resize2fs failed (%s): %s", g->key,
+		 rc < 0 ? strerror(-rc) : "exit status", out);
+	return rc < 0 ? rc : -EIO;
+}
+
+/* READ CAPACITY again; the LUN's size (unchanged when the backend cannot
+ * tell) or -errno with err. */
+static int refresh_lun(struct lf_bdev *b, const char *key, uint64_t *lun,
+		       char *err, size_t errlen)
+{
+	uint64_t old, now;
+	int r = lf_bdev_refresh_size(b, &old, &now);
+
+	*lun = lf_bdev_size(b);
+	if (r == -EINVAL)
+		snprintf(err, errlen,
+			 "%s: the LUN shrank from %llu to %llu bytes: "
+			 "shrinking is not supported",
+			 key, (unsigned long long)old, (unsigned long long)now);
+	else if (r < 0 && r != -ENOTSUP)
+		snprintf(err, errlen, "%s: READ CAPACITY failed: %s", key,
+			 strerror(-r));
+	else
+		r = 0;
+	return r;
+}
+
+static int resize_online(struct lf_daemon *d, struct lf_vt_volume *v,
+			 uint64_t size, uint64_t *lun, uint64_t *fsb, char *err,
+			 size_t errlen)
+{
+	struct grow_ctx g = {d, v->bdev, v->key};
+	int r = refresh_lun(v->bdev, v->key, lun, err, errlen);
+
+	if (r)
+		return r;
+	if (v->block) {
+		if (size && size != *lun) {
+			snprintf(err, errlen,
+				 "%s: a block volume is as large as its LUN "
+				 "(%llu bytes); --size does not apply",
+				 v->key, (unsigned long long)*lun);
+			return -EINVAL;
+		}
+		lf_served_size_changed(v->served);
+		*fsb = *lun;
+		return 0;
+	}
+	r = lf_vol_grow(v->vol, size ? size : *lun, grow_with_resize2fs, &g,
+			err, errlen);
+	lf_vol_geometry(v->vol, fsb, NULL, NULL);
+	return r;
+}
+
+/* A volume that is not open: grown offline, under its claim (which keeps
+ * mounts of it out meanwhile). */
+static int resize_offline(struct lf_daemon *d, struct json_object *req,
+			  uint64_t size, uint64_t *lun, uint64_t *fsb,
+			  char *err, size_t errlen)
+{
+	struct lf_secrets sec;
+	struct lf_spec spec;
+	struct lf_bdev *b = NULL;
+	struct lf_vt_volume *v = NULL;
+	struct json_object *j;
+	char key[600], record_path[PATH_MAX];
+	bool clean;
+	int r;
+
+	memset(&sec, 0, sizeof(sec));
+	json_object_object_get_ex(req, "spec", &j);
+	r = lf_spec_parse_json(json_object_to_json_string(j), &spec, err,
+			       errlen);
+	if (!r && json_object_object_get_ex(req, "secrets", &j))
+		r = lf_secrets_parse_json(json_object_to_json_string(j), &sec,
+					  err, errlen);
+	if (!r && spec.kind == LF_SPEC_ISCSI)
+		r = lf_spec_resolve(&spec, err, errlen);
+	if (r)
+		goto out;
+	lf_spec_url(&spec, key, sizeof(key));
+	snprintf(record_path, sizeof(record_path), "%s/volumes/%016llx.json",
+		 d->state_dir, (unsigned long long)fnv1a(key));
+	r = lf_vt_volume_claim(&d->vt, key, record_path, 0, LF_VT_RESIZING, &v);
+	if (r) {
+		snprintf(err, errlen, "%s: %s", key, strerror(-r));
+		v = NULL;
+		goto out;
+	}
+	if (v->open) {
+		snprintf(err, errlen,
+			 "%s is mounted: resize it by a mount's path", key);
+		r = -EBUSY;
+		goto out;
+	}
+	if (spec.read_only) {
+		snprintf(err, errlen, "%s is read-only: cannot resize it", key);
+		r = -EROFS;
+		goto out;
+	}
+	r = open_bdev(d, &spec, &sec, key, false, 0, &b, err, errlen);
+	if (r)
+		goto out;
+	*lun = *fsb = lf_bdev_size(b);
+	if (spec.mode == LF_MODE_BLOCK)
+		goto out; /* nothing on it to grow */
+	r = lf_ext_peek(b, fsb, &clean);
+	if (r == -EMEDIUMTYPE) {
+		snprintf(err, errlen, "%s holds no ext filesystem to grow",
+			 key);
+		goto out;
+	}
+	if (r == 0 && !size)
+		size = *lun;
+	if (r < 0) {
+		snprintf(err, errlen, "%s: cannot read it: %s", key,
+			 strerror(-r));
+	} else if (size < *fsb) {
+		snprintf(err, errlen,
+			 "%s: the filesystem has %llu bytes; shrinking it to "
+			 "%llu is not supported",
+			 key, (unsigned long long)*fsb,
+			 (unsigned long long)size);
+		r = -EINVAL;
+	} else if (size > *lun) {
+		snprintf(err, errlen,
+			 "%s: %llu bytes is more than the LUN holds (%llu)",
+			 key, (unsigned long long)size,
+			 (unsigned long long)*lun);
+		r = -ENOSPC;
+	} else if (!clean) {
+		snprintf(err, errlen,
+			 "%s was not unmounted cleanly: run 'lunfs fsck' on "
+			 "it first",
+			 key);
+		r = -EUCLEAN;
+	} else if (size / 4096 > *fsb / 4096) {
+		struct grow_ctx g = {d, b, key};
+
+		r = grow_with_resize2fs(&g, size, err, errlen);
+		if (r == 0)
+			lf_ext_peek(b, fsb, &clean);
+	}
+out:
+	lf_secrets_wipe(&sec);
+	if (b)
+		lf_bdev_unref(b);
+	if (v)
+		lf_vt_volume_done(&d->vt, v);
+	return r;
+}
+
+/* lunfs resize: grow a volume to its LUN's current size (or "size"),
+ * online through a mount's path (under the volume's claim: one request
+ * works on a volume at a time), or offline by spec. */
+static struct json_object *op_resize(struct lf_daemon *d,
+				     struct json_object *req)
+{
+	const char *p = jstr(req, "path");
+	struct json_object *j, *ans;
+	struct lf_vt_volume *v = NULL;
+	char path[PATH_MAX], key[600] = "", record_path[PATH_MAX];
+	char err[1024] = "";
+	uint64_t size = 0, lun = 0, fsb = 0;
+	bool ro = false;
+	int r;
+
+	if (json_object_object_get_ex(req, "size", &j))
+		size = (uint64_t)json_object_get_int64(j);
+	if (p && *p && realpath(p, path)) {
+		pthread_mutex_lock(&d->vt.lock);
+		for (struct lf_vt_mount *m = d->vt.mounts; m; m = m->next) {
+			if (strcmp(m->path, path) == 0 &&
+			    m->state == LF_VT_ATTACHED) {
+				snprintf(key, sizeof(key), "%s", m->spec_key);
+				ro = m->read_only;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&d->vt.lock);
+	}
+	if (*key && ro)
+		return answer_err(EROFS,
+				  "%s is mounted read-only: resize it through "
+				  "a read-write mount",
+				  path);
+	if (!*key) {
+		if (!json_object_object_get_ex(req, "spec", &j))
+			return answer_err(EINVAL, "%s is not a lunfs mount",
+					  p ? p : "");
+		r = resize_offline(d, req, size, &lun, &fsb, err, sizeof(err));
+		goto answer;
+	}
+	snprintf(record_path, sizeof(record_path), "%s/volumes/%016llx.json",
+		 d->state_dir, (unsigned long long)fnv1a(key));
+	r = lf_vt_volume_claim(&d->vt, key, record_path, 0, LF_VT_RESIZING, &v);
+	if (r)
+		return answer_err(r, "%s: %s", key, strerror(-r));
+	if (!v->open) {
+		snprintf(err, sizeof(err), "%s is not mounted any more", path);
+		r = -ENOENT;
+	} else if (v->read_only) {
+		snprintf(err, sizeof(err),
+			 "%s is open read-only: cannot resize it", key);
+		r = -EROFS;
+	} else {
+		lf_vt_volume_set_state(&d->vt, v, LF_VT_RESIZING);
+		r = resize_online(d, v, size, &lun, &fsb, err, sizeof(err));
+	}
+	lf_vt_volume_done(&d->vt, v);
+answer:
+	if (r) {
+		lf_err(MOD, "resize failed: %s", err);
+		return answer_err(r, "%s", err);
+	}
+	ans = answer_ok();
+	json_object_object_add(ans, "lun_bytes", json_object_new_int64(lun));
+	json_object_object_add(ans, "fs_bytes", json_object_new_int64(fsb));
+	return ans;
+}
+
 static bool match_container(void *ctx, const struct lf_vt_mount *m)
 {
 	return strcmp(m->container, ctx) == 0;
@@ -1150,6 +1429,38 @@ static void add_state(struct json_object *o, enum lf_vt_state s,
 			       json_object_new_int64(now_ms - since_ms));
 }
 
+/* Sizes and thin provisioning of an open volume; none of it waits for
+ * the volume's lock (a resize holds it for seconds). */
+static void add_sizes(struct json_object *o, struct lf_vt_volume *v)
+{
+	struct lf_trim_stats ts;
+	uint64_t lun = lf_bdev_size(v->bdev);
+
+	json_object_object_add(o, "lun_bytes",
+			       json_object_new_int64((int64_t)lun));
+	json_object_object_add(
+		o, "fs_bytes",
+		json_object_new_int64(
+			(int64_t)(v->vol ? lf_vol_fs_bytes(v->vol) : lun)));
+	json_object_object_add(
+		o, "can_unmap",
+		json_object_new_boolean(lf_bdev_info(v->bdev)->can_unmap));
+	if (!v->vol)
+		return;
+	lf_vol_trim_stats(v->vol, &ts);
+	json_object_object_add(o, "discard",
+			       json_object_new_boolean(lf_vol_discard(v->vol)));
+	json_object_object_add(
+		o, "trimmed_bytes",
+		json_object_new_int64((int64_t)ts.trimmed_bytes));
+	json_object_object_add(
+		o, "discarded_bytes",
+		json_object_new_int64((int64_t)ts.discarded_bytes));
+	json_object_object_add(
+		o, "discard_queued",
+		json_object_new_int64((int64_t)ts.queued_extents));
+}
+
 /* A snapshot of the table under its lock, which no slow work holds: a
  * login, format, fsck or unmount in progress shows as its state. */
 static struct json_object *op_status(struct lf_daemon *d)
@@ -1180,6 +1491,7 @@ static struct json_object *op_status(struct lf_daemon *d)
 				o, "size",
 				json_object_new_int64(
 					(int64_t)lf_bdev_size(v->bdev)));
+			add_sizes(o, v);
 		}
 		json_object_array_add(vols, o);
 	}
@@ -1272,6 +1584,8 @@ struct json_object *lf_daemon_handle(struct lf_daemon *d,
 		return op_umount(d, req, deadline_ms);
 	if (strcmp(op, "fsck") == 0)
 		return op_fsck(d, req);
+	if (strcmp(op, "resize") == 0)
+		return op_resize(d, req);
 	if (strcmp(op, "release") == 0)
 		return op_release(d, req, deadline_ms);
 	if (strcmp(op, "status") == 0)

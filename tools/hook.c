@@ -93,8 +93,9 @@ static bool clean_destination(const char *d)
 }
 
 static const char *const volume_keys[] = {
-	"source",  "iscsi",	  "destination", "readOnly",	   "volumeMode",
-	"fsGroup", "uidMappings", "gidMappings", "chapSecretFile", NULL,
+	"source",	  "iscsi",   "destination", "readOnly",
+	"volumeMode",	  "fsGroup", "uidMappings", "gidMappings",
+	"chapSecretFile", "discard", NULL,
 };
 
 static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
@@ -125,7 +126,7 @@ static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 				 "volume %zu: unknown key \"%.64s\" (known: "
 				 "source, iscsi, destination, readOnly, "
 				 "volumeMode, fsGroup, uidMappings, "
-				 "gidMappings, chapSecretFile)",
+				 "gidMappings, chapSecretFile, discard)",
 				 idx, key);
 			return -EINVAL;
 		}
@@ -201,6 +202,15 @@ static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 		json_object_object_add(
 			req, "fsgroup",
 			json_object_new_int64(json_object_get_int64(v)));
+	}
+	if ((v = get(item, "discard"))) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			snprintf(err, errlen,
+				 "volume %zu: \"discard\" must be a boolean",
+				 idx);
+			goto fail;
+		}
+		json_object_object_add(req, "discard", json_object_get(v));
 	}
 	/* Explicit mappings win; else the container's user namespace. */
 	v = get(item, "uidMappings");

@@ -44,6 +44,7 @@ static const char main_usage[] =
 	"  status [--json]   sessions, volumes and mounts\n"
 	"  shutdown          unmount everything and stop lunfsd\n"
 	"  fsck [--repair] SPEC  check (or repair) an unmounted volume\n"
+	"  resize PATH|SPEC  grow a volume to its LUN's new size\n"
 	"  hook [STAGE]      OCI runtime hook (createRuntime, poststop)\n"
 	"  help [COMMAND]    help on a command\n\n"
 	"SPEC is iscsi://[user@]host[:port]/IQN/LUN, file:///path/to/image, "
@@ -70,6 +71,10 @@ static const char mount_usage[] =
 	"Options:\n"
 	"  --block                 serve the raw LUN as one file\n"
 	"  --read-only             refuse writes (EROFS); never formats\n"
+	"  --discard               unmap freed extents once their freeing is "
+	"durable\n"
+	"                          (ext4's -o discard; fstrim works "
+	"without it)\n"
 	"  --uidmap DISK:HOST:N    present DISK uids DISK..DISK+N-1 as HOST.. "
 	"(repeatable)\n"
 	"  --gidmap DISK:HOST:N    the same for gids\n"
@@ -174,6 +179,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 	static const struct option longopts[] = {
 		{"block", no_argument, NULL, 'b'},
 		{"read-only", no_argument, NULL, 'r'},
+		{"discard", no_argument, NULL, 'D'},
 		{"uidmap", required_argument, NULL, 'u'},
 		{"gidmap", required_argument, NULL, 'g'},
 		{"fsgroup", required_argument, NULL, 'G'},
@@ -187,7 +193,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 	struct json_object *uidmap = json_object_new_array();
 	struct json_object *gidmap = json_object_new_array();
 	const char *secret_file = NULL, *initiator = NULL;
-	bool block = false, ro = false;
+	bool block = false, ro = false, discard = false;
 	long long fsgroup = -1, timeout_ms = 0;
 	struct lf_spec spec;
 	struct lf_idmap scratch;
@@ -207,6 +213,9 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 			break;
 		case 'r':
 			ro = true;
+			break;
+		case 'D':
+			discard = true;
 			break;
 		case 'u':
 		case 'g': {
@@ -283,6 +292,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 		.path = path,
 		.block = block,
 		.read_only = ro,
+		.discard = discard,
 		.uidmap = uidmap,
 		.gidmap = gidmap,
 		.fsgroup = fsgroup,
@@ -290,7 +300,11 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 	};
 	if (lf_client_mount_request(&mr, &req, err, sizeof(err)))
 		die(1, "%s", err);
-	json_object_put(call(c, req, true));
+	struct json_object *ans = call(c, req, true), *w;
+	if (json_object_object_get_ex(ans, "warning", &w))
+		fprintf(stderr, "lunfs: warning: %s\n",
+			json_object_get_string(w));
+	json_object_put(ans);
 	return 0;
 }
 
@@ -637,6 +651,141 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 	return rc;
 }
 
+static const char resize_usage[] =
+	"Usage: lunfs resize [--size SIZE] [--chap-secret-file F] PATH|SPEC\n"
+	"Grow a volume after its LUN grew: READ CAPACITY again, then grow the "
+	"ext4\nfilesystem to the LUN's size (or to SIZE: bytes, or with K, M, "
+	"G, T).\nPATH is a mount: the volume grows online and every mount of "
+	"it sees the new\nsize at once (requests wait meanwhile). SPEC is a "
+	"volume that is not mounted:\nit grows offline. A block volume's "
+	"file grows with its LUN. Shrinking is\nrefused. Growth is done by "
+	"resize2fs on a private view of the LUN.\n";
+
+static int parse_size(const char *s, long long *out)
+{
+	char *end;
+	double mult = 1;
+	long long v;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || end == s || v <= 0)
+		return -1;
+	switch (*end) {
+	case 0:
+		break;
+	case 'k':
+	case 'K':
+		mult = 1024.0;
+		break;
+	case 'm':
+	case 'M':
+		mult = 1024.0 * 1024;
+		break;
+	case 'g':
+	case 'G':
+		mult = 1024.0 * 1024 * 1024;
+		break;
+	case 't':
+	case 'T':
+		mult = 1024.0 * 1024 * 1024 * 1024;
+		break;
+	default:
+		return -1;
+	}
+	if (*end && end[1] && strcmp(end + 1, "iB") && strcmp(end + 1, "B"))
+		return -1;
+	if ((double)v * mult > 9.0e18)
+		return -1;
+	*out = (long long)((double)v * mult);
+	return 0;
+}
+
+static int cmd_resize(const struct lf_client *c, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"size", required_argument, NULL, 's'},
+		{"chap-secret-file", required_argument, NULL, 'c'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct json_object *req = NULL, *ans, *e;
+	const char *secret_file = NULL, *arg;
+	long long size = 0;
+	char err[1024], path[PATH_MAX] = "";
+	struct stat st, pst;
+	bool is_spec;
+	int opt;
+
+	if (want_help(argc, argv)) {
+		fputs(resize_usage, stdout);
+		return 0;
+	}
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+		if (opt == 's') {
+			if (parse_size(optarg, &size))
+				usage_error(resize_usage,
+					    "--size: '%s' is not a size",
+					    optarg);
+		} else if (opt == 'c') {
+			secret_file = optarg;
+		} else {
+			fprintf(stderr, "\n%s", resize_usage);
+			exit(2);
+		}
+	}
+	if (argc - optind != 1)
+		usage_error(resize_usage, "resize needs PATH or SPEC");
+	arg = argv[optind];
+	/* A URL is a spec; a directory is a mount's path; a regular file
+	 * is a block mount when it sits on another device than its
+	 * directory, else a JSON spec. */
+	is_spec = strncmp(arg, "iscsi://", 8) == 0 ||
+		  strncmp(arg, "file://", 7) == 0;
+	if (!is_spec) {
+		char dir[PATH_MAX];
+
+		if (!realpath(arg, path) || stat(path, &st))
+			die(1, "%s: %s", arg, strerror(errno));
+		snprintf(dir, sizeof(dir), "%s", path);
+		*(strrchr(dir, '/') == dir ? dir + 1 : strrchr(dir, '/')) = 0;
+		is_spec = S_ISREG(st.st_mode) && stat(dir, &pst) == 0 &&
+			  pst.st_dev == st.st_dev;
+	}
+	if (is_spec) {
+		struct lf_spec spec;
+
+		if (lf_spec_load(arg, &spec, err, sizeof(err)))
+			die(1, "%s", err);
+		struct lf_mount_req mr = {
+			.spec = &spec,
+			.secret_file = secret_file,
+			.path = "",
+			.fsgroup = -1,
+		};
+		if (lf_client_mount_request(&mr, &req, err, sizeof(err)))
+			die(1, "%s", err);
+	} else {
+		req = json_object_new_object();
+		json_object_object_add(req, "path",
+				       json_object_new_string(path));
+	}
+	json_object_object_add(req, "op", json_object_new_string("resize"));
+	if (size)
+		json_object_object_add(req, "size",
+				       json_object_new_int64(size));
+	ans = call(c, req, true);
+	long long lun = 0, fsb = 0;
+	if (json_object_object_get_ex(ans, "lun_bytes", &e))
+		lun = json_object_get_int64(e);
+	if (json_object_object_get_ex(ans, "fs_bytes", &e))
+		fsb = json_object_get_int64(e);
+	printf("%s: LUN %lld bytes, filesystem %lld bytes\n", arg, lun, fsb);
+	json_object_put(ans);
+	return 0;
+}
+
 struct command {
 	const char *name;
 	int (*fn)(const struct lf_client *c, int argc, char **argv);
@@ -651,6 +800,7 @@ static const struct command commands[] = {
 	{"shutdown", cmd_shutdown, shutdown_usage},
 	{"hook", cmd_hook, hook_usage},
 	{"fsck", cmd_fsck, fsck_usage},
+	{"resize", cmd_resize, resize_usage},
 };
 
 int main(int argc, char **argv)

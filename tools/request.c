@@ -19,6 +19,7 @@ enum kind {
 	K_SECRETS,
 	K_ID,
 	K_MS,
+	K_SIZE,
 };
 
 struct key {
@@ -39,7 +40,8 @@ static const struct key mount_keys[] = {
 	{"uidmap", K_IDMAP},	 {"gidmap", K_IDMAP},
 	{"fsgroup", K_GID},	 {"container", K_ID},
 	{"destination", K_PATH}, {"initiator_name", K_STR},
-	{"timeout_ms", K_MS},	 {NULL, K_STR},
+	{"timeout_ms", K_MS},	 {"discard", K_BOOL},
+	{NULL, K_STR},
 };
 static const char *const mount_required[] = {"spec", "path", NULL};
 static const struct key umount_keys[] = {
@@ -55,6 +57,14 @@ static const struct key fsck_keys[] = {
 	{NULL, K_STR},
 };
 static const char *const fsck_required[] = {"spec", NULL};
+/* resize: a mounted PATH, or an unmounted volume's spec. */
+static const struct key resize_keys[] = {
+	{"spec", K_SPEC},    {"secrets", K_SECRETS}, {"secret_file", K_PATH},
+	{"path", K_STR},     {"block", K_BOOL},	     {"read_only", K_BOOL},
+	{"uidmap", K_IDMAP}, {"gidmap", K_IDMAP},    {"size", K_SIZE},
+	{"discard", K_BOOL}, {"timeout_ms", K_MS},   {NULL, K_STR},
+};
+static const char *const resize_required[] = {"path", NULL};
 static const struct key no_keys[] = {{NULL, K_STR}};
 static const char *const none_required[] = {NULL};
 
@@ -63,6 +73,7 @@ static const struct opdef ops[] = {
 	{"umount", umount_keys, umount_required},
 	{"release", release_keys, release_required},
 	{"fsck", fsck_keys, fsck_required},
+	{"resize", resize_keys, resize_required},
 	{"status", no_keys, none_required},
 	{"ping", no_keys, none_required},
 	{"shutdown", no_keys, none_required},
@@ -165,6 +176,15 @@ static int check_value(const struct key *k, struct json_object *v, char *err,
 			snprintf(err, errlen,
 				 "\"%s\" must be milliseconds between 1 and "
 				 "86400000",
+				 k->name);
+			return -EINVAL;
+		}
+		return 0;
+	case K_SIZE:
+		if (!json_object_is_type(v, json_type_int) ||
+		    json_object_get_int64(v) <= 0) {
+			snprintf(err, errlen,
+				 "\"%s\" must be a positive number of bytes",
 				 k->name);
 			return -EINVAL;
 		}

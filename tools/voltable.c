@@ -19,6 +19,8 @@ const char *lf_vt_state_name(enum lf_vt_state s)
 		return "detaching";
 	case LF_VT_CHECKING:
 		return "checking";
+	case LF_VT_RESIZING:
+		return "resizing";
 	}
 	return "?";
 }

@@ -53,6 +53,7 @@ enum lf_vt_state {
 	LF_VT_RECOVERING, /* journal replay / e2fsck of an unclean volume */
 	LF_VT_DETACHING,  /* unmount, flush, close, logout */
 	LF_VT_CHECKING,	  /* lunfs fsck of a volume that is not mounted */
+	LF_VT_RESIZING,	  /* lunfs resize: requests to it wait meanwhile */
 };
 const char *lf_vt_state_name(enum lf_vt_state s);
 

@@ -234,7 +234,8 @@ static void slow_close(void *impl)
 	free(sb);
 }
 
-static const struct lf_bdev_ops slow_ops = {slow_submit, slow_close};
+static const struct lf_bdev_ops slow_ops = {.submit = slow_submit,
+					    .close = slow_close};
 
 static struct lf_vol *open_slow_img(const char *path, uint64_t size,
 				    struct slow_bdev **sbp)
