@@ -114,6 +114,8 @@ int lf_vol_grow(struct lf_vol *v, uint64_t new_bytes, lf_vol_grow_fn grow,
 			 desc, strerror(-r));
 		goto out;
 	}
+	/* Discards still waiting are free blocks resize2fs may use. */
+	lf_trim_drop_waiting(v);
 	old = v->fs;
 	v->fs = NULL;
 	r = lf_iocache_reset(v->cache);

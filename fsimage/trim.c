@@ -475,7 +475,26 @@ void lf_trim_bitmaps_end(struct lf_vol *v)
 
 bool lf_trim_idle(struct lf_vol *v)
 {
-	return !v->trim || !v->trim->batches;
+	for (struct batch *b = v->trim ? v->trim->batches : NULL; b;
+	     b = b->next)
+		if (!b->ready)
+			return false;
+	return true;
+}
+
+void lf_trim_drop_waiting(struct lf_vol *v)
+{
+	struct lf_trim *t = v->trim;
+	struct batch *b, *next;
+
+	if (!t)
+		return;
+	for (b = t->batches; b; b = next) {
+		next = b->next;
+		if (b->ready) /* in-flight ones belong to their owner */
+			batch_unlink(v, b);
+	}
+	t->nqueue = 0;
 }
 
 void lf_trim_close_locked(struct lf_vol *v)

@@ -64,8 +64,8 @@ void lf_vol_after_durable(struct lf_vol *v);
  * batches lf_vol_after_durable() made; drops and retakes the lock around
  * the UNMAPs unless keep_lock. bitmaps_begin/end: around every write of
  * the block bitmap, which must not carry the in-flight marks. idle: no
- * UNMAP in flight or waiting. close_locked: the last discards, then free
- * the state (before ext2fs_close). */
+ * UNMAP in flight (some may wait for the flusher). close_locked: the last
+ * discards, then free the state (before ext2fs_close). */
 void lf_trim_attach(struct lf_vol *v);
 /* ext2fs_block_alloc_stats_range(fs, blk, n, -1), noted for discard:
  * what fsops calls to free a range itself (libext2fs's own frees, block
@@ -75,6 +75,9 @@ void lf_trim_work(struct lf_vol *v, bool keep_lock);
 void lf_trim_bitmaps_begin(struct lf_vol *v);
 void lf_trim_bitmaps_end(struct lf_vol *v);
 bool lf_trim_idle(struct lf_vol *v);
+/* Forget the discards not yet sent (the filesystem is about to change
+ * under us: resize2fs may use those free blocks). Requires idle. */
+void lf_trim_drop_waiting(struct lf_vol *v);
 void lf_trim_close_locked(struct lf_vol *v);
 void lf_trim_free(struct lf_vol *v);
 
