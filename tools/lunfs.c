@@ -463,11 +463,15 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		struct json_object *v = json_object_array_get_idx(arr, i);
 		if (*jget(v, "mode"))
-			printf("  %s  %s%s  %s bytes  mounts %s",
+			printf("  %s  %s%s%s  LUN %s bytes, filesystem %s "
+			       "bytes  mounts %s",
 			       jget(v, "spec"), jget(v, "mode"),
 			       strcmp(jget(v, "read_only"), "true") ? ""
 								    : " ro",
-			       jget(v, "size"), jget(v, "mounts"));
+			       strcmp(jget(v, "discard"), "true") ? ""
+								  : " discard",
+			       jget(v, "lun_bytes"), jget(v, "fs_bytes"),
+			       jget(v, "mounts"));
 		else
 			printf("  %s", jget(v, "spec"));
 		print_state(v);
