@@ -202,10 +202,10 @@ def test_discard_crash_between_free_and_unmap_loses_nothing(lunfs, targets, lund
     lunfs.ok("status")
     assert H.wait_until(lambda: os.path.exists(os.path.join(mp, "keep")), 30), \
         lunfs.log_tail()
-    assert sha(os.path.join(mp, "keep")) == keep
+    assert sha(os.path.join(mp, "keep")) == keep, lunfs.log_tail()
     # If the unlink did not survive the crash, neither may its UNMAP have.
     if os.path.exists(os.path.join(mp, "gone")):
-        assert sha(os.path.join(mp, "gone")) == gone
+        assert sha(os.path.join(mp, "gone")) == gone, lunfs.log_tail()
     lunfs.umount(mp)
     e2fsck_clean(t.luns[1])
 
