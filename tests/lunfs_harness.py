@@ -466,6 +466,18 @@ class Lunfs:
             except OSError:
                 pass
             wait_until(lambda: not pid_alive(pid), 5)
+            # The thread group leader turns zombie before its last thread
+            # has exited and closed the control socket: until then a client
+            # lands in the dead daemon's backlog and is reset.
+            wait_until(lambda: not self._socket_answers(), 5)
+
+    def _socket_answers(self):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(os.path.join(self.state_dir, "lunfsd.sock"))
+            except OSError:
+                return False
+        return True
 
     def start_watchdog(self, seconds):
         """Kill the daemon if the test runs longer than SECONDS: that aborts
