@@ -4,14 +4,40 @@
  * ext4 does. Like ext4 it is for the host's root only (ext4 asks for
  * CAP_SYS_ADMIN; FUSE tells us the caller's uid, not its capabilities),
  * and for the daemon's own user when lunfsd runs rootless. Everything
- * else is ENOTTY, which is what the kernel said before this op existed. */
+ * else is ENOTTY, which is what the kernel said before this op existed.
+ * On a view behind idmapped binds the kernel sends no caller ids: the
+ * host fsuid then comes from /proc. */
 #include <errno.h>
 #include <linux/fs.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "fsimage/trim.h"
 #include "fuse/mount_int.h"
+
+/* The caller's host fsuid: FUSE's, or, on a view behind idmapped binds
+ * (where the kernel sends no ids), what /proc says. UINT32_MAX if not
+ * known. */
+static uint32_t caller_uid(const struct fuse_ctx *ctx)
+{
+	char p[64], line[256];
+	unsigned a, b, c, d;
+	uint32_t uid = UINT32_MAX;
+	FILE *f;
+
+	if (ctx->uid != (uid_t)-1)
+		return ctx->uid;
+	snprintf(p, sizeof(p), "/proc/%d/status", (int)ctx->pid);
+	f = fopen(p, "re");
+	if (!f)
+		return uid;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Uid: %u %u %u %u", &a, &b, &c, &d) == 4)
+			uid = d;
+	fclose(f);
+	return uid;
+}
 
 void lf_fs_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
 		    struct fuse_file_info *fi, unsigned flags,
@@ -21,6 +47,7 @@ void lf_fs_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct fstrim_range range;
 	uint64_t trimmed = 0;
+	uint32_t uid;
 	int r;
 
 	(void)ino;
@@ -34,7 +61,8 @@ void lf_fs_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	if (ctx->uid != 0 && ctx->uid != geteuid()) {
+	uid = caller_uid(ctx);
+	if (uid != 0 && uid != geteuid()) {
 		fuse_reply_err(req, EPERM);
 		return;
 	}
