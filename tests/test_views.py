@@ -12,11 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 import lunfs_harness as H
-from test_oci import assert_released, runc_private  # noqa: F401 (fixture)
+from test_oci import Runc, assert_released, runc_private  # noqa: F401
 
 MAP_A = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]
 MAP_B = ["--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536"]
@@ -383,3 +384,71 @@ def test_fsgroup_and_read_only_views(lunfs, vtarget, lundir):
     assert H.mounts_under(lunfs.state_dir) == []
     r = H.run(["debugfs", "-R", "stat /f", vtarget.luns[1]])
     assert "User:     3   Group:  5000" in r.stdout, r.stdout
+
+
+@pytest.fixture(params=["shared", "private"])
+def runc_bundles(request, lunfs):
+    """runc bundles on a shared mount (lunfsd's mounts propagate into the
+    container) or a private one (the hook clones them in)."""
+    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs, "runc")
+    os.chmod(rc.root, 0o755)
+    if request.param == "shared":
+        H.run(["mount", "--bind", rc.root, rc.root], check=True)
+        H.run(["mount", "--make-shared", rc.root], check=True)
+    rc.mode = request.param
+    yield rc
+    rc.cleanup()
+    H.unmount_all_under(rc.root)
+    shutil.rmtree(rc.root, ignore_errors=True)
+
+
+# Reads /data/f when the test asks (/tmp/probeN), into /tmp/outN.
+PROBES = ("echo one > /data/f; sync /data/f /data; touch /tmp/ready; n=0; "
+          "while [ $n -lt 2 ]; do i=0; "
+          "while [ ! -e /tmp/probe$n ] && [ $i -lt 600 ]; do sleep 0.1; "
+          "i=$((i+1)); done; "
+          "cat /data/f > /tmp/out$n 2>&1 || echo FAILED >> /tmp/out$n; "
+          "touch /tmp/done$n; n=$((n+1)); done")
+
+
+def probe(b, n):
+    tmp = os.path.join(b, "rootfs", "tmp")
+    open(os.path.join(tmp, f"probe{n}"), "w").close()
+    assert H.wait_until(lambda: os.path.exists(os.path.join(tmp, f"done{n}")),
+                        30)
+    with open(os.path.join(tmp, f"out{n}")) as f:
+        return f.read()
+
+
+def test_live_container_across_daemon_kill(lunfs, vtarget, runc_bundles):
+    """kill -9 of lunfsd under a running user-namespaced container: its
+    idmapped bind fails cleanly (ENOTCONN: the FUSE connection died with
+    the daemon, and the kernel cannot hand it to another). The restarted
+    daemon mounts the recorded path again; where lunfsd's mounts propagate
+    into the container (a shared bundle mount) the container sees the new
+    one at once, and where the hook had cloned the mount in (private) the
+    dead clone stays until the container ends."""
+    vols = [{"source": vtarget.url(1), "destination": "/data"}]
+    b = runc_bundles.bundle(vols, PROBES, uidmap_host=100000)
+    p = runc_bundles.start(b)
+    try:
+        assert H.wait_until(lambda: os.path.exists(
+            os.path.join(b, "rootfs", "tmp", "ready")) or p.poll() is not None,
+            30), "container never ready"
+        lunfs.kill_daemon()
+        out = probe(b, 0)
+        assert "FAILED" in out and "not connected" in out, out
+        assert H.wait_until(lambda: [m["state"] for m in
+                                     lunfs.status()["mounts"]]
+                            == ["attached"], 30), lunfs.log_tail()
+        out = probe(b, 1)
+        if runc_bundles.mode == "shared":
+            assert out.strip() == "one", out
+        else:
+            assert "FAILED" in out and "not connected" in out, out
+    finally:
+        for n in (0, 1):
+            open(os.path.join(b, "rootfs", "tmp", f"probe{n}"), "w").close()
+    r = runc_bundles.finish(p, 60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert_released(lunfs, vtarget, runc_bundles.root)
