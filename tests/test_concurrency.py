@@ -203,6 +203,12 @@ def test_reads_racing_truncate_never_see_another_files_blocks(lunfs, target,
     with open(a, "wb") as f:
         f.write(A)
     done = threading.Event()
+    # Set by the reader each time a read returned bytes of A: the writer
+    # waits for one before it truncates again, so that reads of a
+    # non-empty A race every truncate. (Without it, under load the reader
+    # could run only while A was empty, when the kernel answers from its
+    # cached size without asking lunfs, and the test checked nothing.)
+    saw_data = threading.Event()
     seen = {"reads": 0, "bytes": 0, "bad": None, "error": None}
 
     def reader():
@@ -217,6 +223,8 @@ def test_reads_racing_truncate_never_see_another_files_blocks(lunfs, target,
                 if chunk.strip(b"\xaa\x00"):
                     seen["bad"] = sorted(set(chunk))[:8]
                     return
+                if n:
+                    saw_data.set()
         except OSError as e:
             seen["error"] = e
         finally:
@@ -225,7 +233,10 @@ def test_reads_racing_truncate_never_see_another_files_blocks(lunfs, target,
     t = threading.Thread(target=reader)
     t.start()
     try:
-        for _ in range(60):
+        for rounds in range(60):
+            if not saw_data.wait(30):
+                break  # the reader stopped or is stuck: see below
+            saw_data.clear()
             os.truncate(a, 0)
             with open(b, "wb") as f:
                 f.write(B)
@@ -239,6 +250,7 @@ def test_reads_racing_truncate_never_see_another_files_blocks(lunfs, target,
     assert seen["error"] is None, seen["error"]
     assert seen["bad"] is None, f"a read of A returned bytes {seen['bad']}"
     assert seen["reads"] > 0 and seen["bytes"] > 0, seen
+    assert rounds == 59, f"the reader saw no data of A for 30 s ({seen})"
     with open(a, "rb") as f:
         assert f.read() == A
     lunfs.umount(d)
