@@ -522,3 +522,22 @@ def test_hooks_d_file():
     assert re.search(kre, "io.lunfs.volumes")
     assert not re.search(kre, "io.lunfs.volumesX")
     assert re.search(vre, '[{"source": "iscsi://h/iqn/1"}]')
+
+
+def test_annotation_discard_gives_space_back(lunfs, targets, runc_private):
+    """"discard": true in the annotation: the blocks a container frees go
+    back to a thin LUN without fstrim (at the latest when the volume is
+    released)."""
+    t = targets("disc", luns={1: 64 * MiB})
+    t.tgt.tgtadm("--lld", "iscsi", "--op", "update", "--mode", "logicalunit",
+                 "--tid", str(t.tid), "--lun", "1", "--params",
+                 "thin_provisioning=1")
+    vols = [{"source": t.url(1), "destination": "/data", "discard": True}]
+    b = runc_private.bundle(
+        vols, "dd if=/dev/urandom of=/data/f bs=1M count=16 conv=fsync "
+        "2>/dev/null; : > /data/f; echo done")
+    r = _ok(runc_private.run(b))
+    assert r.stdout.strip() == "done", r.stderr
+    assert_released(lunfs, t, runc_private.root)
+    assert os.stat(t.luns[1]).st_blocks * 512 < 8 * MiB, lunfs.log_tail(40)
+    e2fsck_clean(t.luns[1])

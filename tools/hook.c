@@ -889,6 +889,8 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 				.block = block,
 				.read_only = json_object_get_boolean(
 					get(r0, "read_only")),
+				.discard = json_object_get_boolean(
+					get(r0, "discard")),
 				.uidmap = json_object_get(get(r0, "uidmap")),
 				.gidmap = json_object_get(get(r0, "gidmap")),
 				.fsgroup = get(r0, "fsgroup")
