@@ -623,6 +623,8 @@ struct lf_mount *lf_mount_alloc(enum lf_mount_kind kind,
 			return NULL;
 		}
 	}
+	if (kind == LF_MOUNT_BIND) /* no FUSE session, no buffers */
+		return m;
 	if (pthread_key_create(&m->bufkey, free_thread_buf) == 0)
 		m->bufkey_ok = true;
 	if (!m->bufkey_ok) {

@@ -343,10 +343,12 @@ int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out)
 			return r;
 		}
 	}
-	if (geteuid() == 0 && !o->per_mount_views) {
+	if (geteuid() == 0) {
 		snprintf(d->view_dir, sizeof(d->view_dir), "%s/views",
 			 d->state_dir);
-		clean_views(d->view_dir);
+		clean_views(d->view_dir); /* a killed daemon's, either way */
+		if (o->per_mount_views)
+			d->view_dir[0] = '\0';
 	}
 	d->reg = lf_registry_new_iscsi();
 	d->pool = lf_bufpool_new();
