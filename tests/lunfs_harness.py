@@ -121,6 +121,24 @@ def run(argv, timeout=30, check=False, **kw):
 
 # ---------------------------------------------------------------- mounts
 
+def kernel_umount(mp, backing, timeout=30.0):
+    """Unmount a kernel loop mount of BACKING at MP and wait until its loop
+    device is released. Until then the kernel may still write to BACKING
+    (a lazy unmount, or a mount kept busy for a moment, finishes later and
+    writes the superblock back), over whatever the test writes next."""
+    for _ in range(50):
+        if run(["umount", mp]).returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        run(["umount", "-l", mp])
+    released = wait_until(
+        lambda: run(["losetup", "-j", backing]).stdout.strip() == "",
+        timeout=timeout, interval=0.05)
+    assert released, f"the loop device of {backing} was not released " \
+        f"within {timeout} s of unmounting {mp}"
+
+
 def _unescape_mountinfo(s):
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 

@@ -42,9 +42,7 @@ def kernel_mount(backing, lundir, ro=True):
     try:
         yield mp
     finally:
-        r = H.run(["umount", mp])
-        if r.returncode != 0:
-            H.run(["umount", "-l", mp])
+        H.kernel_umount(mp, backing)
 
 
 def e2fsck(backing):

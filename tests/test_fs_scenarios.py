@@ -42,8 +42,7 @@ def kernel_mount(backing, lundir, ro=True):
     try:
         yield mp
     finally:
-        if H.run(["umount", mp]).returncode != 0:
-            H.run(["umount", "-l", mp])
+        H.kernel_umount(mp, backing)
 
 
 def e2fsck_clean(backing):

@@ -121,8 +121,7 @@ def test_uring_serves_a_workload_and_leaves_valid_ext4(lunfs, fstarget,
             with open(os.path.join(km, name), "rb") as f:
                 assert f.read() == data, name
     finally:
-        if H.run(["umount", km]).returncode != 0:
-            H.run(["umount", "-l", km])
+        H.kernel_umount(km, backing)
 
 
 def test_uring_counts_requests_and_serves_two_mounts(lunfs, fstarget, lundir,

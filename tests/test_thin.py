@@ -55,8 +55,7 @@ def kernel_mount(backing, lundir):
     try:
         yield mp
     finally:
-        if H.run(["umount", mp]).returncode != 0:
-            H.run(["umount", "-l", mp])
+        H.kernel_umount(mp, backing)
 
 
 def tree(root):
