@@ -232,7 +232,7 @@ def test_idmapped_binds_share_one_kernel_view(lunfs, vtarget, lundir):
         assert os.stat(os.path.join(kmp, "pub/by-a"))[4:6] == (5, 5)
         assert os.stat(os.path.join(kmp, "pub/by-b"))[4:6] == (7, 7)
     finally:
-        H.run(["umount", kmp])
+        H.kernel_umount(kmp, vtarget.luns[1])
 
 
 def test_per_mount_views_lock_across_mounts(lunfs, vtarget, lundir):
