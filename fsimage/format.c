@@ -13,6 +13,7 @@
 #include <ext2fs/ext2fs.h>
 
 #include "fsimage/format.h"
+#include "fsimage/mmp.h"
 #include "fsimage/volume_int.h"
 #include "iscsi/log.h"
 
@@ -249,6 +250,16 @@ int lf_format(struct lf_iocache *cache, uint64_t size, const char *label,
 			goto out;
 		}
 	}
+	/* Multi-mount protection (mmp.h), as mke2fs -O mmp does it: the
+	 * kernel's ext4 on another node refuses the volume while lunfs
+	 * holds it. */
+	fs->super->s_mmp_update_interval = LF_MMP_UPDATE_INTERVAL;
+	e = ext2fs_mmp_init(fs);
+	if (e) {
+		r = fail(err, errlen, desc, "creating the MMP block", e);
+		goto out;
+	}
+	ext2fs_set_feature_mmp(fs->super);
 	ext2fs_mark_super_dirty(fs);
 	e = ext2fs_close2(fs, 0);
 	if (e) {

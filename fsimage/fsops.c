@@ -2226,7 +2226,9 @@ int lf_fs_fsync(struct lf_vol *v, uint64_t ino, bool datasync)
 {
 	int r = 0;
 
-	if (lf_vol_read_only(v))
+	/* Opened read-only: nothing to sync. Fenced: EIO (what was not on
+	 * the LUN never will be), from lf_vol_sync_locked(). */
+	if (v->opts.read_only)
 		return 0;
 	lf_vol_lock(v);
 	r = lf_vol_sync_locked(v);

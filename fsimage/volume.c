@@ -10,6 +10,7 @@
 
 #include "fsimage/format.h"
 #include "fsimage/iomgr.h"
+#include "fsimage/mmp.h"
 #include "fsimage/probe.h"
 #include "fsimage/volume_int.h"
 #include "iscsi/log.h"
@@ -55,7 +56,17 @@ void lf_vol_unlock(struct lf_vol *v)
 
 bool lf_vol_read_only(const struct lf_vol *v)
 {
-	return v->opts.read_only;
+	return v->opts.read_only || lf_bdev_fenced(v->bdev, NULL, 0);
+}
+
+bool lf_vol_fenced(const struct lf_vol *v, char *why, size_t len)
+{
+	return lf_bdev_fenced(v->bdev, why, len);
+}
+
+bool lf_vol_mmp(const struct lf_vol *v)
+{
+	return v->mmp != NULL;
 }
 
 bool lf_vol_formatted(const struct lf_vol *v)
@@ -87,7 +98,7 @@ void lf_vol_data_pread_async(struct lf_vol *v, const struct iovec *iov,
 int lf_vol_data_pwrite(struct lf_vol *v, const void *buf, size_t len,
 		       uint64_t off)
 {
-	if (v->opts.read_only)
+	if (lf_vol_read_only(v))
 		return -EROFS;
 	return lf_iocache_pwrite(v->cache, buf, len, off);
 }
@@ -101,6 +112,8 @@ int lf_vol_sync_locked(struct lf_vol *v)
 
 	if (v->opts.read_only || !v->fs)
 		return 0;
+	if (lf_vol_fenced(v, NULL, 0))
+		return -EIO; /* what was not on the LUN never will be */
 	if (v->fs->flags &
 	    (EXT2_FLAG_DIRTY | EXT2_FLAG_IB_DIRTY | EXT2_FLAG_BB_DIRTY)) {
 		lf_trim_bitmaps_begin(v);
@@ -149,6 +162,8 @@ static void *flusher_main(void *arg)
 		pthread_cond_timedwait(&v->flusher_cond, &v->lock, &ts);
 		if (v->stopping)
 			break;
+		if (lf_vol_fenced(v, NULL, 0))
+			continue;
 		if (v->fs->flags & (EXT2_FLAG_IB_DIRTY | EXT2_FLAG_BB_DIRTY)) {
 			errcode_t e;
 
@@ -188,6 +203,7 @@ static void vol_free(struct lf_vol *v)
 		lf_trim_free(v);
 	if (v->fs)
 		ext2fs_free(v->fs);
+	lf_mmp_stop(v->mmp); /* after every other write: CLEAN */
 	lf_iocache_free(v->cache);
 	if (v->bdev)
 		lf_bdev_unref(v->bdev);
@@ -203,6 +219,16 @@ static int check_state(struct lf_vol *v, char *err, size_t errlen)
 	struct ext2_super_block *sb = v->fs->super;
 	const char *desc = lf_vol_desc(v);
 
+	if (v->opts.read_only && v->opts.held_elsewhere &&
+	    !(sb->s_state & EXT2_ERROR_FS)) {
+		lf_warn(MOD,
+			"%s: in use read-write by another node: served "
+			"read-only as it is on the LUN (what that node has not "
+			"written yet is not seen, and may change under "
+			"readers)",
+			desc);
+		return 0;
+	}
 	if (ext2fs_has_feature_journal_needs_recovery(sb))
 		return say(err, errlen, -EUCLEAN,
 			   "%s needs journal recovery (it was not unmounted "
@@ -273,7 +299,8 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 {
 	const char *desc = lf_vol_desc(v);
 	char name[64];
-	int flags = EXT2_FLAG_64BITS;
+	/* MMP is ours (mmp.h): libext2fs's would open the device by name. */
+	int flags = EXT2_FLAG_64BITS | EXT2_FLAG_SKIP_MMP;
 	errcode_t e;
 	int r;
 
@@ -297,7 +324,24 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 			   "fixes it)",
 			   desc, error_message(e));
 	}
+	/* Another node's claim comes before the state it left the volume
+	 * in; our own claim (a write) waits for the last check below. */
+	if (!v->opts.read_only && ext2fs_has_feature_mmp(v->fs->super)) {
+		struct lf_mmp_opts mo = {
+			.node = v->opts.mmp_node,
+			/* A local image: no other initiator reaches it. */
+			.reserved = v->opts.reserved ||
+				    lf_bdev_info(v->bdev)->local,
+			.stale_known = v->opts.mmp_stale_known,
+			.stale_seq = v->opts.mmp_stale_seq,
+		};
+		r = lf_mmp_check(v->bdev, v->fs, &mo, &v->mmp, err, errlen);
+		if (r < 0)
+			return r;
+	}
 	r = check_state(v, err, errlen);
+	if (r == -EUCLEAN && v->mmp)
+		lf_mmp_release_stale(v->mmp); /* the repair comes next */
 	if (r < 0)
 		return r;
 	r = check_geometry(v, err, errlen);
@@ -307,6 +351,11 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	if (v->opts.read_only)
 		return 0;
 
+	if (v->mmp) {
+		r = lf_mmp_claim(v->mmp, err, errlen);
+		if (r < 0)
+			return r;
+	}
 	/* Not clean while we serve it: a crash leaves it for fsck. Only the
 	 * primary superblock, like the kernel at mount. */
 	v->fs->super->s_state &= ~EXT2_VALID_FS;
@@ -469,6 +518,15 @@ int lf_vol_close(struct lf_vol *v)
 	if (v->fsops_fini)
 		v->fsops_fini(v);
 	lf_trim_close_locked(v);
+	if (lf_vol_fenced(v, NULL, 0)) {
+		/* Another node owns the LUN now: not one more byte. */
+		ext2fs_free(v->fs);
+		v->fs = NULL;
+		lf_vol_unlock(v);
+		lf_warn(MOD, "%s: fenced: closed without writing", desc);
+		vol_free(v);
+		return -EIO;
+	}
 	if (!v->opts.read_only) {
 		v->fs->super->s_state |= EXT2_VALID_FS;
 		ext2fs_mark_super_dirty(v->fs);

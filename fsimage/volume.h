@@ -17,6 +17,13 @@
  * lf_vol_close() flushes, marks clean, writes the superblock, closes and
  * sends SYNCHRONIZE CACHE. After it, e2fsck -fn is silent.
  *
+ * Fencing: a read-write open of a volume with the mmp feature claims its
+ * MMP block before the first write and keeps it updated (mmp.h). Once the
+ * bdev is fenced (another node took the LUN over: lf_bdev_fence()), the
+ * volume is read-only for every caller (lf_vol_read_only() is true,
+ * writes fail with EROFS, fsync with EIO) and lf_vol_close() writes
+ * nothing: what was not on the LUN before the fence is dropped.
+ *
  * Thread model: libext2fs is not thread-safe, so every use of vol->fs
  * happens under lf_vol_lock(); fsops.h takes it for you. File data moves
  * outside the lock (straight to the bdev) once the block map is known.
@@ -39,6 +46,16 @@ struct lf_vol_opts {
 	bool read_only;
 	bool allow_format; /* format an all-zero device */
 	bool repair;	   /* run recovery/fsck instead of refusing */
+	/* MMP (mmp.h): the name written as holder (NULL: hostname);
+	 * `reserved` when the caller holds the LUN's PR reservation; a seq
+	 * the caller just proved stale (takeover). */
+	const char *mmp_node;
+	bool reserved;
+	bool mmp_stale_known;
+	uint32_t mmp_stale_seq;
+	/* Read-only: another node writes the volume (fence.h), so "not
+	 * clean" is its being in use, not a crash: served as it is. */
+	bool held_elsewhere;
 };
 
 /* Takes a bdev reference of its own. err gets one line on failure. */
@@ -50,6 +67,10 @@ int lf_vol_close(struct lf_vol *v);
 int lf_vol_sync(struct lf_vol *v);
 
 bool lf_vol_read_only(const struct lf_vol *v);
+/* True once fenced (see above); why gets the reason. */
+bool lf_vol_fenced(const struct lf_vol *v, char *why, size_t len);
+/* True while this open holds the volume's MMP block. */
+bool lf_vol_mmp(const struct lf_vol *v);
 bool lf_vol_formatted(const struct lf_vol *v); /* formatted by this open */
 struct lf_bdev *lf_vol_bdev(const struct lf_vol *v);
 const char *lf_vol_desc(const struct lf_vol *v);

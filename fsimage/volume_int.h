@@ -32,6 +32,7 @@ struct lf_vol {
 	struct lf_vol_opts opts;
 	bool formatted;
 	struct lf_iocache *cache; /* owned by iomgr.c */
+	struct lf_mmp *mmp;	  /* read-write opens with mmp (mmp.c) */
 
 	struct lf_trim *trim; /* owned by trim.c */
 	uint64_t fs_bytes;    /* atomic; lf_vol_fs_bytes() */

@@ -20,6 +20,9 @@ struct lf_bdev {
 	void *impl;
 	struct lf_bdev_info info;
 	atomic_int refs;
+	atomic_bool fenced;
+	pthread_mutex_t why_lock;
+	char why[256]; /* protected by why_lock */
 };
 
 struct lf_bdev *lf_bdev_new(const struct lf_bdev_ops *ops, void *impl,
@@ -51,6 +54,8 @@ struct lf_bdev *lf_bdev_new(const struct lf_bdev_ops *ops, void *impl,
 	if (b->info.unmap_granularity < b->info.block_size)
 		b->info.unmap_granularity = b->info.block_size;
 	atomic_init(&b->refs, 1);
+	atomic_init(&b->fenced, false);
+	pthread_mutex_init(&b->why_lock, NULL);
 	return b;
 }
 
@@ -71,6 +76,7 @@ void lf_bdev_unref(struct lf_bdev *b)
 		return;
 	if (b->ops->close)
 		b->ops->close(b->impl);
+	pthread_mutex_destroy(&b->why_lock);
 	free(b);
 }
 
@@ -111,7 +117,7 @@ static int check_range(struct lf_bdev *b, enum lf_bdev_op op, uint64_t off,
 		       uint64_t len)
 {
 	if (op == LF_BDEV_FLUSH)
-		return 0;
+		return atomic_load(&b->fenced) ? -EROFS : 0;
 	if (off % b->info.block_size || len % b->info.block_size)
 		return -EINVAL;
 	uint64_t size = lf_bdev_size(b);
@@ -119,6 +125,8 @@ static int check_range(struct lf_bdev *b, enum lf_bdev_op op, uint64_t off,
 	if (off > size || len > size - off)
 		return -EINVAL;
 	if (op != LF_BDEV_READ && b->info.read_only)
+		return -EROFS;
+	if (op != LF_BDEV_READ && atomic_load(&b->fenced))
 		return -EROFS;
 	if (op == LF_BDEV_UNMAP && !b->info.can_unmap)
 		return -ENOTSUP;
@@ -295,6 +303,57 @@ int lf_bdev_refresh_size(struct lf_bdev *b, uint64_t *old_size,
 	return 0;
 }
 
+static struct lf_bdev *below(struct lf_bdev *b)
+{
+	return b->ops->below ? b->ops->below(b->impl) : NULL;
+}
+
+int lf_bdev_pr_in(struct lf_bdev *b, int sa, void *buf, size_t len)
+{
+	if (!b->ops->pr_in)
+		return below(b) ? lf_bdev_pr_in(below(b), sa, buf, len)
+				: -EOPNOTSUPP;
+	return b->ops->pr_in(b->impl, sa, buf, len);
+}
+
+int lf_bdev_pr_out(struct lf_bdev *b, int sa, int type, uint64_t key,
+		   uint64_t sa_key)
+{
+	if (!b->ops->pr_out)
+		return below(b)
+			       ? lf_bdev_pr_out(below(b), sa, type, key, sa_key)
+			       : -EOPNOTSUPP;
+	return b->ops->pr_out(b->impl, sa, type, key, sa_key);
+}
+
+void lf_bdev_fence(struct lf_bdev *b, const char *why)
+{
+	bool was;
+
+	if (below(b))
+		lf_bdev_fence(below(b), why);
+	pthread_mutex_lock(&b->why_lock);
+	was = atomic_exchange(&b->fenced, true);
+	if (!was)
+		snprintf(b->why, sizeof(b->why), "%s", why);
+	pthread_mutex_unlock(&b->why_lock);
+	if (!was && !below(b))
+		lf_err("bdev", "%s: fenced by %s; no more writes to it",
+		       b->info.desc, why);
+}
+
+bool lf_bdev_fenced(struct lf_bdev *b, char *why, size_t len)
+{
+	if (!atomic_load(&b->fenced))
+		return below(b) ? lf_bdev_fenced(below(b), why, len) : false;
+	if (why && len) {
+		pthread_mutex_lock(&b->why_lock);
+		snprintf(why, len, "%s", b->why);
+		pthread_mutex_unlock(&b->why_lock);
+	}
+	return true;
+}
+
 /* ---- local image files ---- */
 
 struct file_bdev {
@@ -433,6 +492,7 @@ int lf_bdev_open_file(const char *path, bool read_only, struct lf_bdev **out)
 	info.phys_block_size = 4096;
 	info.max_transfer = 4u << 20;
 	info.read_only = read_only;
+	info.local = true;
 	info.size -= info.size % info.block_size;
 	snprintf(info.desc, sizeof(info.desc), "file://%s", path);
 

@@ -45,6 +45,17 @@ struct lf_bdev_ops {
 	void (*close)(void *impl);
 	/* Optional: ask the device for its size again (READ CAPACITY). */
 	int (*capacity)(void *impl, uint64_t *size);
+	/* Optional: SCSI-3 persistent reservations (pr.h). pr_in runs
+	 * PERSISTENT RESERVE IN service action sa into buf (len bytes);
+	 * pr_out runs PERSISTENT RESERVE OUT with a basic parameter list.
+	 * 0 or -errno: -EOPNOTSUPP when the target lacks PR (INVALID
+	 * COMMAND OPERATION CODE), -EBUSY on RESERVATION CONFLICT. */
+	int (*pr_in)(void *impl, int sa, void *buf, size_t len);
+	int (*pr_out)(void *impl, int sa, int type, uint64_t key,
+		      uint64_t sa_key);
+	/* Optional, for a bdev stacked on another (the registry's): the
+	 * one below, which PR commands and fencing reach through. */
+	struct lf_bdev *(*below)(void *impl);
 };
 
 struct lf_bdev_info {
@@ -62,6 +73,7 @@ struct lf_bdev_info {
 	uint32_t unmap_granularity;
 	uint32_t unmap_alignment;
 	bool read_only;
+	bool local;	/* a file or device of this host: no other initiator */
 	char desc[160]; /* for messages: "iscsi://127.0.0.1:3260/iqn…/1" */
 };
 
@@ -115,6 +127,22 @@ int lf_bdev_unmap(struct lf_bdev *b, uint64_t off, uint64_t len);
  * The size only ever grows, so readers racing with it see either. */
 int lf_bdev_refresh_size(struct lf_bdev *b, uint64_t *old_size,
 			 uint64_t *new_size);
+
+/* Persistent reservations through the backend; -EOPNOTSUPP without. */
+int lf_bdev_pr_in(struct lf_bdev *b, int sa, void *buf, size_t len);
+int lf_bdev_pr_out(struct lf_bdev *b, int sa, int type, uint64_t key,
+		   uint64_t sa_key);
+
+/* Fencing. Once fenced, a bdev sends nothing that writes: WRITE, UNMAP
+ * and SYNCHRONIZE CACHE fail with -EROFS before they reach the device,
+ * for every holder of a reference; reads go on. A backend fences its
+ * bdev itself when the target answers a write with RESERVATION CONFLICT
+ * (another initiator preempted us); fsimage's MMP fences it when another
+ * node rewrote the MMP block. `why` says by whom, for logs and status.
+ * Never undone: a fenced volume is closed and attached again. */
+void lf_bdev_fence(struct lf_bdev *b, const char *why);
+/* True once fenced; why (if not NULL) gets the reason. */
+bool lf_bdev_fenced(struct lf_bdev *b, char *why, size_t len);
 
 struct lf_bdev *lf_bdev_ref(struct lf_bdev *b);
 void lf_bdev_unref(struct lf_bdev *b);

@@ -391,10 +391,16 @@ static int reg_lun_capacity(void *impl, uint64_t *size)
 	return r == -EINVAL ? 0 : r;
 }
 
+static struct lf_bdev *reg_lun_below(void *impl)
+{
+	return ((struct reg_lun *)impl)->inner;
+}
+
 static const struct lf_bdev_ops reg_lun_ops = {
 	.submit = reg_lun_submit,
 	.close = reg_lun_close,
 	.capacity = reg_lun_capacity,
+	.below = reg_lun_below,
 };
 
 int lf_registry_open_lun(struct lf_registry *r,

@@ -14,6 +14,7 @@
  */
 #include "iscsi/session.h"
 #include "iscsi/log.h"
+#include "iscsi/pr.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -36,7 +37,20 @@
 #define FAILOVER_MS	 2000 /* down this long with other portals: try them */
 
 enum sreq_kind { SREQ_READ, SREQ_WRITE, SREQ_FLUSH, SREQ_UNMAP, SREQ_RAW };
-enum raw_cmd { RAW_INQUIRY, RAW_READCAP16, RAW_MODESENSE6 };
+enum raw_cmd {
+	RAW_INQUIRY,
+	RAW_READCAP16,
+	RAW_MODESENSE6,
+	RAW_PRIN,
+	RAW_PROUT
+};
+
+#define OP_PRIN	 0x5e
+#define OP_PROUT 0x5f
+/* LUNFS_TEST_NO_PR=1 (tests only): PR commands go out with this opcode,
+ * which tgtd does not implement, so the target itself answers INVALID
+ * COMMAND OPERATION CODE as a target without PR would. */
+#define OP_UNSUPPORTED 0xd9
 
 struct sreq {
 	struct sreq *next, *prev; /* queue/free list (next), inflight */
@@ -52,7 +66,16 @@ struct sreq {
 	enum raw_cmd raw;
 	int raw_evpd, raw_page;
 	struct scsi_task **raw_out; /* RAW: the finished task, caller frees */
-	struct scsi_task *task;	    /* in flight */
+	int pr_sa, pr_type;	    /* RAW_PRIN/RAW_PROUT */
+	uint32_t pr_len;	    /* RAW_PRIN: allocation length */
+	unsigned char pr_param[24]; /* RAW_PROUT: basic parameter list */
+	struct iscsi_data pr_data;
+	/* RESERVATION CONFLICT on a write: see pr_recheck(). */
+	struct scsi_task *fix_task; /* the recheck's finished step */
+	int fix_step;
+	bool pr_retried;
+	struct lf_bdev *bdev;	/* READ/WRITE/FLUSH/UNMAP: fenced on conflict */
+	struct scsi_task *task; /* in flight */
 	int64_t deadline_ms, not_before_ms;
 	lf_bdev_done_fn done;
 	void *opaque;
@@ -82,12 +105,14 @@ struct lf_session {
 	int64_t quiet_until_ms;	  /* do not poll the context's fd */
 	int64_t last_login_ms;	  /* relogin attempts without ctx */
 	int64_t last_failover_ms; /* portal switch attempts while down */
+	bool test_no_pr;	  /* LUNFS_TEST_NO_PR: see OP_UNSUPPORTED */
 };
 
 struct lf_lun {
 	struct lf_session *s;
 	int lun;
 	uint32_t block_size;
+	struct lf_bdev *bdev; /* the bdev that owns us: no reference */
 };
 
 static int64_t now_ms(void)
@@ -419,6 +444,10 @@ static void retry_later(struct lf_session *s, struct sreq *r, int delay_ms)
 	s->retry = r;
 }
 
+static void dispatch(struct lf_session *s, struct sreq *r);
+static void pr_fence(struct lf_session *s, struct sreq *r);
+static void pr_recheck(struct lf_session *s, struct sreq *r, int step);
+
 /* One place where SCSI status and sense become errno. 1 = retry. */
 static int task_errno(const struct scsi_task *t, int status)
 {
@@ -505,6 +534,17 @@ static void task_cb(struct iscsi_context *ctx, int status, void *data,
 		finish(s, r, 0);
 		return;
 	}
+	if (status == SCSI_STATUS_RESERVATION_CONFLICT && r->bdev &&
+	    r->kind != SREQ_READ) {
+		if (!r->pr_retried && !s->stopped) {
+			scsi_free_scsi_task(r->task);
+			r->task = NULL;
+			pr_recheck(s, r, 0);
+			return;
+		}
+		pr_fence(s, r);
+		return;
+	}
 	if (e)
 		lf_dbg(MOD,
 		       "iscsi://%s/%s/%d: command failed: %s (status "
@@ -513,6 +553,127 @@ static void task_cb(struct iscsi_context *ctx, int status, void *data,
 		       r->task ? scsi_sense_key_str(r->task->sense.key) : "-",
 		       r->task ? r->task->sense.ascq : 0);
 	finish(s, r, e);
+}
+
+/* PERSISTENT RESERVE IN/OUT with CDBs of our own (SPC-4 6.15, 6.16):
+ * libiscsi's helpers would do, but this way the test knob can swap the
+ * opcode and let the real target refuse it. */
+static struct scsi_task *start_pr(struct lf_session *s, struct sreq *r)
+{
+	unsigned char cdb[10] = {0};
+	struct scsi_task *t;
+	bool in = r->raw == RAW_PRIN;
+
+	cdb[0] = s->test_no_pr ? OP_UNSUPPORTED : in ? OP_PRIN : OP_PROUT;
+	cdb[1] = (unsigned char)(r->pr_sa & 0x1f);
+	if (in) {
+		cdb[7] = (unsigned char)(r->pr_len >> 8);
+		cdb[8] = (unsigned char)r->pr_len;
+	} else {
+		cdb[2] = (unsigned char)(r->pr_type & 0x0f); /* LU scope */
+		cdb[8] = sizeof(r->pr_param);
+	}
+	t = scsi_create_task(10, cdb, in ? SCSI_XFER_READ : SCSI_XFER_WRITE,
+			     in ? (int)r->pr_len : (int)sizeof(r->pr_param));
+	if (!t)
+		return NULL;
+	r->pr_data.data = r->pr_param;
+	r->pr_data.size = sizeof(r->pr_param);
+	if (iscsi_scsi_command_async(s->ctx, r->lun, t, task_cb,
+				     in ? NULL : &r->pr_data, r)) {
+		scsi_free_scsi_task(t);
+		return NULL;
+	}
+	return t;
+}
+
+/* A write refused with RESERVATION CONFLICT. Either another initiator
+ * holds the LUN (it preempted us: fence), or the reservation is still
+ * under our own key but registered by an earlier session of ours, which
+ * a reconnect or a portal failover replaced (targets key registrations by
+ * I_T nexus, and a new login is a new nexus): then register this session
+ * with the same key, PREEMPT our own key (the reservation moves here) and
+ * send the write again. Steps run on the I/O thread, one command each:
+ * 0 READ RESERVATION, 1 REGISTER AND IGNORE, 2 PREEMPT. */
+static void pr_fence(struct lf_session *s, struct sreq *r)
+{
+	char why[200];
+
+	snprintf(why, sizeof(why),
+		 "another initiator: the target answered RESERVATION "
+		 "CONFLICT (the reservation of LUN %d is someone else's)",
+		 r->lun);
+	lf_bdev_fence(r->bdev, why);
+	finish(s, r, -EROFS);
+}
+
+static void pr_recheck_done(void *opaque, int err);
+
+static void pr_recheck(struct lf_session *s, struct sreq *r, int step)
+{
+	uint64_t key = lf_pr_key(s->p.initiator);
+	struct sreq *c = sreq_get(s);
+
+	if (!c) {
+		pr_fence(s, r);
+		return;
+	}
+	r->fix_step = step;
+	r->fix_task = NULL;
+	c->kind = SREQ_RAW;
+	c->lun = r->lun;
+	c->raw = step == 0 ? RAW_PRIN : RAW_PROUT;
+	c->pr_sa = step == 0 ? 1 : step == 1 ? 6 : 4;
+	c->pr_type = step == 2 ? LF_PR_TYPE_WRITE_EXCLUSIVE : 0;
+	c->pr_len = 24;
+	for (int i = 0; i < 8; i++) {
+		unsigned char b = (unsigned char)(key >> (56 - 8 * i));
+
+		c->pr_param[i] = step == 2 ? b : 0; /* REGISTER: key 0 */
+		c->pr_param[8 + i] = b;
+	}
+	c->raw_out = &r->fix_task;
+	c->done = pr_recheck_done;
+	c->opaque = r;
+	c->deadline_ms = now_ms() + (int64_t)s->p.replacement_timeout * 1000;
+	dispatch(s, c);
+}
+
+static void pr_recheck_done(void *opaque, int err)
+{
+	struct sreq *r = opaque;
+	struct lf_session *s = r->s;
+	struct scsi_task *t = r->fix_task;
+	bool ok = !err && t && task_errno(t, t->status) == 0;
+
+	r->fix_task = NULL;
+	if (ok && r->fix_step == 0) {
+		const unsigned char *d = t->datain.data;
+		uint64_t holder = 0;
+
+		ok = t->datain.size >= 16 && d &&
+		     ((uint32_t)d[4] << 24 | d[5] << 16 | d[6] << 8 | d[7]) >=
+			     16;
+		for (int i = 0; ok && i < 8; i++)
+			holder = holder << 8 | d[8 + i];
+		ok = ok && holder == lf_pr_key(s->p.initiator);
+	}
+	if (t)
+		scsi_free_scsi_task(t);
+	if (!ok) {
+		pr_fence(s, r);
+		return;
+	}
+	if (r->fix_step < 2) {
+		pr_recheck(s, r, r->fix_step + 1);
+		return;
+	}
+	lf_warn(MOD,
+		"iscsi://%s/%s/%d: the reservation was registered by an "
+		"earlier session of ours: moved to this one",
+		s->portal, s->p.iqn, r->lun);
+	r->pr_retried = true;
+	retry_later(s, r, 0);
 }
 
 static struct scsi_task *start_task(struct lf_session *s, struct sreq *r)
@@ -547,6 +708,9 @@ static struct scsi_task *start_task(struct lf_session *s, struct sreq *r)
 				c, r->lun, 1, SCSI_MODESENSE_PC_CURRENT,
 				SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255, task_cb,
 				r);
+		case RAW_PRIN:
+		case RAW_PROUT:
+			return start_pr(s, r);
 		}
 	}
 	return NULL;
@@ -561,6 +725,11 @@ static void dispatch(struct lf_session *s, struct sreq *r)
 	     now - s->down_since_ms >=
 		     (int64_t)s->p.replacement_timeout * 1000)) {
 		finish(s, r, -EIO);
+		return;
+	}
+	if (r->bdev && r->kind != SREQ_READ &&
+	    lf_bdev_fenced(r->bdev, NULL, 0)) {
+		finish(s, r, -EROFS); /* queued before the fence */
 		return;
 	}
 	if (!s->ctx) {
@@ -917,6 +1086,8 @@ int lf_session_login(const struct lf_session_params *params,
 		return -ENOMEM;
 	}
 	s->p = *params;
+	s->test_no_pr = getenv("LUNFS_TEST_NO_PR") &&
+			!strcmp(getenv("LUNFS_TEST_NO_PR"), "1");
 	if (s->p.replacement_timeout <= 0)
 		s->p.replacement_timeout = 120;
 	pthread_mutex_init(&s->lock, NULL);
@@ -1079,6 +1250,71 @@ static struct scsi_task *run_raw(struct lf_session *s, int lun,
 	return task;
 }
 
+/* Runs one PERSISTENT RESERVE command and waits: 0 or -errno, with
+ * RESERVATION CONFLICT as -EBUSY and a target without PR as -EOPNOTSUPP. */
+static int run_pr(struct lf_lun *l, enum raw_cmd cmd, int sa, int type,
+		  uint64_t key, uint64_t sa_key, void *buf, size_t len)
+{
+	struct raw_wait w = {.lock = PTHREAD_MUTEX_INITIALIZER,
+			     .cond = PTHREAD_COND_INITIALIZER};
+	struct scsi_task *task = NULL;
+	struct sreq *r = sreq_get(l->s);
+	int e;
+
+	if (!r)
+		return -ENOMEM;
+	r->kind = SREQ_RAW;
+	r->lun = l->lun;
+	r->raw = cmd;
+	r->pr_sa = sa;
+	r->pr_type = type;
+	r->pr_len = len > 0xffff ? 0xffff : (uint32_t)len;
+	for (int i = 0; i < 8; i++) {
+		r->pr_param[i] = (unsigned char)(key >> (56 - 8 * i));
+		r->pr_param[8 + i] = (unsigned char)(sa_key >> (56 - 8 * i));
+	}
+	r->raw_out = &task;
+	r->done = raw_done;
+	r->opaque = &w;
+	e = enqueue(l->s, r);
+	if (e) {
+		sreq_put(l->s, r);
+		return e;
+	}
+	pthread_mutex_lock(&w.lock);
+	while (!w.done)
+		pthread_cond_wait(&w.cond, &w.lock);
+	pthread_mutex_unlock(&w.lock);
+	if (w.err || !task) {
+		if (task)
+			scsi_free_scsi_task(task);
+		return w.err ? w.err : -EIO;
+	}
+	e = task_errno(task, task->status);
+	if (e == 1)
+		e = -EIO;
+	if (!e && buf) {
+		size_t n =
+			task->datain.size < 0 ? 0 : (size_t)task->datain.size;
+
+		memset(buf, 0, len);
+		memcpy(buf, task->datain.data, n < len ? n : len);
+	}
+	scsi_free_scsi_task(task);
+	return e;
+}
+
+static int lun_pr_in(void *impl, int sa, void *buf, size_t len)
+{
+	return run_pr(impl, RAW_PRIN, sa, 0, 0, 0, buf, len);
+}
+
+static int lun_pr_out(void *impl, int sa, int type, uint64_t key,
+		      uint64_t sa_key)
+{
+	return run_pr(impl, RAW_PROUT, sa, type, key, sa_key, NULL, 0);
+}
+
 static int lun_submit(void *impl, enum lf_bdev_op op, const struct iovec *iov,
 		      int iovcnt, uint64_t off, uint64_t len,
 		      lf_bdev_done_fn done, void *opaque)
@@ -1098,6 +1334,7 @@ static int lun_submit(void *impl, enum lf_bdev_op op, const struct iovec *iov,
 	r->len = (uint32_t)len;
 	r->iov = (const struct scsi_iovec *)iov;
 	r->iovcnt = iovcnt;
+	r->bdev = l->bdev;
 	r->done = done;
 	r->opaque = opaque;
 	switch (op) {
@@ -1154,6 +1391,8 @@ static const struct lf_bdev_ops lun_ops = {
 	.submit = lun_submit,
 	.close = lun_close,
 	.capacity = lun_capacity,
+	.pr_in = lun_pr_in,
+	.pr_out = lun_pr_out,
 };
 
 /* struct scsi_iovec must be struct iovec's twin for the casts above. */
@@ -1319,6 +1558,7 @@ int lf_session_open_lun(struct lf_session *s, int lun, bool read_only,
 		snprintf(err, errlen, "%s: out of memory", url);
 		return -ENOMEM;
 	}
+	l->bdev = *out;
 	lf_info(MOD,
 		"%s: %llu bytes, %u-byte blocks (%u physical), max transfer "
 		"%u%s%s",

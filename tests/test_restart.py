@@ -18,7 +18,7 @@ def rtarget(targets):
     return targets("rs", luns={1: 64 * MiB, 2: 16 * MiB})
 
 
-def wait_mounts(lunfs, n, timeout=30):
+def wait_mounts(lunfs, n, timeout=60):
     box = {}
 
     def ok():  # served: status also lists mounts still "attaching"

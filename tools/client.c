@@ -275,6 +275,9 @@ int lf_client_mount_request(struct lf_mount_req *m, struct json_object **out,
 	if (m->discard)
 		json_object_object_add(req, "discard",
 				       json_object_new_boolean(1));
+	if (m->takeover)
+		json_object_object_add(req, "takeover",
+				       json_object_new_boolean(1));
 	if (m->uidmap)
 		json_object_object_add(req, "uidmap", m->uidmap);
 	if (m->gidmap)

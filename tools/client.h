@@ -42,7 +42,8 @@ struct lf_mount_req {
 	const char *secret_file;
 	const char *path;
 	bool block, read_only;
-	bool discard; /* online discard of freed extents */
+	bool discard;  /* online discard of freed extents */
+	bool takeover; /* preempt a dead holder (lunfs mount --takeover) */
 	struct json_object *uidmap, *gidmap;
 	long long fsgroup;     /* -1 = none */
 	const char *container; /* OCI container id, or NULL */

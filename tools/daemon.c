@@ -19,6 +19,7 @@
 
 #include "fsimage/resize.h"
 #include "fsimage/trim.h"
+#include "fsimage/mmp.h"
 #include "fsimage/volume.h"
 #include "fuse/mount.h"
 #include "iscsi/log.h"
@@ -205,6 +206,7 @@ static void volume_close(struct lf_daemon *d, struct lf_vt_volume *v)
 			lf_err(MOD, "%s: closing the filesystem failed: %s",
 			       v->key, strerror(-r));
 	}
+	lf_fence_release(v->bdev, &v->fence);
 	lf_bdev_unref(v->bdev); /* the volume held its own reference */
 	v->served = NULL;
 	v->vol = NULL;
@@ -598,9 +600,11 @@ static int run_e2fsck(struct lf_daemon *d, struct lf_bdev *b, const char *mode,
  * success the caller holds its claim (volume_put gives it back). */
 static int volume_get(struct lf_daemon *d, const struct lf_spec *spec,
 		      const char *key, struct lf_secrets *sec, bool block,
-		      bool read_only, int64_t deadline_ms,
+		      bool read_only, bool takeover, int64_t deadline_ms,
 		      struct lf_vt_volume **out, char *err, size_t errlen)
 {
+	const char *initiator = spec->initiator_name[0] ? spec->initiator_name
+							: d->node_initiator;
 	struct lf_vt_volume *v;
 	char record_path[PATH_MAX];
 	int r;
@@ -648,16 +652,37 @@ static int volume_get(struct lf_daemon *d, const struct lf_spec *spec,
 	v->block = block;
 	v->read_only = read_only;
 	v->cred = cred_digest(d, sec);
+	memset(&v->fence, 0, sizeof(v->fence));
 	r = open_bdev(d, spec, sec, key, read_only, deadline_ms, &v->bdev, err,
 		      errlen);
 	if (r)
 		goto fail;
+	/* One writer per LUN, before anything is written (fence.h). */
+	if (!read_only && spec->kind == LF_SPEC_ISCSI) {
+		r = lf_fence_acquire(v->bdev, initiator, takeover, &v->fence,
+				     err, errlen);
+		if (r)
+			goto fail;
+	}
 	if (!block) {
 		struct lf_vol_opts vo = {
 			.cache_bytes = d->o.cache_bytes,
 			.read_only = read_only,
 			.allow_format = !read_only,
+			.mmp_node = initiator,
+			.reserved = v->fence.pr,
+			.mmp_stale_known = v->fence.mmp_stale_known,
+			.mmp_stale_seq = v->fence.mmp_stale_seq,
 		};
+		char holder[128];
+
+		if (read_only && spec->kind == LF_SPEC_ISCSI &&
+		    lf_fence_held_elsewhere(v->bdev, holder, sizeof(holder))) {
+			vo.held_elsewhere = true;
+			lf_info(MOD,
+				"%s: read-only attach; held read-write by %s",
+				key, holder);
+		}
 		r = lf_vol_open(v->bdev, &vo, &v->vol, err, errlen);
 		if (r == -EUCLEAN && !read_only) {
 			/* The plugin's mount would replay the journal; so do
@@ -710,8 +735,10 @@ fail:
 		lf_served_free(v->served);
 	if (v->vol)
 		lf_vol_close(v->vol);
-	if (v->bdev)
+	if (v->bdev) {
+		lf_fence_release(v->bdev, &v->fence);
 		lf_bdev_unref(v->bdev);
+	}
 	v->served = NULL;
 	v->vol = NULL;
 	v->bdev = NULL;
@@ -778,7 +805,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	} want;
 	char err[1024] = "", path[PATH_MAX], key[600], warn[700] = "";
 	const char *p;
-	bool block, ro, existing;
+	bool block, ro, existing, takeover;
 	struct stat st;
 	int r;
 
@@ -811,6 +838,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	 * lf_request_check() before any request gets here. */
 	block = jbool(req, "block") || spec.mode == LF_MODE_BLOCK;
 	ro = jbool(req, "read_only") || spec.read_only;
+	takeover = jbool(req, "takeover");
 	r = parse_idmaps(req, "uidmap", &mo.uidmap, err, sizeof(err));
 	if (!r)
 		r = parse_idmaps(req, "gidmap", &mo.gidmap, err, sizeof(err));
@@ -928,8 +956,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 			 path);
 		goto out_remove;
 	}
-	r = volume_get(d, &spec, key, &sec, block, ro, deadline_ms, &v, err,
-		       sizeof(err));
+	r = volume_get(d, &spec, key, &sec, block, ro, takeover, deadline_ms,
+		       &v, err, sizeof(err));
 	lf_secrets_wipe(&sec);
 	if (r)
 		goto out_remove;
@@ -974,10 +1002,13 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	{
 		/* Copies: json-c's reference counts are not atomic, and the
 		 * request is freed on another thread than the one that
-		 * frees the record. */
+		 * frees the record. A takeover is a one-time decision: a
+		 * restarted daemon re-attaches with its own key, never
+		 * preempting. */
 		struct json_object *copy = NULL;
 		if (strcmp(k, "secrets") && strcmp(k, "op") &&
 		    strcmp(k, "path") && strcmp(k, "timeout_ms") &&
+		    strcmp(k, "takeover") &&
 		    !json_object_deep_copy(val, &copy, NULL))
 			json_object_object_add(m->record, k, copy);
 	}
@@ -1045,18 +1076,21 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 	struct lf_vt_volume *v;
 	struct json_object *j, *ans;
 	const char *mode = jstr(req, "mode") ? jstr(req, "mode") : "preen";
+	bool enable_mmp = !strcmp(mode, "enable-mmp");
 	const char *flag = !strcmp(mode, "repair")  ? "-y"
 			   : !strcmp(mode, "check") ? "-n"
 			   : !strcmp(mode, "preen") ? "-p"
+			   : enable_mmp		    ? ""
 						    : NULL;
 	bool repair = flag && strcmp(flag, "-n");
+	struct lf_fence fence = {0};
 	char err[1024] = "", key[600], out[512], record_path[PATH_MAX];
 	int r, rc;
 
 	memset(&sec, 0, sizeof(sec));
 	if (!flag)
-		return answer_err(EINVAL, "fsck: mode must be check, preen or "
-					  "repair");
+		return answer_err(EINVAL, "fsck: mode must be check, preen, "
+					  "repair or enable-mmp");
 	if (!json_object_object_get_ex(req, "spec", &j))
 		return answer_err(EINVAL, "fsck: no spec");
 	r = lf_spec_parse_json(json_object_to_json_string(j), &spec, err,
@@ -1089,13 +1123,34 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 	}
 	r = open_bdev(d, &spec, &sec, key, !repair, 0, &b, err, sizeof(err));
 	lf_secrets_wipe(&sec);
+	/* A repair writes: it needs the LUN to itself (fence.h). */
+	if (!r && repair && spec.kind == LF_SPEC_ISCSI)
+		r = lf_fence_acquire(b,
+				     spec.initiator_name[0]
+					     ? spec.initiator_name
+					     : d->node_initiator,
+				     false, &fence, err, sizeof(err));
 	if (r) {
+		if (b)
+			lf_bdev_unref(b);
 		lf_vt_volume_done(&d->vt, v);
 		return answer_err(r, "%s", err);
 	}
-	rc = run_e2fsck(d, b, flag, out, sizeof(out));
+	if (enable_mmp) {
+		rc = lf_mmp_enable(b, err, sizeof(err));
+		snprintf(out, sizeof(out), "%s: %s", key,
+			 rc == 1 ? "already has the mmp feature"
+				 : "mmp feature enabled");
+	} else {
+		rc = run_e2fsck(d, b, flag, out, sizeof(out));
+	}
+	lf_fence_release(b, &fence);
 	lf_bdev_unref(b);
 	lf_vt_volume_done(&d->vt, v);
+	if (enable_mmp && rc < 0)
+		return answer_err(rc, "%s", err);
+	if (enable_mmp)
+		rc = 0;
 	if (rc < 0)
 		return answer_err(rc, "%s: cannot run e2fsck: %s", key,
 				  strerror(-rc));
@@ -1465,6 +1520,22 @@ static void add_sizes(struct json_object *o, struct lf_vt_volume *v)
 
 /* A snapshot of the table under its lock, which no slow work holds: a
  * login, format, fsck or unmount in progress shows as its state. */
+/* "fencing": how the volume is kept to one writer; "fenced": by whom,
+ * once another node took it over. Caller holds t->lock, v is open. */
+static void add_fencing(struct json_object *o, struct lf_vt_volume *v)
+{
+	char why[256];
+
+	if (!v->read_only)
+		json_object_object_add(
+			o, "fencing",
+			json_object_new_string(lf_fence_mode(
+				&v->fence, v->vol && lf_vol_mmp(v->vol))));
+	if (lf_bdev_fenced(v->bdev, why, sizeof(why)))
+		json_object_object_add(o, "fenced",
+				       json_object_new_string(why));
+}
+
 static struct json_object *op_status(struct lf_daemon *d)
 {
 	struct json_object *a = answer_ok();
@@ -1494,6 +1565,7 @@ static struct json_object *op_status(struct lf_daemon *d)
 				json_object_new_int64(
 					(int64_t)lf_bdev_size(v->bdev)));
 			add_sizes(o, v);
+			add_fencing(o, v);
 		}
 		json_object_array_add(vols, o);
 	}

@@ -95,7 +95,7 @@ static bool clean_destination(const char *d)
 static const char *const volume_keys[] = {
 	"source",	  "iscsi",   "destination", "readOnly",
 	"volumeMode",	  "fsGroup", "uidMappings", "gidMappings",
-	"chapSecretFile", "discard", NULL,
+	"chapSecretFile", "discard", "takeover",    NULL,
 };
 
 static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
@@ -126,7 +126,8 @@ static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 				 "volume %zu: unknown key \"%.64s\" (known: "
 				 "source, iscsi, destination, readOnly, "
 				 "volumeMode, fsGroup, uidMappings, "
-				 "gidMappings, chapSecretFile, discard)",
+				 "gidMappings, chapSecretFile, discard, "
+				 "takeover)",
 				 idx, key);
 			return -EINVAL;
 		}
@@ -190,6 +191,15 @@ static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 						    : LF_MODE_FILESYSTEM;
 	}
 	req = json_object_new_object();
+	if ((v = get(item, "takeover"))) { /* see lunfs mount --takeover */
+		if (!json_object_is_type(v, json_type_boolean)) {
+			snprintf(err, errlen,
+				 "volume %zu: \"takeover\" must be a boolean",
+				 idx);
+			goto fail;
+		}
+		json_object_object_add(req, "takeover", json_object_get(v));
+	}
 	if ((v = get(item, "fsGroup"))) {
 		if (!json_object_is_type(v, json_type_int) ||
 		    json_object_get_int64(v) < 0 ||
@@ -891,6 +901,8 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 					get(r0, "read_only")),
 				.discard = json_object_get_boolean(
 					get(r0, "discard")),
+				.takeover = json_object_get_boolean(
+					get(r0, "takeover")),
 				.uidmap = json_object_get(get(r0, "uidmap")),
 				.gidmap = json_object_get(get(r0, "gidmap")),
 				.fsgroup = get(r0, "fsgroup")

@@ -43,7 +43,8 @@ static const char main_usage[] =
 	"logs out\n"
 	"  status [--json]   sessions, volumes and mounts\n"
 	"  shutdown          unmount everything and stop lunfsd\n"
-	"  fsck [--repair] SPEC  check (or repair) an unmounted volume\n"
+	"  fsck [--repair | --enable-mmp] SPEC  check (or repair) an unmounted "
+	"volume\n"
 	"  resize PATH|SPEC  grow a volume to its LUN's new size\n"
 	"  hook [STAGE]      OCI runtime hook (createRuntime, poststop)\n"
 	"  help [COMMAND]    help on a command\n\n"
@@ -91,6 +92,13 @@ static const char mount_usage[] =
 	"  --timeout SECONDS       give up after SECONDS (a login that "
 	"cannot finish\n"
 	"                          in time fails; nothing is left behind)\n"
+	"  --takeover              take a read-write volume over from a node "
+	"that died\n"
+	"                          holding it: refused while its ext4 MMP "
+	"block still\n"
+	"                          changes (that node is alive); then "
+	"preempts its\n"
+	"                          persistent reservation\n"
 	"  -h, --help              this help\n\n"
 	"Secrets are never taken from the command line; without "
 	"--chap-secret-file\nthey come from LUNFS_CHAP_USERNAME, "
@@ -186,6 +194,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 		{"chap-secret-file", required_argument, NULL, 'c'},
 		{"initiator-name", required_argument, NULL, 'i'},
 		{"timeout", required_argument, NULL, 't'},
+		{"takeover", no_argument, NULL, 'T'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -193,7 +202,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 	struct json_object *uidmap = json_object_new_array();
 	struct json_object *gidmap = json_object_new_array();
 	const char *secret_file = NULL, *initiator = NULL;
-	bool block = false, ro = false, discard = false;
+	bool block = false, ro = false, discard = false, takeover = false;
 	long long fsgroup = -1, timeout_ms = 0;
 	struct lf_spec spec;
 	struct lf_idmap scratch;
@@ -253,6 +262,9 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 					    "of seconds (0.001 to 86400)",
 					    optarg);
 			break;
+		case 'T':
+			takeover = true;
+			break;
 		default:
 			fprintf(stderr, "\n%s", mount_usage);
 			exit(2);
@@ -293,6 +305,7 @@ static int cmd_mount(const struct lf_client *c, int argc, char **argv)
 		.block = block,
 		.read_only = ro,
 		.discard = discard,
+		.takeover = takeover,
 		.uidmap = uidmap,
 		.gidmap = gidmap,
 		.fsgroup = fsgroup,
@@ -464,17 +477,23 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 		struct json_object *v = json_object_array_get_idx(arr, i);
 		if (*jget(v, "mode"))
 			printf("  %s  %s%s%s  LUN %s bytes, filesystem %s "
-			       "bytes  mounts %s",
+			       "bytes  mounts %s%s%s",
 			       jget(v, "spec"), jget(v, "mode"),
 			       strcmp(jget(v, "read_only"), "true") ? ""
 								    : " ro",
 			       strcmp(jget(v, "discard"), "true") ? ""
 								  : " discard",
 			       jget(v, "lun_bytes"), jget(v, "fs_bytes"),
-			       jget(v, "mounts"));
+			       jget(v, "mounts"),
+			       *jget(v, "fencing") ? "  fencing " : "",
+			       jget(v, "fencing"));
 		else
 			printf("  %s", jget(v, "spec"));
 		print_state(v);
+		if (*jget(v, "fenced"))
+			printf("    FENCED (read-only, nothing more written): "
+			       "fenced by %s\n",
+			       jget(v, "fenced"));
 	}
 	json_object_object_get_ex(ans, "mounts", &arr);
 	printf("\nMOUNTS (%zu)\n", json_object_array_length(arr));
@@ -584,13 +603,16 @@ static int cmd_hook(const struct lf_client *c, int argc, char **argv)
 }
 
 static const char fsck_usage[] =
-	"Usage: lunfs fsck [--check | --repair] [--chap-secret-file F] SPEC\n"
+	"Usage: lunfs fsck [--check | --repair | --enable-mmp] "
+	"[--chap-secret-file F] SPEC\n"
 	"Check and recover the filesystem of a volume that is not mounted, "
 	"with e2fsck\nreading the LUN through lunfs. By default it does what "
 	"attaching an unclean\nvolume does: replay the journal and fix what "
 	"is safe to fix (e2fsck -fp).\n  --check    write nothing, only "
 	"report (e2fsck -fn)\n  --repair   fix everything e2fsck finds, "
-	"answering yes (e2fsck -fy)\nExit status is e2fsck's: 0 clean, 1 "
+	"answering yes (e2fsck -fy)\n  --enable-mmp  add ext4 multi-mount "
+	"protection to a clean volume\n             (volumes lunfs formats "
+	"have it)\nExit status is e2fsck's: 0 clean, 1 "
 	"errors fixed, 4 errors left (try --repair),\n8 operational error.\n";
 
 static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
@@ -598,6 +620,7 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 	static const struct option longopts[] = {
 		{"repair", no_argument, NULL, 'y'},
 		{"check", no_argument, NULL, 'n'},
+		{"enable-mmp", no_argument, NULL, 'M'},
 		{"chap-secret-file", required_argument, NULL, 'c'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -619,6 +642,8 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 			mode = "repair";
 		else if (opt == 'n')
 			mode = "check";
+		else if (opt == 'M')
+			mode = "enable-mmp";
 		else if (opt == 'c')
 			secret_file = optarg;
 		else {
@@ -641,6 +666,12 @@ static int cmd_fsck(const struct lf_client *c, int argc, char **argv)
 	json_object_object_add(req, "op", json_object_new_string("fsck"));
 	json_object_object_add(req, "mode", json_object_new_string(mode));
 	ans = call(c, req, true);
+	if (!strcmp(mode, "enable-mmp")) {
+		if (json_object_object_get_ex(ans, "summary", &e))
+			printf("%s\n", json_object_get_string(e));
+		json_object_put(ans);
+		return 0;
+	}
 	rc = json_object_object_get_ex(ans, "exit", &e) ? json_object_get_int(e)
 							: 8;
 	if (json_object_object_get_ex(ans, "summary", &e))

@@ -46,6 +46,7 @@
 #include "fsimage/volume.h"
 #include "fuse/mount.h"
 #include "iscsi/bdev.h"
+#include "tools/fence.h"
 
 enum lf_vt_state {
 	LF_VT_ATTACHED,	  /* serving; nothing in progress */
@@ -68,6 +69,7 @@ struct lf_vt_volume {
 	struct lf_bdev *bdev;
 	struct lf_vol *vol; /* filesystem volumes */
 	struct lf_served *served;
+	struct lf_fence fence; /* read-write iSCSI volumes (fence.h) */
 	/* t->lock */
 	bool open;
 	int nmounts; /* mount entries attached or being attached */
