@@ -346,6 +346,45 @@ fail:
 	return r;
 }
 
+static void stop_thread(struct lf_mmp *m)
+{
+	if (!m->running)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->stopping = true;
+	pthread_cond_signal(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	pthread_join(m->thread, NULL);
+	m->running = false;
+	m->stopping = false;
+}
+
+int lf_mmp_pause(struct lf_mmp *m)
+{
+	struct mmp_struct *mp = m->buf;
+	int r;
+
+	stop_thread(m);
+	if (!m->claimed)
+		return 0;
+	r = mmp_read(m, mp);
+	if (r == 0 && ext2fs_le32_to_cpu(mp->mmp_seq) != m->last_seq)
+		r = -EBUSY; /* the update thread saw it too: fenced */
+	if (r == 0)
+		r = mmp_write(m, mp, EXT4_MMP_SEQ_CLEAN);
+	if (r == 0)
+		r = lf_bdev_flush(m->bdev);
+	if (r == 0)
+		m->claimed = false;
+	return r;
+}
+
+int lf_mmp_resume(struct lf_mmp *m, char *err, size_t errlen)
+{
+	m->seen_seq = EXT4_MMP_SEQ_CLEAN;
+	return lf_mmp_claim(m, err, errlen);
+}
+
 void lf_mmp_release_stale(struct lf_mmp *m)
 {
 	struct mmp_struct *mp = m->buf;
@@ -369,13 +408,7 @@ void lf_mmp_stop(struct lf_mmp *m)
 
 	if (!m)
 		return;
-	if (m->running) {
-		pthread_mutex_lock(&m->lock);
-		m->stopping = true;
-		pthread_cond_signal(&m->cond);
-		pthread_mutex_unlock(&m->lock);
-		pthread_join(m->thread, NULL);
-	}
+	stop_thread(m);
 	mp = m->buf;
 	if (m->claimed && !lf_bdev_fenced(m->bdev, NULL, 0) &&
 	    mmp_read(m, mp) == 0 &&

@@ -74,6 +74,14 @@ int lf_mmp_claim(struct lf_mmp *m, char *err, size_t errlen);
  * it CLEAN, so that the repair (e2fsck, with MMP waits of its own of at
  * least 11 s per phase) does not wait for the dead holder again. */
 void lf_mmp_release_stale(struct lf_mmp *m);
+/* Around an e2fsprogs tool that lunfs runs on its own claimed volume
+ * (resize2fs, which claims MMP itself): pause stops updating and writes
+ * CLEAN, so that the tool's claim finds the block free; resume claims it
+ * again once the tool has left it CLEAN (-EBUSY, naming the writer, if
+ * anyone else holds it then). */
+int lf_mmp_pause(struct lf_mmp *m);
+int lf_mmp_resume(struct lf_mmp *m, char *err, size_t errlen);
+
 /* Stops updating; writes CLEAN unless fenced. NULL is a no-op. */
 void lf_mmp_stop(struct lf_mmp *m);
 

@@ -10,6 +10,7 @@
 
 #include "fsimage/fsops_int.h"
 #include "fsimage/iomgr.h"
+#include "fsimage/mmp.h"
 #include "fsimage/resize.h"
 #include "fsimage/volume_int.h"
 #include "iscsi/log.h"
@@ -65,6 +66,7 @@ void lf_vol_geometry(struct lf_vol *v, uint64_t *fs_bytes, uint32_t *block_size,
 int lf_vol_grow(struct lf_vol *v, uint64_t new_bytes, lf_vol_grow_fn grow,
 		void *ctx, char *err, size_t errlen)
 {
+	char mmp_err[512];
 	const char *desc = lf_vol_desc(v);
 	uint64_t cur, want, dev = lf_bdev_size(v->bdev);
 	ext2_filsys old;
@@ -119,8 +121,19 @@ int lf_vol_grow(struct lf_vol *v, uint64_t new_bytes, lf_vol_grow_fn grow,
 	old = v->fs;
 	v->fs = NULL;
 	r = lf_iocache_reset(v->cache);
+	/* resize2fs claims MMP itself (mmp.h): hand it the block. */
+	if (r == 0 && v->mmp)
+		r = lf_mmp_pause(v->mmp);
 	if (r == 0)
 		r = grow(ctx, want * old->blocksize, err, errlen);
+	if (v->mmp && lf_mmp_resume(v->mmp, mmp_err, sizeof(mmp_err)) < 0) {
+		if (!err[0])
+			snprintf(err, errlen, "%s", mmp_err);
+		lf_bdev_fence(v->bdev, "a node that claimed its MMP block "
+				       "during a resize");
+		if (!r)
+			r = -EBUSY;
+	}
 	r2 = lf_iocache_reset(v->cache);
 	if (r2 == 0)
 		r2 = lf_vol_reopen_locked(v, err[0] ? NULL : err,

@@ -385,8 +385,9 @@ int lf_vol_reopen_locked(struct lf_vol *v, char *err, size_t errlen)
 	int r;
 
 	lf_iocache_name(v->cache, name, sizeof(name));
-	e = ext2fs_open2(name, NULL, EXT2_FLAG_64BITS | EXT2_FLAG_RW, 0, 0,
-			 lf_iomgr(), &v->fs);
+	e = ext2fs_open2(name, NULL,
+			 EXT2_FLAG_64BITS | EXT2_FLAG_RW | EXT2_FLAG_SKIP_MMP,
+			 0, 0, lf_iomgr(), &v->fs);
 	if (e) {
 		v->fs = NULL;
 		return say(err, errlen, lf_errno_from_ext2(e),

@@ -1249,6 +1249,7 @@ static int resize_offline(struct lf_daemon *d, struct json_object *req,
 	struct lf_vt_volume *v = NULL;
 	struct json_object *j;
 	char key[600], record_path[PATH_MAX];
+	struct lf_fence fence = {0};
 	bool clean;
 	int r;
 
@@ -1322,14 +1323,24 @@ static int resize_offline(struct lf_daemon *d, struct json_object *req,
 	} else if (size / 4096 > *fsb / 4096) {
 		struct grow_ctx g = {d, b, key};
 
-		r = grow_with_resize2fs(&g, size, err, errlen);
+		/* It writes: it needs the LUN to itself (fence.h). */
+		if (spec.kind == LF_SPEC_ISCSI)
+			r = lf_fence_acquire(b,
+					     spec.initiator_name[0]
+						     ? spec.initiator_name
+						     : d->node_initiator,
+					     false, &fence, err, errlen);
+		if (r == 0)
+			r = grow_with_resize2fs(&g, size, err, errlen);
 		if (r == 0)
 			lf_ext_peek(b, fsb, &clean);
 	}
 out:
 	lf_secrets_wipe(&sec);
-	if (b)
+	if (b) {
+		lf_fence_release(b, &fence);
 		lf_bdev_unref(b);
+	}
 	if (v)
 		lf_vt_volume_done(&d->vt, v);
 	return r;
