@@ -107,6 +107,7 @@ def test_second_rw_mount_refused_ro_allowed(lunfs, node_b, ftarget, lundir):
     assert NODE_A in line, line  # the MMP block names the holder
     assert not H.is_mountpoint(db)
     assert node_b.status()["sessions"] == []
+    assert os.listdir(os.path.join(node_b.state_dir, "volumes")) == []
     assert pr_state(ftarget.url(1))["holder"] == key_of(NODE_A)
     # Nothing written by B: every byte but the MMP block as before, and
     # the MMP block is A's.
