@@ -611,6 +611,7 @@ struct lf_mount *lf_mount_alloc(enum lf_mount_kind kind,
 		return NULL;
 	m->kind = kind;
 	m->opts = *o;
+	m->tree = -1;
 	pthread_mutex_init(&m->ilock, NULL);
 	pthread_mutex_init(&m->iolock, NULL);
 	pthread_cond_init(&m->iodone, NULL);

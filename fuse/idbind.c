@@ -170,6 +170,22 @@ int lf_idbind_tree(const char *src, int userns_fd, bool read_only, char *err,
 	return fd;
 }
 
+int lf_idbind_idmap(int tree_fd, int userns_fd, char *err, size_t errlen)
+{
+	struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP,
+				  .userns_fd = (unsigned)userns_fd};
+
+	if (mount_setattr(tree_fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) <
+	    0) {
+		int ret = -errno;
+
+		snprintf(err, errlen, "mount_setattr(MOUNT_ATTR_IDMAP): %s",
+			 strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
 int lf_idbind_attach(int tree_fd, const char *dst, char *err, size_t errlen)
 {
 	if (move_mount(tree_fd, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) <

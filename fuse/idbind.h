@@ -35,6 +35,10 @@ int lf_userns_new(const struct lf_idmap *uidmap, const struct lf_idmap *gidmap,
 int lf_idbind_tree(const char *src, int userns_fd, bool read_only, char *err,
 		   size_t errlen);
 
+/* Idmap a detached tree that is not idmapped yet through userns_fd (a
+ * container's own user namespace, or one from lf_userns_new()). */
+int lf_idbind_idmap(int tree_fd, int userns_fd, char *err, size_t errlen);
+
 /* Attach a tree made by lf_idbind_tree() at dst (move_mount). The tree fd
  * stays the caller's to close. */
 int lf_idbind_attach(int tree_fd, const char *dst, char *err, size_t errlen);

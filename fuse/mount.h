@@ -64,6 +64,13 @@ struct lf_mount_opts {
 	 * CAP_SYS_ADMIN) the mount gets its own FUSE mount with lunfs's
 	 * maps instead. NULL: always the latter. */
 	const char *view_dir;
+	/* With view_dir: do not attach the bind at path (which only names
+	 * it); keep its detached tree (the view's ids as on disk, read-only
+	 * if asked) for lf_mount_take_tree(). The OCI hook asks for this and
+	 * attaches the tree in the container's own mount namespace, idmapped
+	 * with the container's user namespace. Where views cannot be made,
+	 * the mount is made at path as without it. */
+	bool detached;
 	void (*on_exit)(void *ctx, struct lf_mount *m);
 	void *on_exit_ctx;
 	/* Reply buffers kept for reuse, shared by the mounts given the same
@@ -105,6 +112,13 @@ const char *lf_mount_transport(struct lf_mount *m);
  * and request counts of an "idmapped" mount are its view's, shared with
  * the other mounts of that view. */
 const char *lf_mount_view(const struct lf_mount *m);
+/* Where the mount is attached: "direct" (a detached bind, handed to the
+ * caller by lf_mount_take_tree(); nothing is mounted at its path) or
+ * "path" (mounted at its path). */
+const char *lf_mount_attach(const struct lf_mount *m);
+/* A "direct" mount's detached tree, once: the caller owns the fd from
+ * then on. -1 for any other mount, or when taken already. */
+int lf_mount_take_tree(struct lf_mount *m);
 
 /* The FUSE requests this mount has received so far, by kind: for each
  * opcode seen, its name (the kernel's, without "FUSE_") and count, at

@@ -172,6 +172,9 @@ struct lf_mount {
 	 * stopped while held, the last holder frees it. */
 	struct lf_view *view;
 	struct lf_mount *bnext;
+	/* A detached bind (opts.detached): its tree until taken, else -1. */
+	int tree;
+	bool direct;
 	int holds;
 	bool stopped;
 

@@ -32,6 +32,19 @@ const char *lf_mount_view(const struct lf_mount *m)
 	return m->kind == LF_MOUNT_BIND ? "idmapped" : "fuse-map";
 }
 
+const char *lf_mount_attach(const struct lf_mount *m)
+{
+	return m->direct ? "direct" : "path";
+}
+
+int lf_mount_take_tree(struct lf_mount *m)
+{
+	int t = m->tree;
+
+	m->tree = -1;
+	return t;
+}
+
 /* Caller holds sv->vlock; takes the view away from sv->views. */
 static void view_unlink(struct lf_view *v)
 {
@@ -281,7 +294,9 @@ int lf_view_bind(struct lf_served *sv, const char *path,
 	ret = view_get(sv, o, fsgroup, &v, err, errlen);
 	if (ret < 0)
 		goto fail_locked;
-	if (o->uidmap.n || o->gidmap.n) {
+	/* A detached tree is idmapped by whoever attaches it: the hook
+	 * uses the container's own user namespace. */
+	if (!o->detached && (o->uidmap.n || o->gidmap.n)) {
 		userns = lf_userns_new(&o->uidmap, &o->gidmap, err, errlen);
 		if (userns < 0) {
 			ret = userns;
@@ -293,10 +308,16 @@ int lf_view_bind(struct lf_served *sv, const char *path,
 		ret = tree;
 		goto fail_view;
 	}
-	ret = lf_idbind_attach(tree, canon, err, errlen);
-	if (ret < 0)
-		goto fail_view;
-	close(tree);
+	if (o->detached) {
+		m->tree = tree;
+		m->direct = true;
+		tree = -1;
+	} else {
+		ret = lf_idbind_attach(tree, canon, err, errlen);
+		if (ret < 0)
+			goto fail_view;
+		close(tree);
+	}
 	if (userns >= 0)
 		close(userns);
 	m->view = v;
@@ -305,8 +326,9 @@ int lf_view_bind(struct lf_served *sv, const char *path,
 	v->binds = m;
 	pthread_mutex_unlock(&v->mlock);
 	pthread_mutex_unlock(&sv->vlock);
-	lf_info(MOD, "%s: mounted lunfs:%s as an idmapped bind of %s", canon,
-		lf_vol_desc(sv->vol), v->dir);
+	lf_info(MOD, "%s: mounted lunfs:%s as an idmapped bind of %s%s", canon,
+		lf_vol_desc(sv->vol), v->dir,
+		m->direct ? " (detached, for the caller to attach)" : "");
 	*out = m;
 	return 0;
 
@@ -335,12 +357,17 @@ void lf_view_unbind(struct lf_mount *m)
 	bool free_now;
 
 	atomic_store(&m->claimed, true);
+	if (m->tree >= 0)
+		close(m->tree);
+	m->tree = -1;
 	/* Lazily, as the FUSE mounts are: open files keep working until
-	 * closed, and a busy path does not keep the unmount waiting. */
-	if (umount2(m->path, MNT_DETACH) < 0 && errno != EINVAL &&
+	 * closed, and a busy path does not keep the unmount waiting. A
+	 * direct bind lives in its container's namespace: it ends with the
+	 * view's connection, or with the container. */
+	if (!m->direct && umount2(m->path, MNT_DETACH) < 0 && errno != EINVAL &&
 	    errno != ENOENT)
 		lf_warn(MOD, "%s: umount: %m", m->path);
-	lf_info(MOD, "%s: unmounted", m->path);
+	lf_info(MOD, "%s: %s", m->path, m->direct ? "released" : "unmounted");
 	pthread_mutex_lock(&sv->vlock);
 	pthread_mutex_lock(&v->mlock);
 	for (struct lf_mount **pp = &v->binds; *pp; pp = &(*pp)->bnext) {

@@ -162,9 +162,19 @@ int lf_client_call_within(const struct lf_client *c, struct json_object *req,
 			  bool autostart, int timeout_ms,
 			  struct json_object **ans, char *err, size_t errlen)
 {
+	return lf_client_call_fd(c, req, autostart, timeout_ms, ans, NULL, err,
+				 errlen);
+}
+
+int lf_client_call_fd(const struct lf_client *c, struct json_object *req,
+		      bool autostart, int timeout_ms, struct json_object **ans,
+		      int *passed, char *err, size_t errlen)
+{
 	struct json_object *a = NULL, *e;
 	int r;
 
+	if (passed)
+		*passed = -1;
 	if (autostart && !lf_client_daemon_running(c)) {
 		r = lf_client_start_daemon(c, err, errlen);
 		if (r) {
@@ -172,7 +182,7 @@ int lf_client_call_within(const struct lf_client *c, struct json_object *req,
 			return r;
 		}
 	}
-	r = lf_ctl_call_within(c->sock, req, timeout_ms, &a, err, errlen);
+	r = lf_ctl_call_fd(c->sock, req, timeout_ms, &a, passed, err, errlen);
 	json_object_put(req);
 	if (r)
 		return r;
@@ -192,6 +202,10 @@ int lf_client_call_within(const struct lf_client *c, struct json_object *req,
 			 "lunfsd refused the request without a "
 			 "reason");
 	json_object_put(a);
+	if (passed && *passed >= 0) {
+		close(*passed);
+		*passed = -1;
+	}
 	return r;
 }
 
@@ -289,6 +303,9 @@ int lf_client_mount_request(struct lf_mount_req *m, struct json_object **out,
 	if (m->container)
 		json_object_object_add(req, "container",
 				       json_object_new_string(m->container));
+	if (m->detached)
+		json_object_object_add(req, "detached",
+				       json_object_new_boolean(1));
 	if (m->timeout_ms > 0)
 		json_object_object_add(req, "timeout_ms",
 				       json_object_new_int64(m->timeout_ms));

@@ -32,6 +32,11 @@ int lf_client_call(const struct lf_client *c, struct json_object *req,
 int lf_client_call_within(const struct lf_client *c, struct json_object *req,
 			  bool autostart, int timeout_ms,
 			  struct json_object **ans, char *err, size_t errlen);
+/* The same, with the file descriptor an ok answer carries in *passed
+ * (-1 when none; the caller's to close). */
+int lf_client_call_fd(const struct lf_client *c, struct json_object *req,
+		      bool autostart, int timeout_ms, struct json_object **ans,
+		      int *passed, char *err, size_t errlen);
 
 /* A mount request for lunfsd. Secrets come from secret_file, else the
  * environment; a URL's user@ names the CHAP user. uidmap/gidmap are JSON
@@ -48,6 +53,10 @@ struct lf_mount_req {
 	long long fsgroup;     /* -1 = none */
 	const char *container; /* OCI container id, or NULL */
 	long long timeout_ms;  /* the request's deadline; 0 = none */
+	/* A filesystem volume for the hook: lunfsd answers with the
+	 * detached tree (lf_client_call_fd) instead of mounting at path
+	 * where it can (answer "attach": "direct"). */
+	bool detached;
 };
 int lf_client_mount_request(struct lf_mount_req *m, struct json_object **req,
 			    char *err, size_t errlen);

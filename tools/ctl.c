@@ -106,6 +106,45 @@ int lf_ctl_read_all(int fd, size_t max, char **out)
 
 int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *lenp)
 {
+	return lf_ctl_read_all_fd(fd, max, out, lenp, NULL);
+}
+
+/* One read that also takes a file descriptor passed with SCM_RIGHTS (the
+ * first one only; any other is closed). */
+static ssize_t read_fd(int fd, char *buf, size_t len, int *passed)
+{
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = {.iov_base = buf, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b)};
+	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+
+	if (n < 0)
+		return n;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c;
+	     c = CMSG_NXTHDR(&msg, c)) {
+		int got;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+		    c->cmsg_len != CMSG_LEN(sizeof(int)))
+			continue;
+		memcpy(&got, CMSG_DATA(c), sizeof(int));
+		if (*passed < 0)
+			*passed = got;
+		else
+			close(got);
+	}
+	return n;
+}
+
+int lf_ctl_read_all_fd(int fd, size_t max, char **out, size_t *lenp,
+		       int *passed)
+{
 	size_t cap = 4096, len = 0;
 	char *buf = malloc(cap);
 
@@ -126,7 +165,9 @@ int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *lenp)
 			buf = nb;
 			cap *= 2;
 		}
-		ssize_t n = read(fd, buf + len, cap - len - 1);
+		ssize_t n =
+			passed ? read_fd(fd, buf + len, cap - len - 1, passed)
+			       : read(fd, buf + len, cap - len - 1);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
@@ -155,9 +196,43 @@ int lf_ctl_call(const char *sock, struct json_object *req,
 	return lf_ctl_call_within(sock, req, 0, resp, err, errlen);
 }
 
+int lf_ctl_send_fd(int fd, const char *buf, size_t len, int passfd)
+{
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b)};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	ssize_t n;
+
+	memset(ctl.b, 0, sizeof(ctl.b));
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &passfd, sizeof(int));
+	do
+		n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	return lf_ctl_write_all(fd, buf + n, len - (size_t)n);
+}
+
 int lf_ctl_call_within(const char *sock, struct json_object *req,
 		       int timeout_ms, struct json_object **resp, char *err,
 		       size_t errlen)
+{
+	return lf_ctl_call_fd(sock, req, timeout_ms, resp, NULL, err, errlen);
+}
+
+int lf_ctl_call_fd(const char *sock, struct json_object *req, int timeout_ms,
+		   struct json_object **resp, int *passed, char *err,
+		   size_t errlen)
 {
 	const char *text =
 		json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
@@ -187,18 +262,21 @@ int lf_ctl_call_within(const char *sock, struct json_object *req,
 	r = lf_ctl_write_all(fd, text, strlen(text));
 	if (!r && shutdown(fd, SHUT_WR))
 		r = -errno;
+	if (passed)
+		*passed = -1;
 	if (!r)
-		r = lf_ctl_read_all(fd, LF_CTL_MAX, &answer);
+		r = lf_ctl_read_all_fd(fd, LF_CTL_MAX, &answer, NULL, passed);
 	close(fd);
 	if (r == -EAGAIN || r == -EWOULDBLOCK) {
 		snprintf(err, errlen,
 			 "lunfsd at %s did not answer within %d ms", sock,
 			 timeout_ms);
-		return -ETIMEDOUT;
+		r = -ETIMEDOUT;
+		goto fail;
 	}
 	if (r) {
 		snprintf(err, errlen, "lunfsd at %s: %s", sock, strerror(-r));
-		return r;
+		goto fail;
 	}
 	*resp = json_tokener_parse(answer);
 	free(answer);
@@ -209,7 +287,14 @@ int lf_ctl_call_within(const char *sock, struct json_object *req,
 			 "lunfsd at %s sent a malformed answer "
 			 "(did it crash? see its log)",
 			 sock);
-		return -EPROTO;
+		r = -EPROTO;
+		goto fail;
 	}
 	return 0;
+fail:
+	if (passed && *passed >= 0) {
+		close(*passed);
+		*passed = -1;
+	}
+	return r;
 }

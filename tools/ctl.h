@@ -32,6 +32,12 @@ int lf_ctl_write_all(int fd, const char *buf, size_t len);
  * inside. */
 int lf_ctl_read_all(int fd, size_t max, char **out);
 int lf_ctl_read_all_len(int fd, size_t max, char **out, size_t *len);
+/* The same, taking the first file descriptor sent along (SCM_RIGHTS)
+ * into *passed (left as it is when none came; O_CLOEXEC). */
+int lf_ctl_read_all_fd(int fd, size_t max, char **out, size_t *len,
+		       int *passed);
+/* Writes buf with passfd attached to its first byte (SCM_RIGHTS). */
+int lf_ctl_send_fd(int fd, const char *buf, size_t len, int passfd);
 
 /* Sends req and waits for the answer. -errno on transport failure with a
  * message; a daemon-side failure is a normal answer with ok=false. */
@@ -42,5 +48,10 @@ int lf_ctl_call(const char *sock, struct json_object *req,
 int lf_ctl_call_within(const char *sock, struct json_object *req,
 		       int timeout_ms, struct json_object **resp, char *err,
 		       size_t errlen);
+/* The same, also taking a file descriptor the answer carries (-1 in
+ * *passed when none; the caller closes it): a detached mount tree. */
+int lf_ctl_call_fd(const char *sock, struct json_object *req, int timeout_ms,
+		   struct json_object **resp, int *passed, char *err,
+		   size_t errlen);
 
 #endif

@@ -851,6 +851,7 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	mo.allow_other = d->o.allow_other;
 	mo.on_exit = on_mount_exit;
 	mo.on_exit_ctx = d;
+	mo.detached = jbool(req, "detached") && !block;
 
 	p = jstr(req, "path");
 	if (!p || !*p) {
@@ -1020,6 +1021,20 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	ans = answer_ok();
 	json_object_object_add(ans, "path", json_object_new_string(path));
 	json_object_object_add(ans, "spec", json_object_new_string(key));
+	json_object_object_add(ans, "attach",
+			       json_object_new_string(lf_mount_attach(lm)));
+	{
+		/* A direct bind's tree goes to the caller with the answer
+		 * (lf_daemon_answer_fd); after a restart no one waits for
+		 * it: the container's old bind died with the old daemon. */
+		int tree = lf_mount_take_tree(lm);
+
+		if (tree >= 0 && recovery)
+			close(tree);
+		else if (tree >= 0)
+			json_object_object_add(ans, LF_ANSWER_FD,
+					       json_object_new_int(tree));
+	}
 	if (*warn)
 		json_object_object_add(ans, "warning",
 				       json_object_new_string(warn));
@@ -1611,6 +1626,9 @@ static struct json_object *op_status(struct lf_daemon *d)
 				json_object_new_int64(m->fsgroup));
 		json_object_object_add(
 			o, "view", json_object_new_string(lf_mount_view(m->m)));
+		json_object_object_add(
+			o, "attach",
+			json_object_new_string(lf_mount_attach(m->m)));
 		json_object_object_add(
 			o, "fuse_transport",
 			json_object_new_string(lf_mount_transport(m->m)));

@@ -41,7 +41,10 @@ struct lf_daemon_opts {
 int lf_daemon_new(const struct lf_daemon_opts *o, struct lf_daemon **out);
 /* Handles one request that passed lf_request_check() (request.h): types
  * and bounds are not checked again here. Returns the answer (caller puts
- * it). */
+ * it). An answer may carry a file descriptor under LF_ANSWER_FD (a
+ * "detached" mount's tree): the caller takes the key out, sends the fd
+ * with the answer (SCM_RIGHTS) and closes it. */
+#define LF_ANSWER_FD "_fd"
 struct json_object *lf_daemon_handle(struct lf_daemon *d,
 				     struct json_object *req);
 /* Unmounts everything, closes every volume, logs out, frees. */

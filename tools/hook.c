@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fuse/idbind.h"
 #include "iscsi/log.h"
 #include "iscsi/spec.h"
 #include "tools/ctl.h"
@@ -222,7 +223,15 @@ static int parse_one(struct json_object *item, size_t idx, const char *rootfs,
 		}
 		json_object_object_add(req, "discard", json_object_get(v));
 	}
-	/* Explicit mappings win; else the container's user namespace. */
+	/* Explicit mappings win; else the container's user namespace,
+	 * which the hook then idmaps the volume with directly. */
+	json_object_object_add(
+		req, "own_maps",
+		json_object_new_boolean(
+			!get(item, "uidMappings") &&
+			!get(item, "gidMappings") &&
+			(get(get(config, "linux"), "uidMappings") ||
+			 get(get(config, "linux"), "gidMappings"))));
 	v = get(item, "uidMappings");
 	if (!v)
 		v = get(get(config, "linux"), "uidMappings");
@@ -575,6 +584,7 @@ struct job {
 	const char *dst;  /* in the container */
 	bool block;
 	int pipe; /* identity: write end */
+	int tree; /* attach: a detached tree lunfsd handed over, or -1 */
 };
 
 /* The identity (st_dev, st_ino) of the daemon's mount, in its namespace. */
@@ -597,7 +607,7 @@ static int identity_job(void *arg)
 static int mount_identity(const struct view *v, const char *path,
 			  struct stat *out)
 {
-	struct job j = {.v = v, .path = path};
+	struct job j = {.v = v, .path = path, .tree = -1};
 	dev_t id[2];
 	int p[2], r;
 
@@ -681,13 +691,16 @@ static int attach_job(void *arg)
 {
 	struct job *j = arg;
 	char cpath[2 * PATH_MAX];
-	int tree, r = enter(j->v->d_ns);
+	int tree = j->tree, r = 0;
 
-	if (r)
-		return r;
-	tree = detached_tree(j->path);
-	if (tree < 0)
-		return tree;
+	if (tree < 0) {
+		r = enter(j->v->d_ns);
+		if (r)
+			return r;
+		tree = detached_tree(j->path);
+		if (tree < 0)
+			return tree;
+	}
 	r = enter(j->v->ct_ns);
 	snprintf(cpath, sizeof(cpath), "%s%s", j->v->pivoted ? "" : j->v->root,
 		 j->dst);
@@ -713,7 +726,7 @@ static int detach_job(void *arg)
  * a live mount namespace still holds. */
 static void detach_clone(const struct view *v, const char *dst)
 {
-	struct job j = {.v = v, .dst = dst};
+	struct job j = {.v = v, .dst = dst, .tree = -1};
 	int r = in_child(detach_job, &j);
 
 	if (r)
@@ -733,7 +746,8 @@ static void detach_clone(const struct view *v, const char *dst)
 static int make_visible(const struct view *v, const char *path, const char *dst,
 			bool block, char *err, size_t errlen)
 {
-	struct job j = {.v = v, .path = path, .dst = dst, .block = block};
+	struct job j = {
+		.v = v, .path = path, .dst = dst, .block = block, .tree = -1};
 	struct stat mnt;
 	int r;
 
@@ -763,6 +777,97 @@ static int make_visible(const struct view *v, const char *path, const char *dst,
 	}
 	lf_dbg("hook", "%s: attached in the mount namespace of pid %d", path,
 	       (int)v->pid);
+	return 1;
+}
+
+/* The user namespace a direct bind is idmapped with: the container's
+ * own when the volume takes the container's maps (its ids then are
+ * exactly the container's), else one made for the volume's maps; -1 for
+ * identity maps (a plain bind). */
+static int bind_userns(const struct view *v, struct json_object *r0, char *err,
+		       size_t errlen)
+{
+	struct json_object *um = get(r0, "uidmap"), *gm = get(r0, "gidmap");
+	struct lf_idmap uidmap, gidmap;
+	char p[64];
+	int fd, r = 0;
+
+	if (!json_object_array_length(um) && !json_object_array_length(gm))
+		return -1;
+	if (json_object_get_boolean(get(r0, "own_maps"))) {
+		snprintf(p, sizeof(p), "/proc/%d/ns/user", (int)v->pid);
+		fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			r = -errno;
+			snprintf(err, errlen, "%s: %s", p, strerror(errno));
+		}
+		return fd < 0 ? r : fd;
+	}
+	lf_idmap_init(&uidmap);
+	lf_idmap_init(&gidmap);
+	for (size_t i = 0; !r && i < json_object_array_length(um); i++)
+		r = lf_idmap_add(&uidmap,
+				 json_object_get_string(
+					 json_object_array_get_idx(um, i)),
+				 err, errlen);
+	for (size_t i = 0; !r && i < json_object_array_length(gm); i++)
+		r = lf_idmap_add(&gidmap,
+				 json_object_get_string(
+					 json_object_array_get_idx(gm, i)),
+				 err, errlen);
+	return r ? r : lf_userns_new(&uidmap, &gidmap, err, errlen);
+}
+
+/* The direct path: lunfsd handed over a detached bind of the volume's
+ * view (ids as on disk); the hook idmaps it and moves it onto dst in the
+ * container's mount namespace. Nothing is mounted on the host, so
+ * neither propagation nor lunfsd's namespace matters. The rule stays:
+ * dst, as the container will see it, must then be this tree. */
+static int attach_direct(const struct view *v, struct json_object *r0, int tree,
+			 const char *dst, char *err, size_t errlen)
+{
+	struct job j = {.v = v, .dst = dst, .tree = tree};
+	struct stat mnt;
+	char e2[512];
+	int userns, r;
+
+	if (fstat(tree, &mnt)) {
+		r = -errno;
+		snprintf(err, errlen, "the tree lunfsd handed over: %s",
+			 strerror(errno));
+		return r;
+	}
+	userns = bind_userns(v, r0, e2, sizeof(e2));
+	if (userns < -1) {
+		snprintf(err, errlen, "cannot make the id map: %s", e2);
+		return userns;
+	}
+	r = userns >= 0 ? lf_idbind_idmap(tree, userns, e2, sizeof(e2)) : 0;
+	if (userns >= 0)
+		close(userns);
+	if (r) {
+		snprintf(err, errlen,
+			 "idmapping the volume for the container: %s", e2);
+		return r;
+	}
+	r = in_child(attach_job, &j);
+	if (r) {
+		snprintf(err, errlen,
+			 "attaching it in the container's mount namespace "
+			 "failed: %s",
+			 strerror(-r));
+		return r;
+	}
+	if (!visible_in(v, dst, &mnt)) {
+		detach_clone(v, dst);
+		snprintf(err, errlen,
+			 "the volume is not what the container would see at %s "
+			 "even after attaching it in its mount namespace",
+			 dst);
+		return -EXDEV;
+	}
+	lf_dbg("hook", "%s: attached directly in the mount namespace of pid %d",
+	       dst, (int)v->pid);
 	return 1;
 }
 
@@ -871,7 +976,7 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 		int64_t left = budget->mount - now_ms();
 		struct lf_spec spec;
 		char e2[1024], e3[768];
-		int r = 0;
+		int r = 0, tree = -1;
 
 		if (left <= 0) {
 			r = -ETIMEDOUT;
@@ -911,17 +1016,28 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 						   : -1,
 				.container = id,
 				.timeout_ms = left,
+				.detached = !block && pid > 0,
 			};
 			r = lf_client_mount_request(&mr, &req, e2, sizeof(e2));
 		}
 		if (!r) {
 			/* lunfsd answers at the deadline; waiting a little
 			 * longer covers a daemon that cannot. */
-			r = lf_client_call_within(c, req, true,
-						  (int)left + ANSWER_SLACK_MS,
-						  &ans, e3, sizeof(e3));
-			if (!r)
+			r = lf_client_call_fd(c, req, true,
+					      (int)left + ANSWER_SLACK_MS, &ans,
+					      &tree, e3, sizeof(e3));
+			if (!r && tree < 0 &&
+			    !strcmp(json_object_get_string(get(ans, "attach"))
+					    ?: "",
+				    "direct")) {
+				/* its tree went to an earlier request */
+				r = -EBUSY;
+				snprintf(e3, sizeof(e3),
+					 "%s is attached already", path);
 				json_object_put(ans);
+			} else if (!r) {
+				json_object_put(ans);
+			}
 			if (r == -ETIMEDOUT)
 				snprintf(e2, sizeof(e2),
 					 "not mounted within the hook's time "
@@ -934,9 +1050,13 @@ static int mount_all(const struct lf_client *c, struct json_object *reqs,
 		}
 		if (!r && pid > 0 && view->ct_ns < 0)
 			r = view_open(c, pid, real_root, view, e2, sizeof(e2));
-		if (!r && pid > 0)
+		if (!r && pid > 0 && tree >= 0)
+			r = attach_direct(view, r0, tree, dst, e2, sizeof(e2));
+		else if (!r && pid > 0)
 			r = make_visible(view, path, dst, block, e2,
 					 sizeof(e2));
+		if (tree >= 0)
+			close(tree);
 		if (r == 1) {
 			json_object_array_add(cloned,
 					      json_object_new_string(dst));

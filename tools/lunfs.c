@@ -123,7 +123,10 @@ static const char status_usage[] =
 	"(\"fuse_transport\": \"io_uring\"\nor \"/dev/fuse\"). Each mount "
 	"shows how it is served: \"view\": \"idmapped\"\n(an idmapped bind "
 	"of the volume's one FUSE mount, sharing its counts) or\n"
-	"\"fuse-map\" (a FUSE mount of its own, ids mapped by lunfs).\n";
+	"\"fuse-map\" (a FUSE mount of its own, ids mapped by lunfs), and "
+	"where it\nis attached: \"attach\": \"path\" (mounted at its path) or "
+	"\"direct\" (the OCI\nhook moved it into the container's own mount "
+	"namespace; nothing is mounted\nat the path on the host).\n";
 
 static const char shutdown_usage[] =
 	"Usage: lunfs shutdown\n"
@@ -499,12 +502,13 @@ static int cmd_status(const struct lf_client *c, int argc, char **argv)
 	printf("\nMOUNTS (%zu)\n", json_object_array_length(arr));
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		struct json_object *m = json_object_array_get_idx(arr, i);
-		printf("  %s  %s  %s%s%s%s%s%s%s%s", jget(m, "path"),
+		printf("  %s  %s  %s%s%s%s%s%s%s%s%s%s", jget(m, "path"),
 		       jget(m, "spec"), jget(m, "mode"),
 		       strcmp(jget(m, "read_only"), "true") ? "" : " ro",
 		       *jget(m, "uidmap") ? " uidmap=" : "", jget(m, "uidmap"),
 		       *jget(m, "gidmap") ? " gidmap=" : "", jget(m, "gidmap"),
-		       *jget(m, "view") ? " view=" : "", jget(m, "view"));
+		       *jget(m, "view") ? " view=" : "", jget(m, "view"),
+		       *jget(m, "attach") ? " attach=" : "", jget(m, "attach"));
 		print_state(m);
 	}
 	json_object_put(ans);

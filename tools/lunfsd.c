@@ -117,9 +117,23 @@ static void *serve_conn(void *arg)
 	}
 	if (text)
 		explicit_bzero(text, len); /* may hold CHAP secrets */
+	int passfd = -1;
+	struct json_object *jfd;
+	if (json_object_object_get_ex(ans, LF_ANSWER_FD, &jfd)) {
+		passfd = json_object_get_int(jfd);
+		json_object_object_del(ans, LF_ANSWER_FD);
+	}
 	const char *out =
 		json_object_to_json_string_ext(ans, JSON_C_TO_STRING_PLAIN);
-	lf_ctl_write_all(fd, out, strlen(out));
+	if (passfd >= 0) {
+		int sr = lf_ctl_send_fd(fd, out, strlen(out), passfd);
+		if (sr)
+			lf_warn(MOD, "could not hand a mount tree over: %s",
+				strerror(-sr));
+		close(passfd);
+	} else {
+		lf_ctl_write_all(fd, out, strlen(out));
+	}
 	json_object_put(ans);
 out:
 	json_object_put(req);

@@ -41,7 +41,8 @@ static const struct key mount_keys[] = {
 	{"fsgroup", K_GID},	 {"container", K_ID},
 	{"destination", K_PATH}, {"initiator_name", K_STR},
 	{"timeout_ms", K_MS},	 {"discard", K_BOOL},
-	{"takeover", K_BOOL},	 {NULL, K_STR},
+	{"takeover", K_BOOL},	 {"detached", K_BOOL},
+	{NULL, K_STR},
 };
 static const char *const mount_required[] = {"spec", "path", NULL};
 static const struct key umount_keys[] = {
