@@ -6,10 +6,13 @@ The oracles are outside lunfs: what the container prints, the target's
 connection list (tgtadm), the LUN's backing file (e2fsck, debugfs) and the
 host's mount table.
 
-The bundles live either on a shared mount (the daemon's FUSE mount
-propagates into the container, which runc makes rslave) or on a private
-one (the hook attaches a clone of the mount in the container's mount
-namespace): both are exercised.
+The bundles live either on a shared mount or on a private one: both are
+exercised. A filesystem volume is attached directly in the container's
+mount namespace (lunfsd hands the hook a detached bind of the volume's
+view, the hook idmaps it with the container's user namespace): nothing
+is mounted at the bundle's path on the host. A block volume is mounted at
+the host path, which propagates into the container (shared) or which the
+hook clones into it (private).
 """
 
 import json
@@ -149,6 +152,14 @@ class Runc:
                                            _read(os.path.join(p.bundle, "out")),
                                            _read(os.path.join(p.bundle, "err")))
 
+    def root_of(self, p):
+        """/proc/PID/root of p's running container: its own view."""
+        r = H.run([self.runc, "--root", os.path.join(self.root, "runc"),
+                   "state", p.cid])
+        if r.returncode:
+            return None
+        return f"/proc/{json.loads(r.stdout)['pid']}/root"
+
     def cleanup(self):
         for cid in self.ids:
             H.run([self.runc, "--root", os.path.join(self.root, "runc"),
@@ -257,6 +268,18 @@ def assert_released(lunfs, t, root):
         st.get("sessions") == [], f"status not empty: {st}"
 
 
+def assert_direct(lunfs, root, n):
+    """n filesystem mounts, all attached straight into their containers:
+    no FUSE mount under the bundles' root on the host, one view (under the
+    state dir) in the host's mount table, and status says "direct"."""
+    assert fuse_mounts_under(root) == [], "a host-path mount exists"
+    views = fuse_mounts_under(lunfs.state_dir)
+    assert len(views) == 1 and "/views/" in views[0][0], views
+    st = lunfs.status()
+    assert [(m["view"], m["attach"]) for m in st["mounts"]] == \
+        [("idmapped", "direct")] * n, st["mounts"]
+
+
 def e2fsck_clean(path):
     r = H.run(["e2fsck", "-fn", path], timeout=60)
     assert r.returncode == 0, f"e2fsck -fn {path}: {r.returncode}\n{r.stdout}{r.stderr}"
@@ -335,9 +358,14 @@ def test_user_namespace_ids(lunfs, target, runc):
     p = runc.start(b)
     try:
         wait_file(os.path.join(b, "rootfs", "tmp", "ready"), p)
-        st = os.stat(os.path.join(b, "rootfs", "data", "f"))
+        assert_direct(lunfs, runc.root, 1)
+        # The host sees the container's files at their host ids, through
+        # the container's own root.
+        croot = runc.root_of(p)
+        st = os.stat(croot + "/data/f")
         assert (st.st_uid, st.st_gid) == (100000, 100000)
-        assert os.stat(os.path.join(b, "rootfs", "data", "d")).st_uid == 100000
+        assert os.stat(croot + "/data/d").st_uid == 100000
+        assert not os.path.exists(os.path.join(b, "rootfs", "data", "f"))
     finally:
         go(b)
         r = _ok(runc.finish(p))
@@ -360,23 +388,25 @@ def test_two_containers_share_volume(lunfs, target, runc):
     pa = runc.start(ba)
     pb = None
     try:
-        wait_file(os.path.join(ba, "rootfs", "data", "a"), pa)
+        assert H.wait_until(lambda: pa.poll() is not None or (
+            runc.root_of(pa) and os.path.exists(runc.root_of(pa) + "/data/a")),
+            30), f"a never written (runc rc={pa.poll()})"
         pb = runc.start(bb)
         wait_file(os.path.join(ba, "rootfs", "tmp", "ready"), pa)
         wait_file(os.path.join(bb, "rootfs", "tmp", "ready"), pb)
         assert target.wait_connections(1) == 1, "one shared session"
         recs = attach_records(lunfs)
         assert len(recs) == 1 and pa.cid in recs[0] and pb.cid in recs[0], recs
-        # Each host view shows the other's file under its own mapping.
-        assert os.stat(os.path.join(ba, "rootfs", "data", "b")).st_uid == 100000
-        assert os.stat(os.path.join(bb, "rootfs", "data", "a")).st_uid == 200000
+        assert_direct(lunfs, runc.root, 2)
+        # Each container's view shows the other's file under its own map.
+        assert os.stat(runc.root_of(pa) + "/data/b").st_uid == 100000
+        assert os.stat(runc.root_of(pb) + "/data/a").st_uid == 200000
         go(ba)
         ra = _ok(runc.finish(pa))
         assert ra.stdout.split() == ["from-b", "0"], (ra.stdout, ra.stderr)
-        # B still runs: the session stays.
+        # B still runs: the session and its bind stay.
         assert len(target.connections()) == 1, target.connections()
-        left = fuse_mounts_under(runc.root)
-        assert len(left) == 1, f"B's mount only: {left}\n{lunfs.log_tail()}"
+        assert_direct(lunfs, runc.root, 1)
     finally:
         go(ba)
         if pb is not None:

@@ -26,7 +26,7 @@ import threading
 import pytest
 
 import lunfs_harness as H
-from test_oci import (BUSYBOX_APPLETS, _busybox, assert_released,
+from test_oci import (BUSYBOX_APPLETS, _busybox, assert_direct, assert_released,
                       attach_records, debugfs_owner, e2fsck_clean,
                       start_daemon)
 
@@ -283,12 +283,17 @@ def test_podman_two_maps_share_volume(lunfs, target, podman):
         assert len(target.connections()) == 1, "one shared session"
         recs = attach_records(lunfs)
         assert len(recs) == 1, recs
+        # Both attached straight into their containers (conmon's private
+        # namespace no longer matters): one view on the host, no mount
+        # at either container's merged/data.
+        assert_direct(lunfs, podman.root, 2)
         open(os.path.join(ctl, "a.go"), "w").close()
         ra = podman.finish(pa)
         assert ra.returncode == 0, ra
         assert ra.stdout.split() == ["b", "0", "0"], ra
-        # B still runs: its session stays.
+        # B still runs: its session and bind stay.
         assert len(target.connections()) == 1, target.connections()
+        assert_direct(lunfs, podman.root, 1)
     finally:
         for n in ("a.go", "b.go"):
             open(os.path.join(ctl, n), "w").close()

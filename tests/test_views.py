@@ -347,7 +347,10 @@ def test_two_runc_containers_share_locks_and_mappings(lunfs, vtarget,
                                  "lockf-try:refused",
                                  "flock-wait:after-release",
                                  "lockf-wait:after-release"], rb.stdout
-    assert lunfs.log_text().count("as an idmapped bind of") == 2
+    log = lunfs.log_text()
+    assert log.count("as an idmapped bind of") == 2
+    # Both handed to the hook, which attached them in the containers.
+    assert log.count("(detached, for the caller to attach)") == 2, log
     assert_released(lunfs, vtarget, runc_private.root)
     r = H.run(["e2fsck", "-fn", vtarget.luns[1]], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -386,16 +389,14 @@ def test_fsgroup_and_read_only_views(lunfs, vtarget, lundir):
     assert "User:     3   Group:  5000" in r.stdout, r.stdout
 
 
-@pytest.fixture(params=["shared", "private"])
+@pytest.fixture
 def runc_bundles(request, lunfs):
-    """runc bundles on a shared mount (lunfsd's mounts propagate into the
-    container) or a private one (the hook clones them in)."""
+    """runc bundles on a shared mount: were anything mounted at the
+    bundle's host path, it would propagate into the container."""
     rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs, "runc")
     os.chmod(rc.root, 0o755)
-    if request.param == "shared":
-        H.run(["mount", "--bind", rc.root, rc.root], check=True)
-        H.run(["mount", "--make-shared", rc.root], check=True)
-    rc.mode = request.param
+    H.run(["mount", "--bind", rc.root, rc.root], check=True)
+    H.run(["mount", "--make-shared", rc.root], check=True)
     yield rc
     rc.cleanup()
     H.unmount_all_under(rc.root)
@@ -424,10 +425,11 @@ def test_live_container_across_daemon_kill(lunfs, vtarget, runc_bundles):
     """kill -9 of lunfsd under a running user-namespaced container: its
     idmapped bind fails cleanly (ENOTCONN: the FUSE connection died with
     the daemon, and the kernel cannot hand it to another). The restarted
-    daemon mounts the recorded path again; where lunfsd's mounts propagate
-    into the container (a shared bundle mount) the container sees the new
-    one at once, and where the hook had cloned the mount in (private) the
-    dead clone stays until the container ends."""
+    daemon takes the record back (session, view, status "attached",
+    "direct"), but the hook had attached the bind straight into the
+    container's namespace and nothing is mounted at the host path to
+    propagate, even from a shared bundle mount: the dead bind stays until
+    the container ends, whose poststop then releases everything."""
     vols = [{"source": vtarget.url(1), "destination": "/data"}]
     b = runc_bundles.bundle(vols, PROBES, uidmap_host=100000)
     p = runc_bundles.start(b)
@@ -438,14 +440,13 @@ def test_live_container_across_daemon_kill(lunfs, vtarget, runc_bundles):
         lunfs.kill_daemon()
         out = probe(b, 0)
         assert "FAILED" in out and "not connected" in out, out
-        assert H.wait_until(lambda: [m["state"] for m in
+        assert H.wait_until(lambda: [(m["state"], m.get("attach")) for m in
                                      lunfs.status()["mounts"]]
-                            == ["attached"], 30), lunfs.log_tail()
+                            == [("attached", "direct")], 30), lunfs.log_tail()
+        assert [m for m in H.mounts_under(runc_bundles.root)
+                if m[1].startswith("fuse")] == [], "a host-path mount"
         out = probe(b, 1)
-        if runc_bundles.mode == "shared":
-            assert out.strip() == "one", out
-        else:
-            assert "FAILED" in out and "not connected" in out, out
+        assert "FAILED" in out and "not connected" in out, out
     finally:
         for n in (0, 1):
             open(os.path.join(b, "rootfs", "tmp", f"probe{n}"), "w").close()

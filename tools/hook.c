@@ -853,9 +853,10 @@ static int attach_direct(const struct view *v, struct json_object *r0, int tree,
 	r = in_child(attach_job, &j);
 	if (r) {
 		snprintf(err, errlen,
-			 "attaching it in the container's mount namespace "
-			 "failed: %s",
-			 strerror(-r));
+			 "the volume does not reach the container: attaching "
+			 "it at %s in the container's mount namespace failed: "
+			 "%s",
+			 dst, strerror(-r));
 		return r;
 	}
 	if (!visible_in(v, dst, &mnt)) {
