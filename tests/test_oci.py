@@ -166,11 +166,12 @@ class Runc:
                    "delete", "--force", cid], timeout=30)
 
 
-def start_daemon(lunfs):
+def start_daemon(lunfs, *args):
     """lunfsd started beforehand, in the host's mount namespace, as under
     its systemd unit."""
     with open(os.path.join(lunfs.state_dir, "lunfsd.log"), "ab") as log:
-        subprocess.Popen([lunfs.daemon_bin, "--state-dir", lunfs.state_dir],
+        subprocess.Popen([lunfs.daemon_bin, "--state-dir", lunfs.state_dir,
+                          *args],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True)
     sock = os.path.join(lunfs.state_dir, "lunfsd.sock")

@@ -17,7 +17,8 @@ import tempfile
 import pytest
 
 import lunfs_harness as H
-from test_oci import Runc, assert_released, runc_private  # noqa: F401
+from test_oci import (Runc, assert_released, debugfs_owner,  # noqa: F401
+                      runc_private, start_daemon)
 
 MAP_A = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]
 MAP_B = ["--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536"]
@@ -354,6 +355,45 @@ def test_two_runc_containers_share_locks_and_mappings(lunfs, vtarget,
     assert_released(lunfs, vtarget, runc_private.root)
     r = H.run(["e2fsck", "-fn", vtarget.luns[1]], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture
+def runc_alone(lunfs):
+    """runc bundles on a private mount, lunfsd not started yet."""
+    rc = Runc(tempfile.mkdtemp(prefix="lunfs-oci-", dir="/tmp"), lunfs, "runc")
+    os.chmod(rc.root, 0o755)
+    yield rc
+    rc.cleanup()
+    H.unmount_all_under(rc.root)
+    shutil.rmtree(rc.root, ignore_errors=True)
+
+
+def test_hook_falls_back_to_host_path(lunfs, vtarget, runc_alone):
+    """Where lunfsd serves no views (--per-mount-views here; rootless, or
+    a kernel without FUSE idmap), the hook's mount is made at the bundle's
+    host path with lunfs's own maps, and the hook clones it into the
+    container (a private bundle mount): same ids inside and on disk."""
+    start_daemon(lunfs, "--per-mount-views")
+    vols = [{"source": vtarget.url(1), "destination": "/data"}]
+    b = runc_alone.bundle(vols, "echo x > /data/f; stat -c '%u %g' /data/f; "
+                            "touch /tmp/ready; i=0; while [ ! -e /tmp/go ] "
+                            "&& [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); "
+                            "done", uidmap_host=100000)
+    p = runc_alone.start(b)
+    try:
+        assert H.wait_until(lambda: os.path.exists(
+            os.path.join(b, "rootfs", "tmp", "ready")) or p.poll() is not None,
+            30), "container never ready"
+        st = lunfs.status()
+        assert [(m["view"], m["attach"]) for m in st["mounts"]] == \
+            [("fuse-map", "path")], st["mounts"]
+    finally:
+        open(os.path.join(b, "rootfs", "tmp", "go"), "w").close()
+    r = runc_alone.finish(p, 60)
+    assert r.returncode == 0 and r.stdout.split() == ["0", "0"], \
+        (r.stdout, r.stderr)
+    assert_released(lunfs, vtarget, runc_alone.root)
+    assert debugfs_owner(vtarget.luns[1], "/f") == (0, 0)
 
 
 def test_fsgroup_and_read_only_views(lunfs, vtarget, lundir):
