@@ -926,6 +926,10 @@ static struct json_object *op_mount(struct lf_daemon *d,
 	if (existing) {
 		/* Idempotent: the same request again (a retry, or after a
 		 * restart re-served it) is done already. */
+		/* A direct bind's tree went to the first request: say so,
+		 * so that the hook does not judge the empty path. */
+		const char *attach = m->m ? lf_mount_attach(m->m) : "path";
+
 		r = mount_compare(m, &want.w, err, sizeof(err));
 		if (!r && spec.kind == LF_SPEC_ISCSI &&
 		    m->v->cred != cred_digest(d, &sec)) {
@@ -947,6 +951,8 @@ static struct json_object *op_mount(struct lf_daemon *d,
 				       json_object_new_string(key));
 		json_object_object_add(ans, "changed",
 				       json_object_new_boolean(0));
+		json_object_object_add(ans, "attach",
+				       json_object_new_string(attach));
 		return ans;
 	}
 	if (lf_mount_point_at(path)) {
