@@ -28,6 +28,7 @@
 #include "tools/ctl.h"
 #include "tools/deadline.h"
 #include "tools/daemon.h"
+#include "tools/grow.h"
 #include "tools/recover.h"
 #include "tools/request.h"
 #include "tools/voltable.h"
@@ -1181,81 +1182,41 @@ static struct json_object *op_fsck(struct lf_daemon *d, struct json_object *req)
 	return ans;
 }
 
-/* resize2fs through a block view of the volume's LUN (fsimage/resize.h
- * says why resize2fs): lf_vol_grow()'s grower, and the offline path. */
+/* What lf_grow's callbacks need. */
 struct grow_ctx {
 	struct lf_daemon *d;
 	struct lf_bdev *b;
-	const char *key;
+	const struct lf_spec *spec; /* offline only */
+	struct lf_fence *fence;	    /* offline only */
 };
 
-static int grow_with_resize2fs(void *ctx, uint64_t new_bytes, char *err,
-			       size_t errlen)
+/* lf_grow's resize2fs: on a private block view of the LUN. -f: a served
+ * volume is "not clean" by design, and grow.c checked a closed one. */
+static int resize2fs_on_view(void *ctx, struct lf_bdev *b, uint64_t new_bytes,
+			     char *out, size_t outlen)
 {
-	struct grow_ctx *g = ctx;
-	char size[32], out[512];
-	/* -f: a served volume is "not clean" by design, and a closed one
-	 * was checked by its state before we got here. */
+	struct grow_ctx *gc = ctx;
+	char size[32];
 	const char *argv[] = {"resize2fs", "-f", VIEW, size, NULL};
-	int rc;
 
 	snprintf(size, sizeof(size), "%lluK",
 		 (unsigned long long)(new_bytes >> 10));
-	rc = run_on_view(g->d, g->b, false, argv, out, sizeof(out));
-	if (rc == 0)
-		return 0;
-	snprintf(err, errlen, "%s: resize2fs failed (%s): %s", g->key,
-		 rc < 0 ? strerror(-rc) : "exit status", out);
-	return rc < 0 ? rc : -EIO;
+	return run_on_view(gc->d, b, false, argv, out, outlen);
 }
 
-/* READ CAPACITY again; the LUN's size (unchanged when the backend cannot
- * tell) or -errno with err. */
-static int refresh_lun(struct lf_bdev *b, const char *key, uint64_t *lun,
-		       char *err, size_t errlen)
+/* Offline, before resize2fs writes: it needs the LUN to itself
+ * (fence.h). */
+static int take_lun(void *ctx, char *err, size_t errlen)
 {
-	uint64_t old, now;
-	int r = lf_bdev_refresh_size(b, &old, &now);
+	struct grow_ctx *gc = ctx;
 
-	*lun = lf_bdev_size(b);
-	if (r == -EINVAL)
-		snprintf(err, errlen,
-			 "%s: the LUN shrank from %llu to %llu bytes: "
-			 "shrinking is not supported",
-			 key, (unsigned long long)old, (unsigned long long)now);
-	else if (r < 0 && r != -ENOTSUP)
-		snprintf(err, errlen, "%s: READ CAPACITY failed: %s", key,
-			 strerror(-r));
-	else
-		r = 0;
-	return r;
-}
-
-static int resize_online(struct lf_daemon *d, struct lf_vt_volume *v,
-			 uint64_t size, uint64_t *lun, uint64_t *fsb, char *err,
-			 size_t errlen)
-{
-	struct grow_ctx g = {d, v->bdev, v->key};
-	int r = refresh_lun(v->bdev, v->key, lun, err, errlen);
-
-	if (r)
-		return r;
-	if (v->block) {
-		if (size && size != *lun) {
-			snprintf(err, errlen,
-				 "%s: a block volume is as large as its LUN "
-				 "(%llu bytes); --size does not apply",
-				 v->key, (unsigned long long)*lun);
-			return -EINVAL;
-		}
-		lf_served_size_changed(v->served);
-		*fsb = *lun;
+	if (gc->spec->kind != LF_SPEC_ISCSI)
 		return 0;
-	}
-	r = lf_vol_grow(v->vol, size ? size : *lun, grow_with_resize2fs, &g,
-			err, errlen);
-	lf_vol_geometry(v->vol, fsb, NULL, NULL);
-	return r;
+	return lf_fence_acquire(gc->b,
+				gc->spec->initiator_name[0]
+					? gc->spec->initiator_name
+					: gc->d->node_initiator,
+				false, gc->fence, err, errlen);
 }
 
 /* A volume that is not open: grown offline, under its claim (which keeps
@@ -1271,7 +1232,6 @@ static int resize_offline(struct lf_daemon *d, struct json_object *req,
 	struct json_object *j;
 	char key[600], record_path[PATH_MAX];
 	struct lf_fence fence = {0};
-	bool clean;
 	int r;
 
 	memset(&sec, 0, sizeof(sec));
@@ -1306,55 +1266,17 @@ static int resize_offline(struct lf_daemon *d, struct json_object *req,
 		goto out;
 	}
 	r = open_bdev(d, &spec, &sec, key, false, 0, &b, err, errlen);
-	if (r)
-		goto out;
-	*lun = *fsb = lf_bdev_size(b);
-	if (spec.mode == LF_MODE_BLOCK)
-		goto out; /* nothing on it to grow */
-	r = lf_ext_peek(b, fsb, &clean);
-	if (r == -EMEDIUMTYPE) {
-		snprintf(err, errlen, "%s holds no ext filesystem to grow",
-			 key);
-		goto out;
-	}
-	if (r == 0 && !size)
-		size = *lun;
-	if (r < 0) {
-		snprintf(err, errlen, "%s: cannot read it: %s", key,
-			 strerror(-r));
-	} else if (size < *fsb) {
-		snprintf(err, errlen,
-			 "%s: the filesystem has %llu bytes; shrinking it to "
-			 "%llu is not supported",
-			 key, (unsigned long long)*fsb,
-			 (unsigned long long)size);
-		r = -EINVAL;
-	} else if (size > *lun) {
-		snprintf(err, errlen,
-			 "%s: %llu bytes is more than the LUN holds (%llu)",
-			 key, (unsigned long long)size,
-			 (unsigned long long)*lun);
-		r = -ENOSPC;
-	} else if (!clean) {
-		snprintf(err, errlen,
-			 "%s was not unmounted cleanly: run 'lunfs fsck' on "
-			 "it first",
-			 key);
-		r = -EUCLEAN;
-	} else if (size / 4096 > *fsb / 4096) {
-		struct grow_ctx g = {d, b, key};
+	if (r == 0) {
+		struct grow_ctx gc = {d, b, &spec, &fence};
+		struct lf_grow g = {.bdev = b,
+				    .key = key,
+				    .size = size,
+				    .resize2fs = resize2fs_on_view,
+				    .ctx = &gc,
+				    .before_write = take_lun};
 
-		/* It writes: it needs the LUN to itself (fence.h). */
-		if (spec.kind == LF_SPEC_ISCSI)
-			r = lf_fence_acquire(b,
-					     spec.initiator_name[0]
-						     ? spec.initiator_name
-						     : d->node_initiator,
-					     false, &fence, err, errlen);
-		if (r == 0)
-			r = grow_with_resize2fs(&g, size, err, errlen);
-		if (r == 0)
-			lf_ext_peek(b, fsb, &clean);
+		r = lf_grow_closed(&g, spec.mode == LF_MODE_BLOCK, lun, fsb,
+				   err, errlen);
 	}
 out:
 	lf_secrets_wipe(&sec);
@@ -1421,8 +1343,16 @@ static struct json_object *op_resize(struct lf_daemon *d,
 			 "%s is open read-only: cannot resize it", key);
 		r = -EROFS;
 	} else {
+		struct grow_ctx gc = {d, v->bdev, NULL, NULL};
+		struct lf_grow g = {.bdev = v->bdev,
+				    .key = v->key,
+				    .size = size,
+				    .resize2fs = resize2fs_on_view,
+				    .ctx = &gc};
+
 		lf_vt_volume_set_state(&d->vt, v, LF_VT_RESIZING);
-		r = resize_online(d, v, size, &lun, &fsb, err, sizeof(err));
+		r = lf_grow_open(&g, v->vol, v->served, &lun, &fsb, err,
+				 sizeof(err));
 	}
 	lf_vt_volume_done(&d->vt, v);
 answer:
