@@ -410,3 +410,24 @@ def test_many_requests_hung_and_restarted_targets(lunfs, lundir):
         hung.close()
         flaky.stop()
         steady.stop()
+
+
+def test_mount_again_after_outside_unmount(lunfs, target, lundir):
+    """A mount taken away from outside (umount -l) is no mount to keep:
+    the same mount request right after serves the path again, whether or
+    not the daemon has noticed yet."""
+    a = os.path.join(lundir, "a")
+    os.mkdir(a)
+    for _ in range(3):
+        lunfs.mount(target.url(1), a)
+        r = H.run(["umount", "-l", a])
+        assert r.returncode == 0, r.stderr
+        lunfs.mount(target.url(1), a)
+        assert H.is_mountpoint(a)
+        with open(os.path.join(a, "f"), "w") as f:
+            f.write("x")
+        st = lunfs.status()
+        assert [m["state"] for m in st["mounts"]] == ["attached"], st
+        lunfs.umount(a)
+        assert not H.is_mountpoint(a)
+    assert target.wait_connections(0) == 0

@@ -39,6 +39,16 @@ for t in spec request hook; do
 	rm -rf "$scratch"
 done
 
+# The daemon's request handling with concurrent clients, under
+# ThreadSanitizer: a race report in lunfsd's log fails the scenario. About
+# 3 minutes (two binaries built, three scenario files run once).
+echo "== daemon request handling under ThreadSanitizer"
+cmake -S . -B build-tsan -DLUNFS_TSAN=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build-tsan -j"$(nproc)" --target lunfsd lunfs
+LUNFS_BUILD_DIR="$PWD/build-tsan" /usr/bin/python3 -m pytest -v \
+	-p no:cacheprovider tests/test_daemon_locks.py tests/test_concurrency.py \
+	tests/test_control.py
+
 echo "== benchmark, quick mode (checks that every column runs; figures are meaningless)"
 LUNFS_BUILD_DIR="$PWD/build" /usr/bin/python3 tools/bench.py --quick
 

@@ -914,9 +914,19 @@ static struct json_object *op_mount(struct lf_daemon *d,
 
 	/* Right after a restart, the recorded mount of path comes first. */
 	r = recovery ? 0 : lf_recovery_wait(d->rec, path, deadline_ms);
+claim:
 	if (!r)
 		r = lf_vt_mount_claim(&d->vt, path, key, want.w.container,
 				      deadline_ms, &m, &existing);
+	if (!r && existing &&
+	    (lf_vt_mount_gone(&d->vt, m) || !lf_mount_point_at(path))) {
+		/* Unmounted from outside (a lazy umount ends the FUSE
+		 * session only once nothing uses it, so the daemon may not
+		 * know yet): not a mount to keep. Release it here and mount
+		 * afresh. */
+		mount_release(d, m);
+		goto claim;
+	}
 	if (r) {
 		snprintf(err, sizeof(err),
 			 "%s: timed out waiting for another request on this "

@@ -316,6 +316,16 @@ void lf_vt_mount_bind(struct lf_voltable *t, struct lf_vt_mount *m,
 	pthread_mutex_unlock(&t->lock);
 }
 
+bool lf_vt_mount_gone(struct lf_voltable *t, struct lf_vt_mount *m)
+{
+	bool gone;
+
+	pthread_mutex_lock(&t->lock);
+	gone = m->gone;
+	pthread_mutex_unlock(&t->lock);
+	return gone;
+}
+
 void lf_vt_mount_attached(struct lf_voltable *t, struct lf_vt_mount *m)
 {
 	pthread_mutex_lock(&t->lock);

@@ -169,6 +169,8 @@ void lf_vt_mount_bind(struct lf_voltable *t, struct lf_vt_mount *m,
 		      struct lf_vt_volume *v);
 /* Claim holder: mounts of v attached or being attached. */
 int lf_vt_volume_nmounts(struct lf_voltable *t, struct lf_vt_volume *v);
+/* True once the mount has ended from outside (fusermount3 -u). */
+bool lf_vt_mount_gone(struct lf_voltable *t, struct lf_vt_mount *m);
 /* Path claim holder: the mount is serving now; the claim is dropped. */
 void lf_vt_mount_attached(struct lf_voltable *t, struct lf_vt_mount *m);
 /* Path claim holder: gives an existing attached mount back unchanged. */
