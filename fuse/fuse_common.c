@@ -142,11 +142,12 @@ static void deliver(struct lf_mount *m, const struct lf_inval *iv)
 	else
 		ret = fuse_lowlevel_notify_inval_inode(m->se, iv->ino, iv->off,
 						       iv->len);
-	/* ENOENT: that kernel has nothing cached for it. */
+	/* ENOENT: that kernel has nothing cached for it. Anything else
+	 * leaves that mount stale: say so. */
 	if (ret < 0 && ret != -ENOENT && ret != -ENOTCONN && ret != -ENODEV)
-		lf_dbg(MOD, "%s: invalidate %lu%s%s: %s", m->path,
-		       (unsigned long)iv->ino, iv->name ? "/" : "",
-		       iv->name ? iv->name : "", strerror(-ret));
+		lf_warn(MOD, "%s: invalidate %lu%s%s: %s", m->path,
+			(unsigned long)iv->ino, iv->name ? "/" : "",
+			iv->name ? iv->name : "", strerror(-ret));
 }
 
 static void *inval_worker(void *arg)
@@ -191,6 +192,9 @@ static void defer(struct lf_served *sv, struct lf_mount *m,
 			m->path);
 		return;
 	}
+	lf_dbg(MOD, "%s: invalidation of %lu%s%s deferred", m->path,
+	       (unsigned long)iv->ino, iv->name ? "/" : "",
+	       iv->name ? iv->name : "");
 	it->next = NULL;
 	it->m = m;
 	it->iv = *iv;

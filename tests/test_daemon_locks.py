@@ -194,6 +194,15 @@ def test_timeout_leaves_nothing_behind(lunfs, target, lundir):
         for bad in ("0", "-1", "x", "100000"):
             r = lunfs.run("mount", "--timeout", bad, target.url(1), a)
             assert r.returncode == 2 and "--timeout" in r.stderr, r.stderr
+        # Shutdown right after a timed-out mount: the daemon waits for
+        # the abandoned work to end and undo, then exits cleanly.
+        r = lunfs.run("mount", "--timeout", "0.5", hung.url(2), h)
+        H.assert_one_error_line(r, ["timed out"])
+        pid = lunfs.daemon_pid()
+        lunfs.ok("shutdown")
+        assert H.wait_until(lambda: not H.pid_alive(pid), 15)
+        assert not H.is_mountpoint(h)
+        assert H.wait_until(lambda: hung.open_connections() == 0, 5)
     finally:
         hung.close()
 

@@ -55,7 +55,8 @@ struct lf_daemon {
 	struct lf_recovery *rec;  /* a dead daemon's attach records */
 	pthread_cond_t reap_cond; /* with vt.lock */
 	bool reap_pending;	  /* vt.lock */
-	bool stopping;		  /* vt.lock */
+	int workers;   /* mounts running on a deadline's worker; vt.lock */
+	bool stopping; /* vt.lock */
 };
 
 static struct json_object *answer_err(int err, const char *fmt, ...)
@@ -389,6 +390,11 @@ static void *recover_main(void *arg)
 	return NULL;
 }
 
+static bool no_workers(void *ctx)
+{
+	return ((struct lf_daemon *)ctx)->workers == 0;
+}
+
 static bool match_all(void *ctx, const struct lf_vt_mount *m)
 {
 	(void)ctx;
@@ -403,6 +409,8 @@ void lf_daemon_free(struct lf_daemon *d)
 	if (d->recovering)
 		pthread_join(d->recoverer, NULL);
 	lf_recovery_free(d->rec);
+	/* Mounts abandoned at their deadline finish (and undo) first. */
+	lf_vt_wait(&d->vt, no_workers, d, 0);
 	while (!lf_vt_mount_claim_next(&d->vt, match_all, NULL, 0, &m))
 		mount_release(d, m);
 	pthread_mutex_lock(&d->vt.lock);
@@ -1596,7 +1604,14 @@ static struct json_object *op_status(struct lf_daemon *d)
 static struct json_object *mount_fn(void *ctx, struct json_object *req,
 				    struct lf_deadline *dl)
 {
-	return op_mount(ctx, req, dl, false);
+	struct lf_daemon *d = ctx;
+	struct json_object *ans = op_mount(d, req, dl, false);
+
+	pthread_mutex_lock(&d->vt.lock);
+	d->workers--;
+	lf_vt_changed(&d->vt);
+	pthread_mutex_unlock(&d->vt.lock);
+	return ans;
 }
 
 struct json_object *lf_daemon_handle(struct lf_daemon *d,
@@ -1615,6 +1630,9 @@ struct json_object *lf_daemon_handle(struct lf_daemon *d,
 	if (strcmp(op, "mount") == 0) {
 		if (!deadline_ms)
 			return op_mount(d, req, NULL, false);
+		pthread_mutex_lock(&d->vt.lock);
+		d->workers++; /* lf_daemon_free waits for abandoned ones */
+		pthread_mutex_unlock(&d->vt.lock);
 		ans = lf_deadline_run(mount_fn, d, req, deadline_ms);
 		if (!ans) {
 			lf_err(MOD,

@@ -2,10 +2,19 @@
  *
  * The daemon owns the session registry, the open volumes (one per LUN,
  * shared by all of its mounts) and the mounts. Requests (see ctl.h) are
- * JSON objects with "op": "mount", "umount", "status", "shutdown",
- * "ping". Every request is handled under one daemon lock, so the table of
- * volumes and mounts always matches what is mounted; the registry below
- * has its own per-target locks.
+ * JSON objects with "op": "mount", "umount", "release", "fsck",
+ * "status", "shutdown", "ping". lf_daemon_handle() may be called from
+ * many threads at once: requests for different paths and volumes run in
+ * parallel, two for one path or one volume one after the other, and no
+ * daemon-wide lock is held across slow work (voltable.h lists the locks
+ * and their order; the registry keeps one per target). "status" never
+ * waits for a request in progress.
+ *
+ * Requests are idempotent: a mount already done as asked, an unmount of
+ * what is not mounted, a release of a container with nothing left are
+ * success. "timeout_ms" (mount, umount, release) is the request's
+ * deadline: a mount not done by then is answered "timed out" at once and
+ * leaves nothing behind (deadline.h).
  *
  * Secrets arrive in "secrets" of a mount request, are handed to the
  * registry for the login and wiped; they are never logged or stored.

@@ -477,6 +477,35 @@ static void path_of(char *buf, size_t len, const char *dir, const char *name)
 	snprintf(buf, len, "%s/%s", dir, name);
 }
 
+/* What a failed step saw, at once and after a while: a late notification
+ * (delivered after the call returned) converges, a lost one does not. */
+static void report_step(int i, int line, const char *qa, const char *qb,
+			const char *pb, const char *want)
+{
+	struct stat sa, sb;
+	bool late;
+
+	memset(&sa, 0, sizeof(sa));
+	memset(&sb, 0, sizeof(sb));
+	lstat(qa, &sa);
+	lstat(qb, &sb);
+	late = EVENTUALLY(content_is(qb, want) && !exists(pb));
+	fprintf(stderr,
+		"coherence: step %d, line %d: through A ino %lu, through B "
+		"ino %lu; B %s\n",
+		i, line, (unsigned long)sa.st_ino, (unsigned long)sb.st_ino,
+		late ? "caught up within 3 s (a late notification)"
+		     : "still stale after 3 s (a lost notification)");
+}
+
+/* Steps per run: LUNFS_TEST_COHERENCE_STEPS (default 300) to stress it. */
+static int coherence_iters(void)
+{
+	const char *e = getenv("LUNFS_TEST_COHERENCE_STEPS");
+
+	return e && atoi(e) > 0 ? atoi(e) : 300;
+}
+
 /* Changes through A must be visible through B right after each call
  * returns: B is looked at before (so it caches) and after every step. */
 static int coherence_steps(const char *da, const char *db, int iters)
@@ -506,8 +535,7 @@ static int coherence_steps(const char *da, const char *db, int iters)
 			STEP(!exists(qb));
 		}
 		if (bad)
-			fprintf(stderr, "coherence: step %d, line %d\n", i,
-				where);
+			report_step(i, where, qa, qb, pb, want);
 	}
 #undef STEP
 	return bad;
@@ -575,13 +603,13 @@ static void test_coherence(const char *da, const char *db, const char *dd)
 	CHECK_EQ(mkdir(p, 0755), 0);
 	path_of(q, sizeof(q), db, "st");
 	CHECK(exists(q));
-	CHECK_EQ(coherence_steps(da, db, 300), 0);
+	CHECK_EQ(coherence_steps(da, db, coherence_iters()), 0);
 
 	/* Again while B lists the directory without pause. */
 	w.dir = q;
 	atomic_store(&w.stop, false);
 	CHECK_EQ(pthread_create(&wt, NULL, watch_dir, &w), 0);
-	CHECK_EQ(coherence_steps(da, db, 300), 0);
+	CHECK_EQ(coherence_steps(da, db, coherence_iters()), 0);
 	atomic_store(&w.stop, true);
 	pthread_join(wt, NULL);
 
