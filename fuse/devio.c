@@ -132,7 +132,6 @@ void lf_devio_note(struct lf_mount *m, const void *buf, size_t n)
 		if (arg_flags(arg, alen, offsetof(struct fuse_init_in, flags),
 			      &f)) {
 			m->init_unique = ih.unique;
-			m->init_pending = true;
 			m->kernel_killpriv_v2 = f & FUSE_HANDLE_KILLPRIV_V2;
 			m->kernel_uring =
 				(f & FUSE_INIT_EXT) &&
@@ -144,6 +143,8 @@ void lf_devio_note(struct lf_mount *m, const void *buf, size_t n)
 				arg_has(arg, alen,
 					offsetof(struct fuse_init_in, flags2),
 					LF_FUSE_ALLOW_IDMAP2);
+			/* Last: it publishes the fields above. */
+			atomic_store(&m->init_pending, true);
 		}
 		break;
 	case FUSE_WRITE:
@@ -238,7 +239,7 @@ static ssize_t dev_writev(int fd, struct iovec *iov, int count, void *userdata)
 
 	if (u && lf_uring_reply(u, iov, count, &n))
 		return n;
-	if (m->init_pending && count >= 2 &&
+	if (atomic_load(&m->init_pending) && count >= 2 &&
 	    iov[0].iov_len >= sizeof(struct fuse_out_header)) {
 		struct fuse_out_header oh;
 
@@ -247,7 +248,7 @@ static ssize_t dev_writev(int fd, struct iovec *iov, int count, void *userdata)
 			size_t at = offsetof(struct fuse_init_out, flags);
 			uint32_t f;
 
-			m->init_pending = false;
+			atomic_store(&m->init_pending, false);
 			if (oh.error == 0 && m->want_killpriv_v2 &&
 			    m->kernel_killpriv_v2 &&
 			    iov[1].iov_len >= at + sizeof(f)) {

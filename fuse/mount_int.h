@@ -138,9 +138,13 @@ struct lf_mount {
 	atomic_bool loop_done;
 
 	/* devio.c: FUSE_HANDLE_KILLPRIV_V2 negotiation. The init fields are
-	 * touched only while INIT is handled, before any other request. */
+	 * touched only while INIT is handled, before any other request;
+	 * init_pending is also read by every write to the device, including
+	 * other mounts' invalidations of this one, hence atomic (it orders
+	 * the other fields for the thread that answers INIT). */
 	bool want_killpriv_v2; /* filesystem mounts */
-	bool init_pending, kernel_killpriv_v2;
+	atomic_bool init_pending;
+	bool kernel_killpriv_v2;
 	uint64_t init_unique;
 	atomic_bool killpriv_v2; /* the kernel leaves killing privs to us */
 	/* FUSE over io_uring (uring.c): offered by the kernel in INIT, and

@@ -41,7 +41,7 @@ done
 
 # The daemon's request handling with concurrent clients, under
 # ThreadSanitizer: a race report in lunfsd's log fails the scenario. About
-# 3 minutes (two binaries built, three scenario files run once).
+# 1 to 2 minutes here (two binaries built, three scenario files run once).
 echo "== daemon request handling under ThreadSanitizer"
 cmake -S . -B build-tsan -DLUNFS_TSAN=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-tsan -j"$(nproc)" --target lunfsd lunfs
