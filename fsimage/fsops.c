@@ -18,6 +18,7 @@
 #include "fsimage/acl.h"
 #include "fsimage/dirindex.h"
 #include "fsimage/fsops_int.h"
+#include "fsimage/txn.h"
 #include "iscsi/log.h"
 
 #define MOD		  "fsops"
@@ -2914,6 +2915,8 @@ again:
 	if (!l)
 		return -ENOMEM;
 	lf_vol_lock(v);
+	/* One transaction from the allocation to the size (txn.h). */
+	lf_txn_handle_start(v);
 	r = iread_regular(v, ino, &in, -EINVAL);
 	if (r)
 		goto out_unlock;
@@ -2925,6 +2928,7 @@ again:
 	for (size_t i = 0; i < map.n; i++)
 		need |= !map.v[i].pblk || map.v[i].uninit;
 	if (need && !excl) {
+		lf_txn_handle_stop(v);
 		lf_vol_unlock(v);
 		ilock_put(v, l);
 		excl = true;
@@ -2940,7 +2944,8 @@ again:
 	lf_vol_unlock(v);
 	if (use->n == 0) {
 		r = alloc_err ? alloc_err : -ENOSPC;
-		goto out_put;
+		lf_vol_lock(v);
+		goto out_unlock;
 	}
 	/* Short write up to the last block we could allocate. */
 	done_end = (use->v[use->n - 1].lblk + use->v[use->n - 1].n) * bs;
@@ -2995,8 +3000,8 @@ again:
 	if (!r)
 		r = done_end - off;
 out_unlock:
+	lf_txn_handle_stop(v);
 	lf_vol_unlock(v);
-out_put:
 	ilock_put(v, l);
 	free(bounce);
 	free(map.v);

@@ -73,6 +73,18 @@ struct lf_iocache {
 	uint64_t wdone;	     /* bytes written behind, for the stats */
 	struct wbuf *wspare; /* buffers kept for reuse */
 	unsigned nwspare;
+	uint64_t wticket; /* last ticket handed to a write behind */
+
+	/* Journaled mode (txn.c): the dirty units are the running
+	 * transaction and never go home from here; the snapshot being
+	 * committed (inflight, under mu) is what reads of a unit whose home
+	 * copy is still old overlay, and what direct writes wait for. */
+	bool journaled;
+	size_t jsoft;
+	void (*kick)(void *arg);
+	void *kick_arg;
+	struct lf_iosnap *inflight;
+	pthread_cond_t jcv; /* inflight cleared */
 };
 
 /* A write in flight. */
@@ -80,6 +92,7 @@ struct wb {
 	struct wb *next;
 	struct lf_iocache *c;
 	uint64_t off, len;
+	uint64_t ticket; /* order of registration, for commits */
 	struct iovec iov;
 	struct wbuf *buf; /* NULL: the caller's buffer, written synchronously */
 };
@@ -202,6 +215,64 @@ static bool chunk_written(const struct lf_iocache *c, uint64_t ch)
 	       (c->zmap[ch / 8] & (1u << (ch % 8)));
 }
 
+/* ---- the snapshot in flight (journaled mode) ---- */
+
+/* Index of the first snapshot unit >= key. */
+static size_t snap_lower(const struct lf_iosnap *s, uint64_t key)
+{
+	size_t lo = 0, hi = s->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (s->keys[mid] < key)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static bool inflight_overlaps(const struct lf_iocache *c, uint64_t off,
+			      uint64_t len)
+{
+	const struct lf_iosnap *s = c->inflight;
+	size_t i;
+
+	if (!s || !len)
+		return false;
+	i = snap_lower(s, off / c->unit);
+	return i < s->n && s->keys[i] * c->unit < off + len;
+}
+
+/* A direct write to a unit whose committed copy is not home yet would be
+ * overwritten by the checkpoint: wait for it. mu held. */
+static void inflight_wait_locked(struct lf_iocache *c, uint64_t off,
+				 uint64_t len)
+{
+	while (inflight_overlaps(c, off, len))
+		pthread_cond_wait(&c->jcv, &c->mu);
+}
+
+/* Bytes read from home: the snapshot's units are newer. mu held. */
+static void inflight_overlay_locked(struct lf_iocache *c, uint8_t *buf,
+				    uint64_t len, uint64_t off)
+{
+	const struct lf_iosnap *s = c->inflight;
+
+	if (!s || !len)
+		return;
+	for (size_t i = snap_lower(s, off / c->unit);
+	     i < s->n && s->keys[i] * c->unit < off + len; i++) {
+		uint64_t us = s->keys[i] * c->unit, ue = us + c->unit;
+		uint64_t a = us > off ? us : off;
+		uint64_t b = ue < off + len ? ue : off + len;
+
+		memcpy(buf + (a - off), s->data + i * c->unit + (a - us),
+		       b - a);
+	}
+}
+
 /* ---- write-behind ---- */
 
 static bool wb_overlaps(const struct lf_iocache *c, uint64_t off, uint64_t len)
@@ -303,6 +374,7 @@ static int dev_readv(struct lf_iocache *c, const struct iovec *iov, int n,
 		     uint64_t off, uint64_t len)
 {
 	int r = lf_bdev_preadv(c->bdev, iov, n, off);
+	uint64_t p = off;
 
 	if (r < 0) {
 		lf_err(MOD,
@@ -312,6 +384,10 @@ static int dev_readv(struct lf_iocache *c, const struct iovec *iov, int n,
 		return r;
 	}
 	c->st.bytes_read += len;
+	for (int i = 0; i < n && c->inflight; i++) {
+		inflight_overlay_locked(c, iov[i].iov_base, iov[i].iov_len, p);
+		p += iov[i].iov_len;
+	}
 	return 0;
 }
 
@@ -335,7 +411,7 @@ static int writeback_locked(struct lf_iocache *c)
 	 * the metadata), and no older data write may land on a block after
 	 * its newer cached copy. */
 	wb_drain(c);
-	if (!c->ndirty)
+	if (!c->ndirty || c->journaled)
 		return 0;
 	arr = malloc(c->ndirty * sizeof(*arr));
 	iov = malloc(MAX_IOV * sizeof(*iov));
@@ -413,7 +489,18 @@ static int get_free_ent(struct lf_iocache *c, struct ent **out)
 	e = c->lru.prev;
 	if (e == &c->lru)
 		return -ENOMEM;
-	if (e->dirty) {
+	if (e->dirty && c->journaled) {
+		/* The running transaction stays in memory: take the oldest
+		 * clean unit, or grow past the bound and ask for a commit. */
+		while (e != &c->lru && e->dirty)
+			e = e->prev;
+		if (e == &c->lru) {
+			if (c->kick)
+				c->kick(c->kick_arg);
+			c->max_ents += SLAB_ENTS;
+			return get_free_ent(c, out);
+		}
+	} else if (e->dirty) {
 		r = writeback_locked(c);
 		if (r < 0)
 			return r;
@@ -625,7 +712,7 @@ static int cache_write(struct lf_iocache *c, const uint8_t *buf, uint64_t len,
 		return r;
 	if (c->read_only)
 		return -EROFS;
-	if (len >= BYPASS_BYTES && aligned(c, off, len)) {
+	if (len >= BYPASS_BYTES && aligned(c, off, len) && !c->journaled) {
 		struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
 
 		drop_range_locked(c, off / c->unit, (off + len) / c->unit);
@@ -636,8 +723,9 @@ static int cache_write(struct lf_iocache *c, const uint8_t *buf, uint64_t len,
 		uint64_t n =
 			c->unit - uoff < end - p ? c->unit - uoff : end - p;
 		struct ent *e = find(c, k);
+		bool fresh = !e && n == c->unit;
 
-		if (!e && n == c->unit) {
+		if (fresh) {
 			r = get_free_ent(c, &e);
 			if (r < 0)
 				return r;
@@ -653,6 +741,13 @@ static int cache_write(struct lf_iocache *c, const uint8_t *buf, uint64_t len,
 			e = find(c, k);
 		}
 		touch(c, e);
+		/* A journaled commit rewrites every group descriptor and
+		 * bitmap it holds: unchanged ones must not join it. */
+		if (c->journaled && !fresh && !e->dirty &&
+		    !memcmp(e->data + uoff, buf + (p - off), n)) {
+			p += n;
+			continue;
+		}
 		memcpy(e->data + uoff, buf + (p - off), n);
 		if (!e->dirty) {
 			e->dirty = true;
@@ -660,6 +755,8 @@ static int cache_write(struct lf_iocache *c, const uint8_t *buf, uint64_t len,
 		}
 		p += n;
 	}
+	if (c->journaled && c->ndirty > c->jsoft && c->kick)
+		c->kick(c->kick_arg);
 	return 0;
 }
 
@@ -740,6 +837,7 @@ static int cache_zeroout(struct lf_iocache *c, uint64_t off, uint64_t len)
 		return 0;
 	k0 = off / c->unit;
 	k1 = (off + len) / c->unit;
+	inflight_wait_locked(c, off, len);
 	drop_range_locked(c, k0, k1);
 	wb_wait_range(c, off, len); /* nothing lands after the zeros */
 	if (!c->zmap)
@@ -803,6 +901,7 @@ int lf_iocache_new(struct lf_bdev *bdev, size_t cache_bytes, bool read_only,
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->wmu, NULL);
 	pthread_cond_init(&c->wcv, NULL);
+	pthread_cond_init(&c->jcv, NULL);
 	*out = c;
 	return 0;
 }
@@ -816,6 +915,7 @@ void lf_iocache_free(struct lf_iocache *c)
 	wb_drain(c);
 	wb_free_spares_locked(c);
 	pthread_cond_destroy(&c->wcv);
+	pthread_cond_destroy(&c->jcv);
 	pthread_mutex_destroy(&c->wmu);
 	for (e = c->lru.next; e != &c->lru; e = next) {
 		next = e->next;
@@ -918,6 +1018,185 @@ int lf_iocache_sync_tick(struct lf_iocache *c)
 	return sync_common(c, false);
 }
 
+/* ---- journaled mode ---- */
+
+void lf_iocache_set_journaled(struct lf_iocache *c, bool on, size_t soft,
+			      void (*kick)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&c->mu);
+	c->journaled = on;
+	c->jsoft = soft;
+	c->kick = kick;
+	c->kick_arg = arg;
+	pthread_mutex_unlock(&c->mu);
+}
+
+size_t lf_iocache_ndirty(struct lf_iocache *c)
+{
+	size_t n;
+
+	pthread_mutex_lock(&c->mu);
+	n = c->ndirty;
+	pthread_mutex_unlock(&c->mu);
+	return n;
+}
+
+void lf_iosnap_free(struct lf_iosnap *s)
+{
+	if (!s)
+		return;
+	free(s->keys);
+	free(s->data);
+	free(s);
+}
+
+int lf_iocache_snapshot(struct lf_iocache *c, struct lf_iosnap **out)
+{
+	struct lf_iosnap *s = calloc(1, sizeof(*s));
+	struct ent **arr = NULL, *e;
+	size_t n = 0;
+	int r = -ENOMEM;
+
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_lock(&c->mu);
+	if (c->inflight) {
+		r = -EBUSY; /* one commit at a time: a bug in the caller */
+		goto out;
+	}
+	if (c->ndirty) {
+		arr = malloc(c->ndirty * sizeof(*arr));
+		s->keys = malloc(c->ndirty * sizeof(*s->keys));
+		if (!arr || !s->keys ||
+		    posix_memalign((void **)&s->data, 4096,
+				   c->ndirty * (size_t)c->unit))
+			goto out;
+		for (e = c->lru.next; e != &c->lru; e = e->next)
+			if (e->dirty)
+				arr[n++] = e;
+		qsort(arr, n, sizeof(*arr), cmp_ent);
+		for (size_t i = 0; i < n; i++) {
+			s->keys[i] = arr[i]->key;
+			memcpy(s->data + i * c->unit, arr[i]->data, c->unit);
+			arr[i]->dirty = false;
+		}
+		c->ndirty = 0;
+	}
+	s->n = n;
+	s->unit = c->unit;
+	pthread_mutex_lock(&c->wmu);
+	s->wticket = c->wticket;
+	pthread_mutex_unlock(&c->wmu);
+	if (n)
+		c->inflight = s;
+	r = 0;
+out:
+	pthread_mutex_unlock(&c->mu);
+	free(arr);
+	if (r < 0) {
+		lf_iosnap_free(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+static bool wb_older(const struct lf_iocache *c, uint64_t ticket)
+{
+	for (const struct wb *w = c->wlist; w; w = w->next)
+		if (w->ticket <= ticket)
+			return true;
+	return false;
+}
+
+int lf_iocache_wait_ordered(struct lf_iocache *c, const struct lf_iosnap *s)
+{
+	int r;
+
+	pthread_mutex_lock(&c->wmu);
+	while (wb_older(c, s->wticket))
+		pthread_cond_wait(&c->wcv, &c->wmu);
+	r = c->werr;
+	pthread_mutex_unlock(&c->wmu);
+	return r;
+}
+
+int lf_iocache_take_error(struct lf_iocache *c)
+{
+	int r;
+
+	pthread_mutex_lock(&c->wmu);
+	r = c->werr;
+	c->werr = 0;
+	pthread_mutex_unlock(&c->wmu);
+	return r;
+}
+
+int lf_iocache_write_home(struct lf_iocache *c, const struct lf_iosnap *s)
+{
+	struct iovec iov[MAX_IOV];
+	size_t per_cmd = c->max_xfer / c->unit, i, j;
+	uint64_t written = 0;
+	int r = 0;
+
+	if (per_cmd > MAX_IOV)
+		per_cmd = MAX_IOV;
+	if (!per_cmd)
+		per_cmd = 1;
+	for (i = 0; i < s->n && r == 0; i = j) {
+		for (j = i; j < s->n && j - i < per_cmd &&
+			    s->keys[j] == s->keys[i] + (j - i);
+		     j++) {
+			iov[j - i].iov_base = s->data + j * c->unit;
+			iov[j - i].iov_len = c->unit;
+		}
+		r = lf_bdev_pwritev(c->bdev, iov, (int)(j - i),
+				    s->keys[i] * c->unit);
+		if (r < 0)
+			lf_err(MOD, "%s: checkpoint write at %" PRIu64 ": %s",
+			       lf_bdev_desc(c->bdev), s->keys[i] * c->unit,
+			       strerror(-r));
+		else
+			written += (uint64_t)(j - i) * c->unit;
+	}
+	if (r == 0 && s->n)
+		r = lf_bdev_flush(c->bdev);
+	pthread_mutex_lock(&c->mu);
+	c->st.bytes_written += written;
+	if (s->n)
+		c->st.flushes++;
+	if (written)
+		mark_written(c, s->keys[0] * c->unit,
+			     (s->keys[s->n - 1] - s->keys[0] + 1) * c->unit);
+	pthread_mutex_unlock(&c->mu);
+	return r;
+}
+
+void lf_iocache_snapshot_done(struct lf_iocache *c, struct lf_iosnap *s)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->inflight == s) {
+		c->inflight = NULL;
+		pthread_cond_broadcast(&c->jcv);
+	}
+	pthread_mutex_unlock(&c->mu);
+	lf_iosnap_free(s);
+}
+
+void lf_iocache_drop_clean(struct lf_iocache *c)
+{
+	struct ent *e, *next;
+
+	pthread_mutex_lock(&c->mu);
+	for (e = c->lru.next; e != &c->lru; e = next) {
+		next = e->next;
+		if (!e->dirty)
+			ent_drop(c, e);
+	}
+	c->ra_next = UINT64_MAX;
+	pthread_mutex_unlock(&c->mu);
+}
+
 int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off)
 {
 	int r;
@@ -932,6 +1211,7 @@ int lf_iocache_pread(struct lf_iocache *c, void *buf, size_t len, uint64_t off)
 	}
 	pthread_mutex_lock(&c->mu);
 	c->st.bytes_read += len;
+	inflight_overlay_locked(c, buf, len, off);
 	overlay_locked(c, buf, len, off);
 	pthread_mutex_unlock(&c->mu);
 	return 0;
@@ -953,7 +1233,8 @@ void lf_iocache_pread_async(struct lf_iocache *c, const struct iovec *iov,
 	/* A write that lands in the cache after this check is simply
 	 * ordered after the read, as with any concurrent read and write. */
 	pthread_mutex_lock(&c->mu);
-	cached = each_cached_locked(c, off, len, found, NULL);
+	cached = each_cached_locked(c, off, len, found, NULL) ||
+		 inflight_overlaps(c, off, len);
 	if (!cached)
 		c->st.bytes_read += len;
 	pthread_mutex_unlock(&c->mu);
@@ -998,6 +1279,7 @@ static int write_through(struct lf_iocache *c, const void *buf, size_t len,
 		/* Registered together with the update of the cached copies,
 		 * under mu: a cache fill sees either both or neither. */
 		pthread_mutex_lock(&c->mu);
+		inflight_wait_locked(c, off, len);
 		pthread_mutex_lock(&c->wmu);
 		if (wb_overlaps(c, off, len)) {
 			pthread_mutex_unlock(&c->wmu);
@@ -1006,6 +1288,7 @@ static int write_through(struct lf_iocache *c, const void *buf, size_t len,
 		}
 		if (c->werr)
 			behind = false;
+		w->ticket = ++c->wticket;
 		w->next = c->wlist;
 		c->wlist = w;
 		c->wbytes += len;
@@ -1066,7 +1349,8 @@ int lf_iocache_pwrite(struct lf_iocache *c, const void *buf, size_t len,
 	 * synchronous SCSI command each. Cached copies stay the newest bytes,
 	 * so reads are coherent; fsync writes the cache back first. */
 	if (len <= LF_IOCACHE_SMALL_WRITE && aligned(c, off, len) &&
-	    c->ndirty < c->max_ents / 4) {
+	    c->ndirty < c->max_ents / 4 &&
+	    (!c->journaled || c->ndirty < c->jsoft)) {
 		r = cache_write(c, buf, len, off);
 		if (!r)
 			mark_written(c, off, len);
@@ -1306,6 +1590,7 @@ static errcode_t lf_io_discard(io_channel ch, unsigned long long block,
 	pthread_mutex_lock(&c->mu);
 	r = range_ok(c, off, len);
 	if (r == 0) {
+		inflight_wait_locked(c, off, len);
 		drop_range_locked(c, off / c->unit, (off + len) / c->unit);
 		c->need_flush = true;
 		wb_wait_range(c, off, len);
@@ -1386,4 +1671,9 @@ static struct struct_io_manager lf_io_manager_tbl = {
 io_manager lf_iomgr(void)
 {
 	return &lf_io_manager_tbl;
+}
+
+uint32_t lf_iocache_unit(const struct lf_iocache *c)
+{
+	return c->unit;
 }

@@ -97,4 +97,46 @@ int lf_iocache_reset(struct lf_iocache *c);
 
 void lf_iocache_get_stats(struct lf_iocache *c, struct lf_iocache_stats *st);
 
+/*
+ * Journaled mode (txn.c drives it). The dirty units are the running
+ * transaction: they are never written home by the cache (no write-back on
+ * eviction or sync: the cache grows past its bound instead and calls kick,
+ * as it does once more than soft units are dirty; kick must not block nor
+ * take the volume lock or this cache's). lf_iocache_sync() then only
+ * waits for the writes behind, reports their failure and flushes.
+ *
+ * A commit: lf_iocache_snapshot() (under the volume lock, at a consistent
+ * point) copies the dirty units out and marks them clean; from then until
+ * lf_iocache_snapshot_done() the snapshot is "in flight": a unit read from
+ * home is overlaid with its copy, and a direct write (file data, zeroout,
+ * discard) to one of its units waits, so the checkpoint never overwrites
+ * newer bytes. lf_iocache_wait_ordered() waits for the writes behind
+ * registered before the snapshot (ordered mode: data before the commit
+ * that exposes it) and returns a pending write failure without taking it.
+ * lf_iocache_write_home() is the checkpoint: the copies home, merged, then
+ * SYNCHRONIZE CACHE; no lock is held across its I/O.
+ */
+struct lf_iosnap {
+	size_t n;
+	uint32_t unit;
+	uint64_t *keys; /* sorted unit numbers */
+	uint8_t *data;	/* n * unit bytes */
+	uint64_t wticket;
+};
+
+void lf_iocache_set_journaled(struct lf_iocache *c, bool on, size_t soft,
+			      void (*kick)(void *arg), void *arg);
+size_t lf_iocache_ndirty(struct lf_iocache *c);
+uint32_t lf_iocache_unit(const struct lf_iocache *c);
+int lf_iocache_snapshot(struct lf_iocache *c, struct lf_iosnap **out);
+int lf_iocache_wait_ordered(struct lf_iocache *c, const struct lf_iosnap *s);
+int lf_iocache_write_home(struct lf_iocache *c, const struct lf_iosnap *s);
+void lf_iocache_snapshot_done(struct lf_iocache *c, struct lf_iosnap *s);
+void lf_iosnap_free(struct lf_iosnap *s);
+/* The failure of a write behind since the last report, taken. */
+int lf_iocache_take_error(struct lf_iocache *c);
+/* Forget every clean cached unit (the device changed underneath: journal
+ * replay). */
+void lf_iocache_drop_clean(struct lf_iocache *c);
+
 #endif

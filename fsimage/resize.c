@@ -12,6 +12,7 @@
 #include "fsimage/iomgr.h"
 #include "fsimage/mmp.h"
 #include "fsimage/resize.h"
+#include "fsimage/txn.h"
 #include "fsimage/volume_int.h"
 #include "iscsi/log.h"
 
@@ -70,6 +71,7 @@ int lf_vol_grow(struct lf_vol *v, uint64_t new_bytes, lf_vol_grow_fn grow,
 	const char *desc = lf_vol_desc(v);
 	uint64_t cur, want, dev = lf_bdev_size(v->bdev);
 	ext2_filsys old;
+	bool journaled = false;
 	int r, r2;
 
 	*err = 0;
@@ -110,7 +112,12 @@ int lf_vol_grow(struct lf_vol *v, uint64_t new_bytes, lf_vol_grow_fn grow,
 	}
 	/* Everything on the device, nothing in flight or cached. */
 	lf_fsops_quiesce(v);
-	r = lf_vol_sync_locked(v);
+	/* A journaled volume is handed over clean: log empty, no
+	 * needs_recovery (resize2fs wants it so); journaling resumes after. */
+	journaled = v->txn != NULL;
+	r = journaled ? lf_txn_suspend(v) : 0;
+	if (r == 0)
+		r = lf_vol_sync_locked(v);
 	if (r < 0) {
 		snprintf(err, errlen, "%s: writing back before the resize: %s",
 			 desc, strerror(-r));
@@ -158,6 +165,19 @@ int lf_vol_grow(struct lf_vol *v, uint64_t new_bytes, lf_vol_grow_fn grow,
 			(unsigned long long)(ext2fs_blocks_count(v->fs->super) *
 					     v->fs->blocksize));
 out:
+	if (journaled && !v->txn && v->fs) {
+		char jerr[256];
+
+		if (!lf_txn_usable(v) ||
+		    lf_txn_start(v, jerr, sizeof(jerr)) < 0) {
+			lf_err(MOD,
+			       "%s: journaling did not resume after the "
+			       "resize: unmount the volume and mount it again",
+			       desc);
+			if (!r)
+				r = -EIO;
+		}
+	}
 	lf_vol_unlock(v);
 	return r;
 }

@@ -16,6 +16,7 @@
 
 #include "fsimage/iomgr.h"
 #include "fsimage/trim.h"
+#include "fsimage/txn.h"
 #include "fsimage/volume_int.h"
 #include "iscsi/log.h"
 
@@ -96,8 +97,10 @@ static void queue_add(struct lf_vol *v, blk64_t blk, blk64_t len)
 
 static void on_block_stats(ext2_filsys fs, blk64_t blk, int inuse)
 {
-	if (inuse < 0 && fs->priv_data)
+	if (inuse < 0 && fs->priv_data) {
 		queue_add(fs->priv_data, blk, 1);
+		lf_txn_freed(fs->priv_data, blk, 1);
+	}
 }
 
 /* Not a range callback: libext2fs 1.47.0 calls it with the range's end
@@ -106,6 +109,7 @@ void lf_vol_free_blocks(struct lf_vol *v, blk64_t blk, blk64_t n)
 {
 	ext2fs_block_alloc_stats_range(v->fs, blk, (blk_t)n, -1);
 	queue_add(v, blk, n);
+	lf_txn_freed(v, blk, n);
 }
 
 static void batch_mark(struct lf_vol *v, struct batch *b, bool used)

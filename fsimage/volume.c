@@ -10,8 +10,10 @@
 
 #include "fsimage/format.h"
 #include "fsimage/iomgr.h"
+#include "fsimage/journal.h"
 #include "fsimage/mmp.h"
 #include "fsimage/probe.h"
+#include "fsimage/txn.h"
 #include "fsimage/volume_int.h"
 #include "iscsi/log.h"
 
@@ -114,6 +116,8 @@ int lf_vol_sync_locked(struct lf_vol *v)
 		return 0;
 	if (lf_vol_fenced(v, NULL, 0))
 		return -EIO; /* what was not on the LUN never will be */
+	if (v->txn)
+		return lf_txn_commit_wait(v);
 	if (v->fs->flags &
 	    (EXT2_FLAG_DIRTY | EXT2_FLAG_IB_DIRTY | EXT2_FLAG_BB_DIRTY)) {
 		lf_trim_bitmaps_begin(v);
@@ -295,12 +299,43 @@ static int check_geometry(struct lf_vol *v, char *err, size_t errlen)
 	return 0;
 }
 
+/* A journal a crash left behind: replayed straight onto the device, then
+ * the filesystem opened again over what it wrote. */
+static int replay(struct lf_vol *v, const char *name, int flags, char *err,
+		  size_t errlen)
+{
+	unsigned n = 0;
+	errcode_t e;
+	int r;
+
+	r = lf_journal_replay(v->fs, v->bdev, &n, err, errlen);
+	ext2fs_free(v->fs);
+	v->fs = NULL;
+	lf_iocache_drop_clean(v->cache);
+	if (r < 0)
+		return r;
+	e = ext2fs_open2(name, NULL, flags, 0, 0, lf_iomgr(), &v->fs);
+	if (e) {
+		v->fs = NULL;
+		return say(err, errlen, lf_errno_from_ext2(e),
+			   "%s: cannot open the ext filesystem after journal "
+			   "replay: %s ('lunfs fsck --repair SPEC' fixes it)",
+			   lf_vol_desc(v), error_message(e));
+	}
+	/* Recovered: what is left is ours to mark again when serving. */
+	ext2fs_clear_feature_journal_needs_recovery(v->fs->super);
+	lf_info(MOD, "%s: recovered by journal replay (%u transaction%s)",
+		lf_vol_desc(v), n, n == 1 ? "" : "s");
+	return 0;
+}
+
 static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 {
 	const char *desc = lf_vol_desc(v);
 	char name[64];
 	/* MMP is ours (mmp.h): libext2fs's would open the device by name. */
 	int flags = EXT2_FLAG_64BITS | EXT2_FLAG_SKIP_MMP;
+	bool claimed = false;
 	errcode_t e;
 	int r;
 
@@ -339,6 +374,19 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 		if (r < 0)
 			return r;
 	}
+	if (ext2fs_has_feature_journal_needs_recovery(v->fs->super) &&
+	    !v->opts.read_only && lf_txn_usable(v)) {
+		/* The replay writes: the volume must be ours first. */
+		if (v->mmp) {
+			r = lf_mmp_claim(v->mmp, err, errlen);
+			if (r < 0)
+				return r;
+			claimed = true;
+		}
+		r = replay(v, name, flags, err, errlen);
+		if (r < 0)
+			return r;
+	}
 	r = check_state(v, err, errlen);
 	if (r == -EUCLEAN && v->mmp)
 		lf_mmp_release_stale(v->mmp); /* the repair comes next */
@@ -350,12 +398,14 @@ static int open_fs(struct lf_vol *v, char *err, size_t errlen)
 	lf_trim_attach(v);
 	if (v->opts.read_only)
 		return 0;
-
-	if (v->mmp) {
+	if (v->mmp && !claimed) {
 		r = lf_mmp_claim(v->mmp, err, errlen);
 		if (r < 0)
 			return r;
 	}
+	if (lf_txn_usable(v))
+		return lf_txn_start(v, err, errlen);
+
 	/* Not clean while we serve it: a crash leaves it for fsck. Only the
 	 * primary superblock, like the kernel at mount. */
 	v->fs->super->s_state &= ~EXT2_VALID_FS;
@@ -481,7 +531,7 @@ int lf_vol_open(struct lf_bdev *bdev, const struct lf_vol_opts *opts,
 	r = open_fs(v, err, errlen);
 	if (r < 0)
 		goto fail;
-	if (!v->opts.read_only) {
+	if (!v->opts.read_only && !v->txn) {
 		if (pthread_create(&v->flusher, NULL, flusher_main, v) != 0) {
 			r = say(err, errlen, -EAGAIN,
 				"%s: cannot start the flusher thread", desc);
@@ -496,6 +546,8 @@ int lf_vol_open(struct lf_bdev *bdev, const struct lf_vol_opts *opts,
 	*out = v;
 	return 0;
 fail:
+	if (v->txn)
+		lf_txn_stop(v);
 	if (v->fs) {
 		/* Never write on a failed open: drop libext2fs' state. */
 		ext2fs_free(v->fs);
@@ -520,7 +572,13 @@ int lf_vol_close(struct lf_vol *v)
 		v->fsops_fini(v);
 	lf_trim_close_locked(v);
 	if (lf_vol_fenced(v, NULL, 0)) {
-		/* Another node owns the LUN now: not one more byte. */
+		/* Another node owns the LUN now: not one more byte (the
+		 * committer's last writes fail on the fenced bdev). */
+		if (v->txn) {
+			lf_vol_unlock(v);
+			lf_txn_stop(v);
+			lf_vol_lock(v);
+		}
 		ext2fs_free(v->fs);
 		v->fs = NULL;
 		lf_vol_unlock(v);
@@ -528,9 +586,30 @@ int lf_vol_close(struct lf_vol *v)
 		vol_free(v);
 		return -EIO;
 	}
-	if (!v->opts.read_only) {
+	if (v->txn) {
+		/* Everything committed and home, the log empty: only then
+		 * may the superblock say there is nothing to recover. */
+		lf_vol_unlock(v);
+		r = lf_txn_stop(v);
+		lf_vol_lock(v);
+		if (r == 0)
+			ext2fs_clear_feature_journal_needs_recovery(
+				v->fs->super);
+	}
+	if (!v->opts.read_only && r == 0) {
 		v->fs->super->s_state |= EXT2_VALID_FS;
 		ext2fs_mark_super_dirty(v->fs);
+	}
+	if (r < 0) {
+		/* The journal could not take the last commit: write
+		 * nothing more; the next open replays what it holds. */
+		lf_err(MOD, "%s: closed without writing (the journal failed)",
+		       desc);
+		ext2fs_free(v->fs);
+		v->fs = NULL;
+		lf_vol_unlock(v);
+		vol_free(v);
+		return r;
 	}
 	e = ext2fs_close2(v->fs, 0);
 	if (e) {

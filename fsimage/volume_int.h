@@ -24,6 +24,7 @@
 
 struct lf_iocache;
 struct lf_trim;
+struct lf_txn;
 
 struct lf_vol {
 	pthread_mutex_t lock;
@@ -36,6 +37,7 @@ struct lf_vol {
 
 	struct lf_trim *trim; /* owned by trim.c */
 	uint64_t fs_bytes;    /* atomic; lf_vol_fs_bytes() */
+	struct lf_txn *txn;   /* journaled read-write volumes; owned by txn.c */
 
 	void *fsops; /* owned by fsops.c */
 	void (*fsops_fini)(struct lf_vol *v);
