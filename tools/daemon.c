@@ -676,6 +676,7 @@ static int volume_get(struct lf_daemon *d, const struct lf_spec *spec,
 	if (!block) {
 		struct lf_vol_opts vo = {
 			.cache_bytes = d->o.cache_bytes,
+			.flush_interval_ms = d->o.commit_ms,
 			.read_only = read_only,
 			.allow_format = !read_only,
 			.mmp_node = initiator,

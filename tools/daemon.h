@@ -36,6 +36,8 @@ struct lf_daemon_opts {
 	int replacement_timeout;
 	/* Metadata cache of each open filesystem volume; 0 = 64 MiB. */
 	size_t cache_bytes;
+	/* Journal commit period of each volume, ms; 0 = 5000. */
+	unsigned commit_ms;
 	/* Keep FUSE on /dev/fuse even where the kernel offers io_uring. */
 	bool no_fuse_uring;
 	/* Every mount of a filesystem volume its own FUSE mount with lunfs's

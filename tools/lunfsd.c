@@ -65,6 +65,11 @@ static void usage(FILE *f)
 		"  --cache-size MIB  metadata cache of each open filesystem "
 		"volume\n"
 		"                    (default 64; env LUNFS_CACHE_MB)\n"
+		"  --commit-interval MS\n"
+		"                    journal commit period of each volume "
+		"(default 5000;\n"
+		"                    env LUNFS_COMMIT_MS); fsync always "
+		"commits\n"
 		"  --no-fuse-uring   serve FUSE over /dev/fuse even where the "
 		"kernel offers\n"
 		"                    io_uring (fuse.enable_uring=1, Linux >= "
@@ -216,6 +221,7 @@ int main(int argc, char **argv)
 		{"no-allow-other", no_argument, NULL, 'n'},
 		{"replacement-timeout", required_argument, NULL, 'R'},
 		{"cache-size", required_argument, NULL, 'C'},
+		{"commit-interval", required_argument, NULL, 'I'},
 		{"no-fuse-uring", no_argument, NULL, 'U'},
 		{"per-mount-views", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
@@ -226,6 +232,7 @@ int main(int argc, char **argv)
 	const char *state_opt = NULL, *sock_opt = NULL;
 	const char *rt_opt = getenv("LUNFS_REPLACEMENT_TIMEOUT");
 	const char *cache_opt = getenv("LUNFS_CACHE_MB");
+	const char *commit_opt = getenv("LUNFS_COMMIT_MS");
 	int replacement_timeout = 0;
 	bool allow_other = geteuid() == 0 || fuse_user_allow_other();
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -255,6 +262,9 @@ int main(int argc, char **argv)
 			break;
 		case 'C':
 			cache_opt = optarg;
+			break;
+		case 'I':
+			commit_opt = optarg;
 			break;
 		case 'U':
 			o.no_fuse_uring = true;
@@ -305,6 +315,21 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		o.cache_bytes = (size_t)v << 20;
+	}
+	if (commit_opt && *commit_opt) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(commit_opt, &end, 10);
+		if (errno || *end || v < 1 || v > 600000) {
+			fprintf(stderr,
+				"lunfsd: commit interval '%s': expected "
+				"milliseconds between 1 and 600000\n",
+				commit_opt);
+			return 2;
+		}
+		o.commit_ms = (unsigned)v;
 	}
 	r = lf_ctl_paths(state_opt, sock_opt, state, sizeof(state), sock,
 			 sizeof(sock));
