@@ -45,7 +45,7 @@ static unsigned pass_interval_ms = 600000;
 static size_t pass_cache_bytes;
 static unsigned pass_write_delay_us; /* a slower device */
 static unsigned pass_think_us;	     /* time between operations */
-static const struct lf_owner owner = {0, 0, false};
+static const struct lf_owner owner = {.uid = 0, .gid = 0};
 
 /* ---- the power cut ---- */
 
