@@ -1344,9 +1344,9 @@ static int new_first_block(struct lf_vol *v, uint64_t ino,
 	return e ? lf_errno_from_ext2(e) : 0;
 }
 
-static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
-		       uint32_t mode, uint64_t rdev, const char *target,
-		       const struct lf_owner *o, struct lf_stat *st)
+static int create_node_once(struct lf_vol *v, uint64_t parent, const char *name,
+			    uint32_t mode, uint64_t rdev, const char *target,
+			    const struct lf_owner *o, struct lf_stat *st)
 {
 	ext2_filsys fs = v->fs;
 	struct lf_fsops *s;
@@ -1453,6 +1453,25 @@ out:
 	lf_vol_unlock(v);
 	lf_acl_new_free(&acl);
 	return r;
+}
+
+/* Out of space with freed blocks held for their commit: commit, retry
+ * once (txn.h). */
+static int create_node(struct lf_vol *v, uint64_t parent, const char *name,
+		       uint32_t mode, uint64_t rdev, const char *target,
+		       const struct lf_owner *o, struct lf_stat *st)
+{
+	int r = create_node_once(v, parent, name, mode, rdev, target, o, st);
+	bool again;
+
+	if (r != -ENOSPC)
+		return r;
+	lf_vol_lock(v);
+	again = lf_txn_release_freed(v);
+	lf_vol_unlock(v);
+	return again ? create_node_once(v, parent, name, mode, rdev, target, o,
+					st)
+		     : r;
 }
 
 int lf_fs_mknod(struct lf_vol *v, uint64_t parent, const char *name,
@@ -2891,7 +2910,7 @@ ssize_t lf_fs_write(struct lf_vol *v, uint64_t ino, const void *buf,
 	struct lf_ilock *l;
 	size_t failed = 0;
 	int alloc_err = 0;
-	bool excl, need;
+	bool excl, need, retried = false;
 	ssize_t r;
 
 	if (size == 0)
@@ -2917,6 +2936,7 @@ again:
 	lf_vol_lock(v);
 	/* One transaction from the allocation to the size (txn.h). */
 	lf_txn_handle_start(v);
+remap:
 	r = iread_regular(v, ino, &in, -EINVAL);
 	if (r)
 		goto out_unlock;
@@ -2939,6 +2959,18 @@ again:
 		r = alloc_runs(v, ino, &in, &map, &runs, &alloc_err);
 		if (r)
 			goto out_unlock;
+		if (alloc_err == -ENOSPC && !retried && lf_txn_has_freed(v)) {
+			/* Freed blocks wait for their commit (txn.h). The
+			 * inode lock stays: what was allocated so far is not
+			 * written yet and no reader may see it. */
+			lf_txn_handle_stop(v);
+			lf_txn_release_freed(v);
+			lf_txn_handle_start(v);
+			retried = true;
+			alloc_err = 0;
+			runs.n = 0;
+			goto remap;
+		}
 		use = &runs;
 	}
 	lf_vol_unlock(v);

@@ -95,12 +95,16 @@ static void queue_add(struct lf_vol *v, blk64_t blk, blk64_t len)
 	t->queue[t->nqueue++] = (struct ext){blk, len};
 }
 
+void lf_trim_queue(struct lf_vol *v, blk64_t blk, blk64_t len)
+{
+	queue_add(v, blk, len);
+}
+
 static void on_block_stats(ext2_filsys fs, blk64_t blk, int inuse)
 {
-	if (inuse < 0 && fs->priv_data) {
+	/* A journaled volume hands its frees over once they are home. */
+	if (inuse < 0 && fs->priv_data && !lf_txn_freed(fs->priv_data, blk, 1))
 		queue_add(fs->priv_data, blk, 1);
-		lf_txn_freed(fs->priv_data, blk, 1);
-	}
 }
 
 /* Not a range callback: libext2fs 1.47.0 calls it with the range's end
@@ -108,8 +112,8 @@ static void on_block_stats(ext2_filsys fs, blk64_t blk, int inuse)
 void lf_vol_free_blocks(struct lf_vol *v, blk64_t blk, blk64_t n)
 {
 	ext2fs_block_alloc_stats_range(v->fs, blk, (blk_t)n, -1);
-	queue_add(v, blk, n);
-	lf_txn_freed(v, blk, n);
+	if (!lf_txn_freed(v, blk, n))
+		queue_add(v, blk, n);
 }
 
 static void batch_mark(struct lf_vol *v, struct batch *b, bool used)

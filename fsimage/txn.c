@@ -47,6 +47,7 @@ struct lf_txn {
 	bool kicked, stopping;
 	uint64_t want;	    /* commit at least up to this id */
 	uint64_t committed; /* durable up to this id */
+	uint64_t completed; /* home, its freed blocks released, up to this */
 	int err;	    /* sticky */
 	struct lf_txn_stats st;
 };
@@ -83,21 +84,6 @@ static void rs_mark(ext2_filsys fs, const struct rangeset *s, bool used)
 	}
 }
 
-void lf_txn_freed(struct lf_vol *v, blk64_t blk, blk64_t n)
-{
-	struct lf_txn *t = v->txn;
-
-	if (!t || !n)
-		return;
-	if (rs_add(&t->freed, blk, n) < 0) {
-		/* Out of memory: let it be reused at once, and say so. */
-		lf_warn(MOD, "%s: out of memory tracking freed blocks",
-			lf_vol_desc(v));
-		return;
-	}
-	ext2fs_mark_block_bitmap_range2(v->fs->block_map, blk, (unsigned)n);
-}
-
 static void kick(void *arg)
 {
 	struct lf_txn *t = arg;
@@ -106,6 +92,57 @@ static void kick(void *arg)
 	t->kicked = true;
 	pthread_cond_signal(&t->cv);
 	pthread_mutex_unlock(&t->mu);
+}
+
+bool lf_txn_freed(struct lf_vol *v, blk64_t blk, blk64_t n)
+{
+	struct lf_txn *t = v->txn;
+
+	if (!t)
+		return false;
+	if (!n)
+		return true;
+	if (rs_add(&t->freed, blk, n) < 0) {
+		/* Out of memory: let it be reused at once, and say so. */
+		lf_warn(MOD, "%s: out of memory tracking freed blocks",
+			lf_vol_desc(v));
+		return false;
+	}
+	ext2fs_mark_block_bitmap_range2(v->fs->block_map, blk, (unsigned)n);
+	/* Space runs short: the held blocks are worth a commit now. */
+	if (ext2fs_free_blocks_count(v->fs->super) <
+	    ext2fs_blocks_count(v->fs->super) / 16)
+		kick(t);
+	return true;
+}
+
+bool lf_txn_has_freed(struct lf_vol *v)
+{
+	struct lf_txn *t = v->txn;
+
+	return t && (t->freed.n || t->committing.n);
+}
+
+bool lf_txn_release_freed(struct lf_vol *v)
+{
+	struct lf_txn *t = v->txn;
+	uint64_t id;
+	bool ok;
+
+	if (!lf_txn_has_freed(v))
+		return false;
+	id = t->running;
+	lf_vol_unlock(v);
+	pthread_mutex_lock(&t->mu);
+	if (t->want < id)
+		t->want = id;
+	pthread_cond_signal(&t->cv);
+	while (t->completed < id && !t->err)
+		pthread_cond_wait(&t->done_cv, &t->mu);
+	ok = t->completed >= id;
+	pthread_mutex_unlock(&t->mu);
+	lf_vol_lock(v);
+	return ok;
 }
 
 bool lf_txn_usable(struct lf_vol *v)
@@ -247,6 +284,8 @@ static int commit_once(struct lf_txn *t)
 	free(b);
 	lf_vol_lock(v);
 	rs_mark(v->fs, &t->committing, false);
+	for (size_t i = 0; i < t->committing.n; i++)
+		lf_trim_queue(v, t->committing.v[i].blk, t->committing.v[i].n);
 	t->committing.n = 0;
 	/* A durable point for online discard: what is free now and was
 	 * queued is free on disk. Its UNMAPs run here, under the lock, so
@@ -254,6 +293,10 @@ static int commit_once(struct lf_txn *t)
 	lf_vol_after_durable(v);
 	lf_trim_work(v, true);
 	lf_vol_unlock(v);
+	pthread_mutex_lock(&t->mu);
+	t->completed = id;
+	pthread_cond_broadcast(&t->done_cv);
+	pthread_mutex_unlock(&t->mu);
 	return 0;
 fail:
 	/* Nothing more is committed. The copies go home as they are (best
@@ -453,7 +496,7 @@ int lf_txn_suspend(struct lf_vol *v)
 	return e ? lf_errno_from_ext2(e) : 0;
 }
 
-int lf_txn_commit_wait(struct lf_vol *v)
+int lf_txn_commit_wait(struct lf_vol *v, bool home)
 {
 	struct lf_txn *t = v->txn;
 	uint64_t id = t->running;
@@ -464,9 +507,9 @@ int lf_txn_commit_wait(struct lf_vol *v)
 	if (t->want < id)
 		t->want = id;
 	pthread_cond_signal(&t->cv);
-	while (t->committed < id && !t->err)
+	while ((home ? t->completed : t->committed) < id && !t->err)
 		pthread_cond_wait(&t->done_cv, &t->mu);
-	r = t->committed >= id ? 0 : t->err;
+	r = (home ? t->completed : t->committed) >= id ? 0 : t->err;
 	pthread_mutex_unlock(&t->mu);
 	r2 = lf_iocache_take_error(v->cache);
 	lf_vol_lock(v);

@@ -61,12 +61,20 @@ int lf_txn_stop(struct lf_vol *v);
 int lf_txn_suspend(struct lf_vol *v);
 /* A block range freed (trim.c sees every free through libext2fs's
  * allocation callback and lf_vol_free_blocks()); lock held. Kept marked
- * in use in memory until its transaction is home. */
-void lf_txn_freed(struct lf_vol *v, blk64_t blk, blk64_t n);
+ * in use in memory until its transaction is home, then queued for
+ * discard. false: not journaled (or out of memory), the caller queues. */
+bool lf_txn_freed(struct lf_vol *v, blk64_t blk, blk64_t n);
+/* Lock held. Are freed blocks held for their transaction? Then an
+ * allocation that met ENOSPC calls lf_txn_release_freed() (no handle
+ * open: it commits, drops the lock until those blocks are home and
+ * released, retakes it) and tries again, as ext4 retries after forcing
+ * a commit. */
+bool lf_txn_has_freed(struct lf_vol *v);
+bool lf_txn_release_freed(struct lf_vol *v);
 /* Lock held (dropped while waiting, retaken): commit the running
- * transaction and wait for that commit to be durable; also reports a
- * failed write behind. */
-int lf_txn_commit_wait(struct lf_vol *v);
+ * transaction and wait for that commit to be durable (home: and
+ * checkpointed); also reports a failed write behind. */
+int lf_txn_commit_wait(struct lf_vol *v, bool home);
 /* Lock held. No-ops on an unjournaled volume. */
 void lf_txn_handle_start(struct lf_vol *v);
 void lf_txn_handle_stop(struct lf_vol *v);

@@ -117,7 +117,7 @@ int lf_vol_sync_locked(struct lf_vol *v)
 	if (lf_vol_fenced(v, NULL, 0))
 		return -EIO; /* what was not on the LUN never will be */
 	if (v->txn)
-		return lf_txn_commit_wait(v);
+		return lf_txn_commit_wait(v, false);
 	if (v->fs->flags &
 	    (EXT2_FLAG_DIRTY | EXT2_FLAG_IB_DIRTY | EXT2_FLAG_BB_DIRTY)) {
 		lf_trim_bitmaps_begin(v);
@@ -140,7 +140,9 @@ int lf_vol_sync(struct lf_vol *v)
 	int r;
 
 	lf_vol_lock(v);
-	r = lf_vol_sync_locked(v);
+	/* A volume-wide sync also waits for the checkpoint: afterwards the
+	 * metadata is home, not only in the journal. */
+	r = v->txn ? lf_txn_commit_wait(v, true) : lf_vol_sync_locked(v);
 	lf_vol_unlock(v);
 	return r;
 }

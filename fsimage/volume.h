@@ -8,14 +8,19 @@
  *  2. Open with libext2fs through our io_manager (iomgr.h) and its
  *     bounded write-back block cache. Refuse features libext2fs cannot
  *     write safely.
- *  3. A volume that needs journal recovery or was not cleanly unmounted
- *     is replayed/repaired or refused (-EUCLEAN) with a message naming the
- *     command that repairs it ("lunfs fsck SPEC"); never served dirty.
- *  4. Read-write: mark the superblock not clean (s_state without
- *     EXT2_VALID_FS) and write it through before serving; a flusher thread
- *     writes the cache back every flush_interval_ms.
- * lf_vol_close() flushes, marks clean, writes the superblock, closes and
- * sends SYNCHRONIZE CACHE. After it, e2fsck -fn is silent.
+ *  3. A volume that needs journal recovery is replayed (read-write opens
+ *     of journaled 4 KiB-block volumes, jreplay.c); one that was not
+ *     cleanly unmounted, or needs recovery we cannot replay, is refused
+ *     (-EUCLEAN) with a message naming the command that repairs it
+ *     ("lunfs fsck SPEC"); never served dirty.
+ *  4. Read-write, journaled (txn.h): needs_recovery set, every metadata
+ *     change through jbd2 transactions committed every flush_interval_ms
+ *     and on sync. Without a usable journal: the superblock marked not
+ *     clean (s_state without EXT2_VALID_FS) before serving, and a flusher
+ *     thread writes the cache back every flush_interval_ms.
+ * lf_vol_close() commits and checkpoints (empty log), marks clean, writes
+ * the superblock, closes and sends SYNCHRONIZE CACHE. After it, e2fsck -fn
+ * is silent.
  *
  * Fencing: a read-write open of a volume with the mmp feature claims its
  * MMP block before the first write and keeps it updated (mmp.h). Once the
@@ -63,7 +68,9 @@ int lf_vol_open(struct lf_bdev *bdev, const struct lf_vol_opts *opts,
 		struct lf_vol **out, char *err, size_t errlen);
 int lf_vol_close(struct lf_vol *v);
 
-/* Write back every dirty cached block, then SYNCHRONIZE CACHE. */
+/* Everything durable: on a journaled volume committed and checkpointed
+ * (metadata home), otherwise every dirty cached block written back; then
+ * SYNCHRONIZE CACHE. */
 int lf_vol_sync(struct lf_vol *v);
 
 bool lf_vol_read_only(const struct lf_vol *v);

@@ -74,6 +74,9 @@ void lf_trim_attach(struct lf_vol *v);
  * what fsops calls to free a range itself (libext2fs's own frees, block
  * by block, are seen through its allocation callback). */
 void lf_vol_free_blocks(struct lf_vol *v, blk64_t blk, blk64_t n);
+/* Queue a freed extent for discard at the next durable point (txn.c
+ * hands over a transaction's frees once they are home). */
+void lf_trim_queue(struct lf_vol *v, blk64_t blk, blk64_t len);
 void lf_trim_work(struct lf_vol *v, bool keep_lock);
 void lf_trim_bitmaps_begin(struct lf_vol *v);
 void lf_trim_bitmaps_end(struct lf_vol *v);

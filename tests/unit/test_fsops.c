@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "fsimage/fsops.h"
+#include "fsimage/txn.h"
+#include "fsimage/volume_int.h"
 #include "tests/unit/check.h"
 
 #define MIB  (1024 * 1024)
@@ -1034,7 +1036,12 @@ static void test_alloc_paths(const char *dir)
 	}
 	CHECK_EQ(bad, 0);
 
-	/* Appends 1 MiB at a time make long extents, not one per write. */
+	/* Appends 1 MiB at a time make long extents, not one per write. The
+	 * blocks freed above wait for their journal commit (fsimage/txn.h):
+	 * released first, since the allocator is under test here. */
+	lf_vol_lock(v);
+	lf_txn_release_freed(v);
+	lf_vol_unlock(v);
 	seq = mk(v, LF_ROOT_INO, "seq", S_IFREG | 0644);
 	memset(c3, 0x3c, MIB);
 	for (int i = 0; i < 24; i++)
@@ -1042,7 +1049,11 @@ static void test_alloc_paths(const char *dir)
 	CHECK_EQ(lf_vol_close(v), 0);
 	nx = extent_count(img, "/seq");
 	printf("24 MiB appended 1 MiB at a time: %d extents\n", nx);
-	CHECK(nx >= 1 && nx <= 4);
+	/* Not one per write. Without a journal 1–4; with one, the blocks
+	 * the random steps above freed waited for their commits, so files a
+	 * and b were laid out around them and the free space left is cut
+	 * into runs of a few hundred blocks (10 or 11 extents seen). */
+	CHECK(nx >= 1 && nx <= 12);
 	snprintf(cmd, sizeof(cmd),
 		 "e2fsck -fn %s >%s/alloc.fsck 2>&1 || "
 		 "{ cat %s/alloc.fsck; exit 1; }",
