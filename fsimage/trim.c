@@ -315,8 +315,9 @@ int lf_vol_trim(struct lf_vol *v, uint64_t start, uint64_t len, uint64_t minlen,
 			return total ? 0 : -ENOMEM;
 		lf_vol_lock(v);
 		/* What is free in memory is free on disk only once the
-		 * frees are durable. */
-		r = lf_vol_sync_locked(v);
+		 * frees are durable (journaled: home, and released). */
+		r = v->txn ? lf_txn_commit_wait(v, true)
+			   : lf_vol_sync_locked(v);
 		if (r < 0) {
 			lf_vol_unlock(v);
 			free(b);
