@@ -76,12 +76,17 @@ def test_kill9_during_churn_needs_only_replay(lunfs, targets, lundir):
         assert not th.is_alive(), "churn stuck after the daemon died"
         want_log = synced["log"]
 
-        # The next command starts a daemon that replays and serves again.
+        # The next command starts a daemon that replays (after waiting out
+        # the dead holder's MMP interval) and serves again.
         assert H.wait_until(lambda: lunfs.status()["mounts"], 60), \
             lunfs.log_tail()
-        log = lunfs.log_text()
-        assert log.count("recovered by journal replay") == rnd_i + 1, \
+        assert H.wait_until(
+            lambda: lunfs.log_text().count("recovered by journal replay")
+            == rnd_i + 1, 60), lunfs.log_tail()
+        assert H.wait_until(
+            lambda: os.path.exists(os.path.join(d, "log")), 60), \
             lunfs.log_tail()
+        log = lunfs.log_text()
         assert "e2fsck" not in log, "a journaled volume was repaired:\n" + \
             lunfs.log_tail()
         with open(os.path.join(d, "log"), "rb") as f:
