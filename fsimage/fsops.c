@@ -2960,9 +2960,18 @@ remap:
 		if (r)
 			goto out_unlock;
 		if (alloc_err == -ENOSPC && !retried && lf_txn_has_freed(v)) {
-			/* Freed blocks wait for their commit (txn.h). The
-			 * inode lock stays: what was allocated so far is not
-			 * written yet and no reader may see it. */
+			/* Freed blocks wait for their commit (txn.h). What
+			 * this attempt allocated holds stale bytes: given
+			 * back first, so that the retry allocates it afresh
+			 * (and zeroes the partial blocks). */
+			for (size_t i = 0; !r && i < runs.n; i++)
+				if (runs.v[i].fresh)
+					r = punch_blocks(
+						v, ino, &in, runs.v[i].lblk,
+						runs.v[i].lblk + runs.v[i].n -
+							1);
+			if (r)
+				goto out_unlock;
 			lf_txn_handle_stop(v);
 			lf_txn_release_freed(v);
 			lf_txn_handle_start(v);
