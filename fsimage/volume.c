@@ -572,10 +572,11 @@ int lf_vol_close(struct lf_vol *v)
 	lf_vol_lock(v);
 	if (v->fsops_fini)
 		v->fsops_fini(v);
-	lf_trim_close_locked(v);
 	if (lf_vol_fenced(v, NULL, 0)) {
 		/* Another node owns the LUN now: not one more byte (the
-		 * committer's last writes fail on the fenced bdev). */
+		 * committer's last writes fail on the fenced bdev), no
+		 * UNMAP either. */
+		lf_trim_free(v);
 		if (v->txn) {
 			lf_vol_unlock(v);
 			lf_txn_stop(v);
@@ -602,6 +603,12 @@ int lf_vol_close(struct lf_vol *v)
 		v->fs->super->s_state |= EXT2_VALID_FS;
 		ext2fs_mark_super_dirty(v->fs);
 	}
+	/* After the last commit, whose frees it unmapped (discard), so
+	 * that those of the volume's last transaction go back too. */
+	if (r == 0)
+		lf_trim_close_locked(v);
+	else
+		lf_trim_free(v);
 	if (r < 0) {
 		/* The journal could not take the last commit: write
 		 * nothing more; the next open replays what it holds. */
