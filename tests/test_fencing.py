@@ -6,6 +6,7 @@ libiscsi only), the backing file's bytes, e2fsck, the kernel's ext4
 import errno
 import json
 import os
+import time
 
 import pytest
 
@@ -80,6 +81,26 @@ def bytes_but_mmp(path):
     return bytes(data)
 
 
+# Node A's daemon commits every 200 ms, so that its own last writes (a
+# commit's checkpoint moves the journal's tail in the journal superblock)
+# are over before a test compares the LUN's bytes around node B's attempt.
+QUICK_COMMITS = {"LUNFS_COMMIT_MS": "200"}
+
+
+def settled_bytes_but_mmp(path, tries=20):
+    """bytes_but_mmp() once the holder's own writes have settled: two
+    samples 1 s apart (five of A's commit intervals) that agree."""
+    last = bytes_but_mmp(path)
+    for _ in range(tries):
+        time.sleep(1)
+        now = bytes_but_mmp(path)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"{path} kept changing for {tries} s with the "
+                         "holder idle")
+
+
 def test_second_rw_mount_refused_ro_allowed(lunfs, node_b, ftarget, lundir):
     """Node A holds the LUN read-write: node B's read-write mount is refused
     before it writes a byte, naming the holder; its read-only mount works."""
@@ -88,7 +109,7 @@ def test_second_rw_mount_refused_ro_allowed(lunfs, node_b, ftarget, lundir):
     da, db = (os.path.join(lundir, n) for n in ("a", "b"))
     os.mkdir(da)
     os.mkdir(db)
-    lunfs.mount(spec_a, da)
+    lunfs.mount(spec_a, da, env=QUICK_COMMITS)
     st = pr_state(ftarget.url(1))
     assert st["holder"] == key_of(NODE_A) and st["type"] == 1
     vol = lunfs.status()["volumes"][0]
@@ -100,7 +121,7 @@ def test_second_rw_mount_refused_ro_allowed(lunfs, node_b, ftarget, lundir):
     backing = ftarget.luns[1]
     # A's MMP thread rewrites its block every second: compare everything
     # else, and the MMP block's owner.
-    before = bytes_but_mmp(backing)
+    before = settled_bytes_but_mmp(backing)
     r = node_b.run("mount", spec_b, db)
     line = H.assert_one_error_line(r, ["held read-write"])
     assert key_of(NODE_A)[2:] in line and "--takeover" in line, line
@@ -247,7 +268,7 @@ def test_target_without_pr_mmp_alone_refuses(lunfs, node_b, ftarget, lundir):
     """A target that answers PERSISTENT RESERVE with INVALID COMMAND
     OPERATION CODE (here: the real target, asked an opcode it does not
     implement): lunfs says so, and MMP alone refuses the second node."""
-    noPR = {"LUNFS_TEST_NO_PR": "1"}
+    noPR = {"LUNFS_TEST_NO_PR": "1", **QUICK_COMMITS}
     spec_a = spec_for(lundir, ftarget, 1, NODE_A, "a")
     spec_b = spec_for(lundir, ftarget, 1, NODE_B, "b")
     da, db = (os.path.join(lundir, n) for n in ("a", "b"))
@@ -259,7 +280,7 @@ def test_target_without_pr_mmp_alone_refuses(lunfs, node_b, ftarget, lundir):
     assert pr_state(ftarget.url(1))["holder"] is None
     write_synced(os.path.join(da, "fa"), b"A" * 10000)
     backing = ftarget.luns[1]
-    before = bytes_but_mmp(backing)
+    before = settled_bytes_but_mmp(backing)
     r = node_b.run("mount", spec_b, db, env=noPR)
     line = H.assert_one_error_line(r, ["in use by another node"])
     assert NODE_A in line
