@@ -4,7 +4,9 @@
 #ifndef LUNFS_CHECK_H
 #define LUNFS_CHECK_H
 
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int check_passed, check_failed;
@@ -52,6 +54,24 @@ static inline int check_report(const char *name)
 {
 	printf("%s: %d passed, %d failed\n", name, check_passed, check_failed);
 	return check_failed ? 1 : 0;
+}
+
+/* Runs a shell command built like printf; says which one failed. */
+static inline int sh(const char *fmt, ...)
+	__attribute__((format(printf, 1, 2)));
+static inline int sh(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	int r;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	r = system(cmd);
+	if (r != 0)
+		fprintf(stderr, "command failed (%d): %s\n", r, cmd);
+	return r;
 }
 
 #endif

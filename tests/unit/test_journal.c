@@ -101,22 +101,6 @@ static struct lf_bdev *open_cut(const char *path, struct cut *c, long limit)
 	return lf_bdev_new(&cut_ops, c, lf_bdev_info(c->inner));
 }
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[2048];
-	va_list ap;
-	int r;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	r = system(cmd);
-	if (r != 0)
-		fprintf(stderr, "command failed (%d): %s\n", r, cmd);
-	return r;
-}
-
 static int copy_file(const char *from, const char *to)
 {
 	return sh("cp --sparse=always %s %s", from, to);

@@ -73,22 +73,6 @@ static void make_sparse(const char *path, off_t size)
 	close(fd);
 }
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	int r;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	r = system(cmd);
-	if (r != 0)
-		fprintf(stderr, "command failed (%d): %s\n", r, cmd);
-	return r;
-}
-
 static int fsck_clean(const char *img)
 {
 	return sh("e2fsck -fn %s >%s/fsck.log 2>&1 || { cat %s/fsck.log; "
